@@ -1,0 +1,71 @@
+"""piton: durable, event-driven workflows for Python."""
+
+from .context import Context as Context
+from .context import DictState as DictState
+from .decorators import step as step
+from .errors import ContextSerdeError as ContextSerdeError
+from .errors import IncompatibleWorkflowChange as IncompatibleWorkflowChange
+from .errors import JournalCorrupted as JournalCorrupted
+from .errors import LeaseLost as LeaseLost
+from .errors import PitonError as PitonError
+from .errors import RunNotFound as RunNotFound
+from .errors import StateKeyError as StateKeyError
+from .errors import StoreError as StoreError
+from .errors import StoreUnavailable as StoreUnavailable
+from .errors import WorkflowCancelledByUser as WorkflowCancelledByUser
+from .errors import WorkflowConfigurationError as WorkflowConfigurationError
+from .errors import WorkflowRuntimeError as WorkflowRuntimeError
+from .errors import WorkflowTimeoutError as WorkflowTimeoutError
+from .errors import WorkflowValidationError as WorkflowValidationError
+from .events import Event as Event
+from .events import HumanResponseEvent as HumanResponseEvent
+from .events import InputRequiredEvent as InputRequiredEvent
+from .events import StartEvent as StartEvent
+from .events import StopEvent as StopEvent
+from .handler import WorkflowHandler as WorkflowHandler
+from .resource import Resource as Resource
+from .retry import ConstantDelayRetryPolicy as ConstantDelayRetryPolicy
+from .retry import ExponentialBackoffRetryPolicy as ExponentialBackoffRetryPolicy
+from .retry import RetryInfo as RetryInfo
+from .retry import RetryPolicy as RetryPolicy
+from .retry import retry_policy as retry_policy
+from .serde import JsonSerializer as JsonSerializer
+from .serde import PickleSerializer as PickleSerializer
+from .workflow import Workflow as Workflow
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConstantDelayRetryPolicy",
+    "Context",
+    "ContextSerdeError",
+    "DictState",
+    "Event",
+    "ExponentialBackoffRetryPolicy",
+    "HumanResponseEvent",
+    "IncompatibleWorkflowChange",
+    "InputRequiredEvent",
+    "JournalCorrupted",
+    "JsonSerializer",
+    "LeaseLost",
+    "PickleSerializer",
+    "PitonError",
+    "Resource",
+    "RetryInfo",
+    "RetryPolicy",
+    "RunNotFound",
+    "StartEvent",
+    "StateKeyError",
+    "StopEvent",
+    "StoreError",
+    "StoreUnavailable",
+    "Workflow",
+    "WorkflowCancelledByUser",
+    "WorkflowConfigurationError",
+    "WorkflowHandler",
+    "WorkflowRuntimeError",
+    "WorkflowTimeoutError",
+    "WorkflowValidationError",
+    "retry_policy",
+    "step",
+]

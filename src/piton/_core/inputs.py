@@ -1,0 +1,189 @@
+"""The reducer's inputs (what happened) and commands (what the shell must do).
+
+Inputs are plain data: the events, values and errors they carry are what the
+journal of a durable run stores, and replaying them rebuilds the RunState.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .state import Execution
+
+Sends = tuple[tuple[int, Any, "str | None"], ...]
+"""Events a step sent: (index within the execution, event, target step or None)."""
+
+
+# --- inputs -------------------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class Begin:
+    """Start a new run with ``start_event``, or resume a restored one (``start_event=None``)."""
+
+    at: float
+    start_event: Any = None
+
+
+@dataclass(slots=True, frozen=True)
+class StepDone:
+    at: float
+    exec_id: str
+    result: Any = None
+    sends: Sends = ()
+
+
+@dataclass(slots=True, frozen=True)
+class StepFailed:
+    at: float
+    exec_id: str
+    error: BaseException
+    retryable: bool = True
+
+
+@dataclass(slots=True, frozen=True)
+class StepWaits:
+    """A step called ``wait_for_event`` for an event that has not arrived."""
+
+    at: float
+    exec_id: str
+    waiter_id: str
+    event_type: type[Any]
+    requirements: dict[str, Any] = field(default_factory=dict)
+    waiter_event: Any = None
+    timeout: float | None = None
+    sends: Sends = ()
+
+
+@dataclass(slots=True, frozen=True)
+class Checkpoint:
+    """``ctx.checkpoint()``: deliver the sends made so far and commit."""
+
+    at: float
+    exec_id: str
+    sends: Sends = ()
+
+
+@dataclass(slots=True, frozen=True)
+class Send:
+    """An event from outside the run (``handler.send_event``)."""
+
+    at: float
+    event: Any
+    target: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class SetState:
+    at: float
+    path: str
+    value: Any
+
+
+@dataclass(slots=True, frozen=True)
+class ReplaceState:
+    at: float
+    value: Any
+
+
+@dataclass(slots=True, frozen=True)
+class Collect:
+    """``ctx.collect_events``; ``expected`` is run-length encoded: ((type, count), ...)."""
+
+    at: float
+    exec_id: str
+    event: Any
+    expected: tuple[tuple[type[Any], int], ...]
+    buffer_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class StreamWrite:
+    at: float
+    event: Any
+
+
+@dataclass(slots=True, frozen=True)
+class TimerFired:
+    at: float
+    timer_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class Cancel:
+    at: float
+
+
+@dataclass(slots=True, frozen=True)
+class Park:
+    """The process lets go of an idle run (durable runs): the run clock stops."""
+
+    at: float
+
+
+Input = (
+    Begin
+    | StepDone
+    | StepFailed
+    | StepWaits
+    | Checkpoint
+    | Send
+    | SetState
+    | ReplaceState
+    | Collect
+    | StreamWrite
+    | TimerFired
+    | Cancel
+    | Park
+)
+
+# --- commands -----------------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class RunStep:
+    execution: Execution
+
+
+@dataclass(slots=True, frozen=True)
+class CancelStep:
+    exec_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class Publish:
+    event: Any
+
+
+@dataclass(slots=True, frozen=True)
+class ArmTimer:
+    timer_id: str
+    deadline: float
+
+
+@dataclass(slots=True, frozen=True)
+class DisarmTimer:
+    timer_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class Collected:
+    events: list[Any] | None
+
+
+@dataclass(slots=True, frozen=True)
+class Commit:
+    """Durable runs: make these journal entries durable, in order."""
+
+    entries: tuple[Any, ...]
+
+
+@dataclass(slots=True, frozen=True)
+class Finish:
+    status: str
+    result: Any = None
+    error: BaseException | None = None
+
+
+Command = RunStep | CancelStep | Publish | ArmTimer | DisarmTimer | Collected | Commit | Finish

@@ -1,0 +1,455 @@
+"""The reducer: ``reduce(state, input) -> (state, commands)``.
+
+Every rule of a run lives here: routing, worker slots, retries, waiters, collect
+buffers, timeouts, cancellation and the end of a run. It is deterministic and does
+no I/O; for speed it updates ``state`` in place and returns it (copy it first when
+the old value is needed). The asyncio shell in ``piton._runtime`` executes the
+commands and turns what happens into new inputs.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from piton.errors import WorkflowCancelledByUser, WorkflowTimeoutError
+from piton.events import InputRequiredEvent, StopEvent
+
+from . import inputs as i
+from .inputs import Command
+from .state import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    NEW,
+    PARKED,
+    RUN_TIMER,
+    RUNNING,
+    TIMED_OUT,
+    Attempt,
+    CollectBuffer,
+    Envelope,
+    Execution,
+    RunState,
+    Waiter,
+    WaitTimedOut,
+)
+
+Cmds = list[Command]
+
+# Inputs after which a durable run commits its journal.
+_COMMIT_POINTS: tuple[type[Any], ...] = (
+    i.Begin,
+    i.StepDone,
+    i.StepFailed,
+    i.StepWaits,
+    i.Checkpoint,
+    i.Send,
+    i.TimerFired,
+    i.Cancel,
+    i.Park,
+)
+
+
+def reduce(state: RunState, inp: i.Input) -> tuple[RunState, Cmds]:
+    """Apply one input to ``state``; return it with the commands to execute."""
+    cmds: Cmds = []
+    if state.finished and not isinstance(inp, i.SetState | i.ReplaceState):
+        return state, cmds
+    handler = _HANDLERS[type(inp)]
+    handler(state, inp, cmds)
+    if state.durable:
+        state.journal.append(inp)
+        if isinstance(inp, _COMMIT_POINTS) or state.finished:
+            entries = tuple(state.journal)
+            state.journal.clear()
+            # the commit goes before the commands that reveal its effects
+            cmds.insert(0, i.Commit(entries))
+    return state, cmds
+
+
+# --- starting and resuming -------------------------------------------------------------
+
+
+def _begin(state: RunState, inp: i.Begin, cmds: Cmds) -> None:
+    resuming = state.status != NEW
+    state.status = RUNNING
+    state.active_since = inp.at
+    if state.timeout is not None:
+        remaining = max(state.timeout - state.active_elapsed, 0.0)
+        state.deadlines[RUN_TIMER] = inp.at + remaining
+    for timer_id, deadline in state.deadlines.items():
+        cmds.append(i.ArmTimer(timer_id, deadline))
+    if resuming:
+        for step, queue in state.queues.items():
+            _fill_slots(state, step, queue, inp.at, cmds)
+    if inp.start_event is not None:
+        _route(state, Envelope(state.next_id("e"), inp.start_event), inp.at, cmds)
+
+
+def _park(state: RunState, inp: i.Park, cmds: Cmds) -> None:
+    if state.active_since is not None:
+        state.active_elapsed += max(inp.at - state.active_since, 0.0)
+    state.active_since = None
+    state.status = PARKED
+    state.deadlines.pop(RUN_TIMER, None)
+
+
+# --- routing ---------------------------------------------------------------------------
+
+
+def _route(state: RunState, env: Envelope, at: float, cmds: Cmds) -> None:
+    """Deliver one event: end the run, wake waiters, and queue it for its consumers."""
+    ev = env.event
+    if isinstance(ev, StopEvent):
+        cmds.append(i.Publish(ev))
+        _finish(state, COMPLETED, cmds, result=ev)
+        return
+    if isinstance(ev, InputRequiredEvent):
+        cmds.append(i.Publish(ev))
+    if env.target is not None:
+        _enqueue(state, Attempt(env.target, env), at, cmds)
+        return
+    woken = _wake_waiters(state, ev, at, cmds) if state.waiters else ()
+    for step in state.graph.consumers(type(ev)):
+        if step not in woken:
+            _enqueue(state, Attempt(step, env), at, cmds)
+
+
+def _wake_waiters(state: RunState, ev: Any, at: float, cmds: Cmds) -> set[str]:
+    woken: set[str] = set()
+    for key, waiter in list(state.waiters.items()):
+        if type(ev) is not waiter.event_type:
+            continue
+        if any(getattr(ev, k, None) != v for k, v in waiter.requirements.items()):
+            continue
+        del state.waiters[key]
+        _disarm(state, _waiter_timer(key), cmds)
+        waiter.attempt.resolved[waiter.id] = ev
+        woken.add(waiter.attempt.step)
+        _enqueue(state, waiter.attempt, at, cmds)
+    return woken
+
+
+def _enqueue(state: RunState, attempt: Attempt, at: float, cmds: Cmds) -> None:
+    step = attempt.step
+    if state.busy.get(step, 0) < state.graph.steps[step].num_workers:
+        _start(state, attempt, at, cmds)
+    else:
+        state.queues.setdefault(step, deque()).append(attempt)
+
+
+def _start(state: RunState, attempt: Attempt, at: float, cmds: Cmds) -> None:
+    step = attempt.step
+    state.busy[step] = state.busy.get(step, 0) + 1
+    if attempt.first_at is None:
+        attempt.first_at = at
+    ex = Execution(state.next_id("x"), attempt, at)
+    state.running[ex.id] = ex
+    cmds.append(i.RunStep(ex))
+
+
+def _fill_slots(state: RunState, step: str, queue: deque[Attempt], at: float, cmds: Cmds) -> None:
+    limit = state.graph.steps[step].num_workers
+    while queue and state.busy.get(step, 0) < limit:
+        _start(state, queue.popleft(), at, cmds)
+
+
+def _release(state: RunState, exec_id: str, at: float, cmds: Cmds) -> Execution | None:
+    """Free the worker slot of a finished execution and start queued work in it."""
+    ex = state.running.pop(exec_id, None)
+    if ex is None:
+        return None
+    step = ex.attempt.step
+    state.busy[step] -= 1
+    queue = state.queues.get(step)
+    if queue:
+        _fill_slots(state, step, queue, at, cmds)
+    return ex
+
+
+def _deliver_sends(
+    state: RunState, attempt: Attempt, sends: i.Sends, at: float, cmds: Cmds
+) -> None:
+    """Route a step's sends once each: a re-run's repeats (same index) are dropped."""
+    key = attempt.envelope.id
+    done = state.delivered.get(key, 0)
+    for index, event, target in sends:
+        if index < done:
+            continue
+        done = index + 1
+        state.delivered[key] = done
+        _route(state, Envelope(state.next_id("e"), event, target), at, cmds)
+        if state.finished:
+            return
+
+
+# --- step outcomes -----------------------------------------------------------------------
+
+
+def _step_done(state: RunState, inp: i.StepDone, cmds: Cmds) -> None:
+    ex = _release(state, inp.exec_id, inp.at, cmds)
+    if ex is None:
+        return
+    attempt = ex.attempt
+    _deliver_sends(state, attempt, inp.sends, inp.at, cmds)
+    state.delivered.pop(attempt.envelope.id, None)
+    _drop_claims(state, attempt.envelope.id)
+    if inp.result is not None and not state.finished:
+        _route(state, Envelope(state.next_id("e"), inp.result), inp.at, cmds)
+
+
+def _step_failed(state: RunState, inp: i.StepFailed, cmds: Cmds) -> None:
+    ex = _release(state, inp.exec_id, inp.at, cmds)
+    if ex is None:
+        return
+    attempt = ex.attempt
+    delay = _retry_delay(state, attempt, inp) if inp.retryable else None
+    if delay is None:
+        _finish(state, FAILED, cmds, error=inp.error)
+        return
+    retry = Attempt(
+        step=attempt.step,
+        envelope=attempt.envelope,
+        retry_number=attempt.retry_number + 1,
+        first_at=attempt.first_at,
+        last_error=inp.error,
+        last_failed_at=inp.at,
+        resolved=attempt.resolved,
+    )
+    if delay <= 0:
+        _enqueue(state, retry, inp.at, cmds)
+        return
+    timer_id = state.next_id("retry:")
+    state.delayed[timer_id] = retry
+    _arm(state, timer_id, inp.at + delay, cmds)
+
+
+def _retry_delay(state: RunState, attempt: Attempt, inp: i.StepFailed) -> float | None:
+    policy = state.graph.steps[attempt.step].retry_policy
+    if policy is None:
+        return None
+    failures = attempt.retry_number + 1
+    elapsed = inp.at - (attempt.first_at if attempt.first_at is not None else inp.at)
+    seed = zlib.crc32(f"{state.run_id}/{attempt.envelope.id}/{failures}".encode())
+    delay = policy.next(elapsed, failures, inp.error, seed=seed)
+    return None if delay is None else float(delay)
+
+
+def _step_waits(state: RunState, inp: i.StepWaits, cmds: Cmds) -> None:
+    ex = _release(state, inp.exec_id, inp.at, cmds)
+    if ex is None:
+        return
+    attempt = ex.attempt
+    key = f"{attempt.step}/{inp.waiter_id}"
+    known = key in state.waiters
+    deadline = None if inp.timeout is None else inp.at + inp.timeout
+    if known:
+        deadline = state.waiters[key].deadline
+    state.waiters[key] = Waiter(inp.waiter_id, attempt, inp.event_type, inp.requirements, deadline)
+    if not known:
+        if inp.waiter_event is not None:
+            cmds.append(i.Publish(inp.waiter_event))
+        if deadline is not None:
+            _arm(state, _waiter_timer(key), deadline, cmds)
+    _deliver_sends(state, attempt, inp.sends, inp.at, cmds)
+
+
+def _checkpoint(state: RunState, inp: i.Checkpoint, cmds: Cmds) -> None:
+    ex = state.running.get(inp.exec_id)
+    if ex is not None:
+        _deliver_sends(state, ex.attempt, inp.sends, inp.at, cmds)
+
+
+# --- outside events, state, streams ---------------------------------------------------
+
+
+def _send(state: RunState, inp: i.Send, cmds: Cmds) -> None:
+    _route(state, Envelope(state.next_id("e"), inp.event, inp.target), inp.at, cmds)
+
+
+def _set_state(state: RunState, inp: i.SetState, cmds: Cmds) -> None:
+    state.values = set_path(state.values, inp.path, inp.value)
+
+
+def _replace_state(state: RunState, inp: i.ReplaceState, cmds: Cmds) -> None:
+    state.values = inp.value
+
+
+def _stream_write(state: RunState, inp: i.StreamWrite, cmds: Cmds) -> None:
+    cmds.append(i.Publish(inp.event))
+
+
+def _collect(state: RunState, inp: i.Collect, cmds: Cmds) -> None:
+    ex = state.running.get(inp.exec_id)
+    owner = ex.attempt.envelope.id if ex is not None else inp.exec_id
+    buf = state.buffers.get(inp.buffer_id)
+    if buf is None:
+        buf = state.buffers[inp.buffer_id] = CollectBuffer()
+    batch = buf.claimed.get(owner)
+    if batch is not None:  # a retry of the attempt that completed this batch
+        cmds.append(i.Collected([event for _, event in batch]))
+        return
+    if owner not in buf.seen:
+        buf.seen.add(owner)
+        buf.pending.setdefault(type(inp.event), []).append((owner, inp.event))
+    need: dict[type[Any], int] = {}
+    for event_type, count in inp.expected:
+        need[event_type] = need.get(event_type, 0) + count
+    if any(len(buf.pending.get(t, ())) < n for t, n in need.items()):
+        cmds.append(i.Collected(None))
+        return
+    taken: dict[type[Any], list[tuple[str, Any]]] = {}
+    for t, n in need.items():
+        queue = buf.pending[t]
+        taken[t] = queue[:n]
+        del queue[:n]
+    ordered: list[tuple[str, Any]] = []
+    for event_type, count in inp.expected:
+        ordered.extend(taken[event_type][:count])
+        del taken[event_type][:count]
+    buf.claimed[owner] = ordered
+    cmds.append(i.Collected([event for _, event in ordered]))
+
+
+def _drop_claims(state: RunState, owner: str) -> None:
+    for key, buf in list(state.buffers.items()):
+        if buf.claimed.pop(owner, None) is not None and not buf.claimed:
+            if not any(buf.pending.values()):
+                del state.buffers[key]
+
+
+# --- timers ---------------------------------------------------------------------------
+
+
+def _waiter_timer(key: str) -> str:
+    return f"wait:{key}"
+
+
+def _arm(state: RunState, timer_id: str, deadline: float, cmds: Cmds) -> None:
+    state.deadlines[timer_id] = deadline
+    cmds.append(i.ArmTimer(timer_id, deadline))
+
+
+def _disarm(state: RunState, timer_id: str, cmds: Cmds) -> None:
+    if state.deadlines.pop(timer_id, None) is not None:
+        cmds.append(i.DisarmTimer(timer_id))
+
+
+def _timer_fired(state: RunState, inp: i.TimerFired, cmds: Cmds) -> None:
+    if state.deadlines.pop(inp.timer_id, None) is None:
+        return  # disarmed meanwhile
+    if inp.timer_id == RUN_TIMER:
+        _finish(
+            state,
+            TIMED_OUT,
+            cmds,
+            error=WorkflowTimeoutError(
+                f"Run '{state.run_id}' of workflow '{state.graph.workflow}' timed out after "
+                f"{state.timeout} seconds. Pass a larger timeout= (or None) to the workflow."
+            ),
+        )
+        return
+    retry = state.delayed.pop(inp.timer_id, None)
+    if retry is not None:
+        _enqueue(state, retry, inp.at, cmds)
+        return
+    key = inp.timer_id.removeprefix("wait:")
+    waiter = state.waiters.pop(key, None)
+    if waiter is not None:
+        waiter.attempt.resolved[waiter.id] = WaitTimedOut(
+            None if waiter.deadline is None else waiter.deadline
+        )
+        _enqueue(state, waiter.attempt, inp.at, cmds)
+
+
+# --- the end ---------------------------------------------------------------------------
+
+
+def _cancel(state: RunState, inp: i.Cancel, cmds: Cmds) -> None:
+    _finish(
+        state,
+        CANCELLED,
+        cmds,
+        error=WorkflowCancelledByUser(f"Run '{state.run_id}' was cancelled by the user."),
+    )
+
+
+def _finish(
+    state: RunState,
+    status: str,
+    cmds: Cmds,
+    *,
+    result: Any = None,
+    error: BaseException | None = None,
+) -> None:
+    state.status = status
+    state.result = result
+    state.error = error
+    for exec_id in state.running:
+        cmds.append(i.CancelStep(exec_id))
+    for timer_id in state.deadlines:
+        cmds.append(i.DisarmTimer(timer_id))
+    state.running.clear()
+    state.busy.clear()
+    state.queues.clear()
+    state.waiters.clear()
+    state.delayed.clear()
+    state.deadlines.clear()
+    state.delivered.clear()
+    cmds.append(i.Finish(status, result, error))
+
+
+# --- state paths -------------------------------------------------------------------------
+
+
+def set_path(root: Any, path: str, value: Any) -> Any:
+    """Set ``value`` at dotted ``path`` inside dicts, lists and models; returns the root."""
+    parts = path.split(".")
+    node = root
+    for part in parts[:-1]:
+        child = _child(node, part)
+        if child is None:
+            child = {}
+            _assign(node, part, child)
+        node = child
+    _assign(node, parts[-1], value)
+    return root
+
+
+def _child(node: Any, part: str) -> Any:
+    if isinstance(node, dict):
+        return node.get(part)
+    if isinstance(node, list) and part.lstrip("-").isdigit():
+        return node[int(part)]
+    return getattr(node, part, None)
+
+
+def _assign(node: Any, part: str, value: Any) -> None:
+    if isinstance(node, dict):
+        node[part] = value
+    elif isinstance(node, list) and part.lstrip("-").isdigit():
+        node[int(part)] = value
+    else:
+        setattr(node, part, value)
+
+
+_HANDLERS: dict[type[Any], Callable[[RunState, Any, Cmds], None]] = {
+    i.Begin: _begin,
+    i.StepDone: _step_done,
+    i.StepFailed: _step_failed,
+    i.StepWaits: _step_waits,
+    i.Checkpoint: _checkpoint,
+    i.Send: _send,
+    i.SetState: _set_state,
+    i.ReplaceState: _replace_state,
+    i.Collect: _collect,
+    i.StreamWrite: _stream_write,
+    i.TimerFired: _timer_fired,
+    i.Cancel: _cancel,
+    i.Park: _park,
+}
+
+__all__ = ["reduce", "set_path"]

@@ -1,0 +1,1 @@
+"""The asyncio shell that drives the pure reducer: step tasks, timers, streams, commits."""

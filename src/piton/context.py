@@ -1,0 +1,421 @@
+"""Context: a run's state store and the operations steps use.
+
+The caller's ``handler.ctx`` and the ``ctx`` a step receives are both ``Context``
+objects; inside a step the context also knows which execution it belongs to, which
+``collect_events``, ``wait_for_event``, ``retry_info`` and ``checkpoint`` need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from itertools import groupby
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+from pydantic import BaseModel, ConfigDict
+
+from ._core.state import RunState, WaitTimedOut
+from .errors import (
+    ContextSerdeError,
+    StateKeyError,
+    WorkflowRuntimeError,
+    WorkflowTimeoutError,
+)
+from .events import Event
+from .retry import RetryInfo
+from .serde import JsonSerializer, decode_run, encode_run
+
+if TYPE_CHECKING:
+    from ._runtime.runner import Runner, StepRun
+    from .workflow import Workflow
+
+StateT = TypeVar("StateT")
+T = TypeVar("T", bound=Event)
+_MISSING: Any = object()
+
+
+class DictState(BaseModel):
+    """The state of a run without a typed state model: a dict with attribute access."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def __getitem__(self, key: str) -> Any:
+        return (self.__pydantic_extra__ or {})[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        setattr(self, key, value)
+
+    def __contains__(self, key: object) -> bool:
+        return key in (self.__pydantic_extra__ or {})
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return (self.__pydantic_extra__ or {}).get(key, default)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__pydantic_extra__ or {})
+
+
+class WaitingForEvent(BaseException):  # noqa: N818 - control flow, not an error
+    """Raised inside a step by ``wait_for_event``: the step is suspended, not failed.
+
+    A BaseException so that a step's ``except Exception`` does not swallow it.
+    """
+
+    def __init__(
+        self,
+        waiter_id: str,
+        event_type: type[Event],
+        requirements: dict[str, Any],
+        waiter_event: Event | None,
+        timeout: float | None,
+    ) -> None:
+        super().__init__(waiter_id)
+        self.waiter_id = waiter_id
+        self.event_type = event_type
+        self.requirements = requirements
+        self.waiter_event = waiter_event
+        self.timeout = timeout
+
+
+def _get_path(root: Any, path: str) -> Any:
+    node = root
+    for part in path.split("."):
+        if isinstance(node, Mapping):
+            if part not in node:
+                return _MISSING
+            node = node[part]
+        elif isinstance(node, list):
+            try:
+                node = node[int(part)]
+            except (ValueError, IndexError):
+                return _MISSING
+        else:
+            extra = getattr(node, "__pydantic_extra__", None) or {}
+            if part in extra:
+                node = extra[part]
+            elif hasattr(node, part):
+                node = getattr(node, part)
+            else:
+                return _MISSING
+    return node
+
+
+def _copy(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool | bytes):
+        return value
+    return copy.deepcopy(value)
+
+
+class StateStore(Generic[StateT]):
+    """``ctx.store``: the run's state, safe to share between concurrent steps."""
+
+    def __init__(self, ctx: Context[StateT]) -> None:
+        self._ctx = ctx
+
+    async def get(self, path: str, default: Any = _MISSING) -> Any:
+        """The value at dotted ``path`` (``"user.name"``), or ``default``."""
+        value = _get_path(self._ctx._values(), path)
+        if value is _MISSING:
+            if default is _MISSING:
+                raise StateKeyError(
+                    f"No state at path '{path}'. Set it first, or pass a default: "
+                    f"`await ctx.store.get({path!r}, default=None)`."
+                )
+            return default
+        return _copy(value)
+
+    async def set(self, path: str, value: Any) -> None:
+        """Set ``value`` at dotted ``path``, creating intermediate dicts."""
+        if not isinstance(path, str) or not path:
+            raise StateKeyError(f"A state path must be a non-empty string, got {path!r}.")
+        self._ctx._update(path, _copy(value))
+
+    async def get_state(self) -> StateT:
+        """A copy of the whole state: the typed model, or a :class:`DictState`."""
+        values = self._ctx._values()
+        if isinstance(values, BaseModel):
+            return cast(StateT, values.model_copy(deep=True))
+        return cast(StateT, DictState(**copy.deepcopy(values)))
+
+    async def set_state(self, state: StateT) -> None:
+        """Replace the whole state."""
+        self._ctx._replace(self._ctx._coerce_state(state))
+
+    async def clear(self) -> None:
+        """Reset the state to its initial value."""
+        self._ctx._replace(self._ctx._initial_state())
+
+    @asynccontextmanager
+    async def edit_state(self) -> AsyncIterator[StateT]:
+        """Edit the state in a block; the edit is saved on exit, other editors wait."""
+        async with self._ctx._edit_lock():
+            state = await self.get_state()
+            yield state
+            await self.set_state(state)
+
+
+class Context(Generic[StateT]):
+    """A run's context. ``Context(workflow)`` makes an empty one to pass to ``run(ctx=)``."""
+
+    def __init__(self, workflow: Workflow, *, serializer: JsonSerializer | None = None) -> None:
+        self._workflow = workflow
+        self._serializer = serializer or JsonSerializer()
+        self._state: RunState | None = None
+        self._runner: Runner | None = None
+        self._detached_values: Any = None
+        self._lock: asyncio.Lock | None = None
+        self._store: StateStore[StateT] = StateStore(self)
+
+    # -- the state store ------------------------------------------------------
+
+    @property
+    def store(self) -> StateStore[StateT]:
+        return self._store
+
+    def _run_state(self) -> RunState | None:
+        if self._runner is not None:
+            return self._runner.state
+        return self._state
+
+    def _values(self) -> Any:
+        state = self._run_state()
+        if state is not None:
+            return state.values
+        if self._detached_values is None:
+            self._detached_values = self._initial_state()
+        return self._detached_values
+
+    def _initial_state(self) -> Any:
+        state_type = self._workflow._compiled().graph.state_type
+        return state_type() if state_type is not None else {}
+
+    def _coerce_state(self, state: Any) -> Any:
+        state_type = self._workflow._compiled().graph.state_type
+        if state_type is not None:
+            if not isinstance(state, state_type):
+                raise ContextSerdeError(
+                    f"set_state() needs a {state_type.__name__}, got {type(state).__qualname__}."
+                )
+            return state.model_copy(deep=True)
+        if isinstance(state, DictState):
+            return state.to_dict()
+        if isinstance(state, Mapping):
+            return dict(copy.deepcopy(state))
+        if isinstance(state, BaseModel):
+            return state.model_dump()
+        raise ContextSerdeError(
+            f"set_state() needs a dict or DictState, got {type(state).__qualname__}."
+        )
+
+    def _update(self, path: str, value: Any) -> None:
+        if self._runner is not None:
+            self._runner.set_state(path, value)
+            return
+        from ._core.reducer import set_path
+
+        state = self._run_state()
+        if state is not None:
+            state.values = set_path(state.values, path, value)
+        else:
+            self._detached_values = set_path(self._values(), path, value)
+
+    def _replace(self, value: Any) -> None:
+        if self._runner is not None:
+            self._runner.replace_state(value)
+        elif self._state is not None:
+            self._state.values = value
+        else:
+            self._detached_values = value
+
+    def _edit_lock(self) -> asyncio.Lock:
+        owner = self._runner.ctx if self._runner is not None else self
+        if owner._lock is None:
+            owner._lock = asyncio.Lock()
+        return owner._lock
+
+    # -- events -----------------------------------------------------------------
+
+    @property
+    def is_running(self) -> bool:
+        return self._runner is not None and not self._runner.state.finished
+
+    def _live(self, what: str) -> Runner:
+        if self._runner is None or self._runner.state.finished:
+            raise WorkflowRuntimeError(
+                f"ctx.{what}() needs a running workflow; this context's run has not started "
+                "or has finished. Call it from a step or while `handler` is running."
+            )
+        return self._runner
+
+    def send_event(self, event: Event, step: str | None = None) -> None:
+        """Send ``event`` to every step that accepts it, or only to ``step``."""
+        self._live("send_event").send(event, step)
+
+    def write_event_to_stream(self, event: Event | None) -> None:
+        """Publish ``event`` to ``handler.stream_events()``."""
+        if event is not None:
+            self._live("write_event_to_stream").stream_write(event)
+
+    def _step_only(self, what: str) -> StepRun:
+        raise WorkflowRuntimeError(f"ctx.{what}() can only be called inside a step.")
+
+    def collect_events(
+        self, ev: Event, expected: list[type[Event]], buffer_id: str | None = None
+    ) -> list[Event] | None:
+        """Buffer ``ev``; once events of all ``expected`` types are in, return them in that order."""
+        return self._step_only("collect_events").collect(ev, expected, buffer_id)
+
+    async def wait_for_event(
+        self,
+        event_type: type[T],
+        waiter_event: Event | None = None,
+        waiter_id: str | None = None,
+        requirements: dict[str, Any] | None = None,
+        timeout: float | None = 2000,
+    ) -> T:
+        """Suspend the step until an ``event_type`` event (matching ``requirements``) arrives.
+
+        The step then runs again from the top and this call returns the event, so
+        keep it near the top of the step. ``waiter_event`` is published once.
+        """
+        event: T = await self._step_only("wait_for_event").wait_for_event(
+            event_type, waiter_event, waiter_id, requirements, timeout
+        )
+        return event
+
+    def retry_info(self) -> RetryInfo:
+        """The retry state of the running step (``retry_number`` 0 on the first attempt)."""
+        return self._step_only("retry_info").retry_info()
+
+    async def checkpoint(self) -> None:
+        """Deliver the events sent so far and, for a durable run, commit the progress."""
+        await self._step_only("checkpoint").checkpoint()
+
+    async def running_steps(self) -> list[str]:
+        state = self._run_state()
+        return sorted({ex.attempt.step for ex in state.running.values()}) if state else []
+
+    # -- serialization ------------------------------------------------------------
+
+    def to_dict(self, serializer: JsonSerializer | None = None) -> dict[str, str]:
+        """The run as a flat ``dict[str, str]`` (each value a JSON string).
+
+        Steps running now are recorded as not yet done, so a restore re-runs them.
+        """
+        ser = serializer or self._serializer
+        state = self._run_state()
+        if state is None:
+            state = self._workflow._new_state("", values=self._values())
+        tree = encode_run(state, ser)
+        tree["serializer"] = ser.name
+        return {key: json.dumps(value, separators=(",", ":")) for key, value in tree.items()}
+
+    @classmethod
+    def from_dict(
+        cls,
+        workflow: Workflow,
+        data: Mapping[str, Any] | str | bytes,
+        serializer: JsonSerializer | None = None,
+    ) -> Context[Any]:
+        """Rebuild a context from :meth:`to_dict`'s output (str or bytes values, or its JSON)."""
+        ser = serializer or JsonSerializer()
+        tree = _parse_flat(data)
+        stored = tree.pop("serializer", "json")
+        if stored == "pickle" and ser.name != "pickle":
+            raise ContextSerdeError(
+                "This context was written with PickleSerializer; pass "
+                "serializer=PickleSerializer() to from_dict() to read it."
+            )
+        ctx: Context[Any] = cls(workflow, serializer=ser)
+        try:
+            ctx._state = decode_run(tree, workflow._compiled().graph, ser)
+        except ContextSerdeError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ContextSerdeError(f"The context data is damaged: {exc!r}") from exc
+        return ctx
+
+
+def _parse_flat(data: Mapping[str, Any] | str | bytes) -> dict[str, Any]:
+    if isinstance(data, str | bytes):
+        try:
+            data = json.loads(data)
+        except ValueError as exc:
+            raise ContextSerdeError(f"The context data is not valid JSON: {exc}") from exc
+    if not isinstance(data, Mapping):
+        raise ContextSerdeError(f"Context.from_dict() needs a dict, got {type(data).__qualname__}.")
+    tree: dict[str, Any] = {}
+    for raw_key, raw in data.items():
+        key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
+        if isinstance(raw, bytes):
+            raw = raw.decode()
+        if isinstance(raw, str):
+            try:
+                tree[key] = json.loads(raw)
+            except ValueError as exc:
+                raise ContextSerdeError(f"Context key '{key}' is damaged: {exc}") from exc
+        else:
+            tree[key] = raw
+    if "format" not in tree:
+        raise ContextSerdeError(
+            "The data is not a piton context (no 'format' key). Pass what ctx.to_dict() returned."
+        )
+    return tree
+
+
+class StepContext(Context[StateT]):
+    """The context a step receives: the run's context plus its own execution."""
+
+    def __init__(self, parent: Context[StateT], step_run: StepRun) -> None:
+        self._workflow = parent._workflow
+        self._serializer = parent._serializer
+        self._state = None
+        self._runner = parent._runner
+        self._detached_values = None
+        self._lock = None
+        self._store = parent._store
+        self._step_run = step_run
+
+    def _step_only(self, what: str) -> StepRun:
+        return self._step_run
+
+    def send_event(self, event: Event, step: str | None = None) -> None:
+        self._step_run.send(event, step)
+
+
+def expected_runs(expected: list[type[Event]]) -> tuple[tuple[type[Event], int], ...]:
+    """``[A, A, B]`` -> ``((A, 2), (B, 1))``."""
+    if expected and expected.count(expected[0]) == len(expected):  # the common fan-in
+        return ((expected[0], len(expected)),)
+    return tuple((t, sum(1 for _ in group)) for t, group in groupby(expected))
+
+
+def retry_info_of(
+    retry_number: int,
+    first_at: float | None,
+    last_error: BaseException | None,
+    last_failed_at: float | None,
+    now: float,
+) -> RetryInfo:
+    return RetryInfo(
+        retry_number=retry_number,
+        elapsed_seconds=0.0 if retry_number == 0 or first_at is None else max(0.0, now - first_at),
+        last_exception=last_error,
+        last_failed_at=None
+        if last_failed_at is None
+        else datetime.fromtimestamp(last_failed_at, UTC),
+    )
+
+
+def raise_if_timed_out(resolved: Any, event_type: type[Event], waiter_id: str) -> None:
+    if isinstance(resolved, WaitTimedOut):
+        raise WorkflowTimeoutError(
+            f"Timed out waiting for {event_type.__name__} (waiter '{waiter_id}')."
+        )
+
+
+__all__ = ["Context", "DictState", "StateStore", "StepContext", "WaitingForEvent"]

@@ -1,0 +1,103 @@
+"""The errors piton raises.
+
+Every error derives from :class:`PitonError`::
+
+    PitonError
+    ├── WorkflowValidationError        the step graph or a signature is wrong (build time)
+    ├── WorkflowConfigurationError     a bad option: num_workers, a store URL, ...
+    ├── WorkflowRuntimeError           something went wrong while a run was executing
+    │   ├── WorkflowTimeoutError       the run (or a step) used up its time
+    │   ├── WorkflowCancelledByUser    handler.cancel_run() was called
+    │   └── IncompatibleWorkflowChange the code no longer has a step/event the run needs
+    ├── ContextSerdeError              a context/state/event could not be (de)serialized
+    └── StoreError                     the store failed; nothing committed is lost
+        ├── StoreUnavailable           the database cannot be reached or is locked/full
+        ├── RunNotFound                no run with that id in the store
+        ├── LeaseLost                  another owner took the run over (fencing)
+        └── JournalCorrupted           a stored journal row cannot be read
+
+A step's own exception reaches ``await handler`` unchanged. Every message names
+the workflow, run, step or key involved and says what to do. All errors pickle.
+"""
+
+from __future__ import annotations
+
+
+class PitonError(Exception):
+    """Root of every error piton raises."""
+
+    def __reduce__(self) -> tuple[type[PitonError], tuple[object, ...]]:
+        return (type(self), self.args)
+
+
+class WorkflowValidationError(PitonError):
+    """The workflow's step graph or a step signature is invalid."""
+
+
+class WorkflowConfigurationError(PitonError):
+    """An option given to a workflow, step or store is invalid."""
+
+
+class WorkflowRuntimeError(PitonError):
+    """A run could not go on."""
+
+
+class WorkflowTimeoutError(WorkflowRuntimeError, TimeoutError):
+    """The run exceeded its timeout, or a step exceeded its ``timeout=``."""
+
+
+class WorkflowCancelledByUser(WorkflowRuntimeError):
+    """The run was cancelled with ``handler.cancel_run()``."""
+
+
+class IncompatibleWorkflowChange(WorkflowRuntimeError):
+    """A stored run needs a step or event type the current code does not have."""
+
+
+class ContextSerdeError(PitonError, ValueError):
+    """A context, state value or event could not be serialized or restored."""
+
+
+class StateKeyError(PitonError, KeyError):
+    """``ctx.store.get(path)`` found nothing at ``path`` and no default was given."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class StoreError(PitonError):
+    """The store failed. What was committed before the failure is kept."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached, is locked, or is out of space."""
+
+
+class RunNotFound(StoreError, LookupError):
+    """No run with the given id exists in the store."""
+
+
+class LeaseLost(StoreError):
+    """This process no longer owns the run: another owner holds a newer lease."""
+
+
+class JournalCorrupted(StoreError):
+    """A stored journal entry or snapshot cannot be decoded."""
+
+
+__all__ = [
+    "ContextSerdeError",
+    "IncompatibleWorkflowChange",
+    "JournalCorrupted",
+    "LeaseLost",
+    "PitonError",
+    "RunNotFound",
+    "StateKeyError",
+    "StoreError",
+    "StoreUnavailable",
+    "WorkflowCancelledByUser",
+    "WorkflowConfigurationError",
+    "WorkflowRuntimeError",
+    "WorkflowTimeoutError",
+    "WorkflowValidationError",
+]

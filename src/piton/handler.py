@@ -1,0 +1,79 @@
+"""WorkflowHandler: what ``w.run()`` returns. Await it for the result."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Generator
+from typing import TYPE_CHECKING, Any
+
+from .errors import WorkflowRuntimeError
+from .events import Event
+
+if TYPE_CHECKING:
+    from ._runtime.runner import Runner
+    from .context import Context
+
+
+class _Done:
+    """An awaitable for an operation that already happened (so forgetting ``await`` is harmless)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield
+
+
+class WorkflowHandler(asyncio.Future[Any]):
+    """A running workflow: ``await handler`` gives the result (or raises the run's error).
+
+    The result is ``StopEvent.result``, or the event itself for a StopEvent subclass.
+    """
+
+    def __init__(self, *, run_id: str, ctx: Context[Any], loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self._run_id = run_id
+        self._ctx = ctx
+        self._runner: Runner | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    @property
+    def ctx(self) -> Context[Any]:
+        return self._ctx
+
+    def is_done(self) -> bool:
+        return self.done()
+
+    def _live(self) -> Runner:
+        if self._runner is None:
+            raise WorkflowRuntimeError(f"Run '{self._run_id}' has not started yet.")
+        return self._runner
+
+    async def stream_events(self) -> AsyncIterator[Event]:
+        """Events published by the run, from the first one, ending with its StopEvent."""
+        if self._runner is None and self._task is not None:
+            await asyncio.sleep(0)
+        async for ev in self._live().events():
+            yield ev
+
+    def send_event(self, event: Event, step: str | None = None) -> _Done:
+        """Send ``event`` into the run (awaiting the return value is optional)."""
+        self._live().send(event, step)
+        return _Done()
+
+    def cancel_run(self) -> _Done:
+        """Stop the run; ``await handler`` then raises ``WorkflowCancelledByUser``."""
+        if self._runner is not None:
+            self._runner.cancel()
+        return _Done()
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else "running"
+        return f"<WorkflowHandler run_id={self._run_id!r} {state}>"
+
+
+__all__ = ["WorkflowHandler"]

@@ -1,0 +1,446 @@
+"""Retry policies: pure values that decide whether, and when, a failed step runs again.
+
+Build one in the tenacity style and give it to a step::
+
+    @step(retry_policy=retry_policy(
+        retry=retry_if_exception_type(TimeoutError),
+        wait=wait_exponential(multiplier=0.5, max=30),
+        stop=stop_after_attempt(5),
+    ))
+
+Any object with ``next(elapsed_time, attempts, error, *, seed=None) -> float | None``
+is a policy: it returns the delay before the next attempt, or ``None`` to give up.
+``attempts`` counts failures so far (1 after the first failure). Jittered waits draw
+from a generator seeded by the caller, so a replayed run takes the same decisions.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol, runtime_checkable
+
+Seconds = float | int | timedelta
+
+
+def _secs(value: Seconds) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def _rng(seed: int | None) -> random.Random:
+    return random.Random(seed)
+
+
+@dataclass(frozen=True)
+class RetryInfo:
+    """What ``ctx.retry_info()`` returns inside a step.
+
+    ``retry_number`` is 0 on the first attempt, 1 on the first retry, and so on.
+    """
+
+    retry_number: int
+    elapsed_seconds: float
+    last_exception: BaseException | None
+    last_failed_at: datetime | None
+
+
+@runtime_checkable
+class RetryPolicy(Protocol):
+    """Anything with this ``next`` method can be a step's ``retry_policy``."""
+
+    def next(
+        self, elapsed_time: float, attempts: int, error: BaseException, *, seed: int | None = None
+    ) -> float | None: ...
+
+
+# --- retry conditions -------------------------------------------------------------
+
+
+class RetryCondition:
+    """Decides whether an exception is worth another attempt. Combine with ``|`` and ``&``."""
+
+    def __call__(self, error: BaseException) -> bool:
+        raise NotImplementedError
+
+    def __or__(self, other: RetryCondition) -> RetryCondition:
+        return retry_any(self, other)
+
+    def __and__(self, other: RetryCondition) -> RetryCondition:
+        return retry_all(self, other)
+
+
+class retry_if_exception(RetryCondition):
+    def __init__(self, predicate: Callable[[BaseException], bool]) -> None:
+        self.predicate = predicate
+
+    def __call__(self, error: BaseException) -> bool:
+        return bool(self.predicate(error))
+
+
+class retry_if_exception_type(retry_if_exception):
+    def __init__(
+        self, exception_types: type[BaseException] | tuple[type[BaseException], ...] = Exception
+    ) -> None:
+        super().__init__(lambda e: isinstance(e, exception_types))
+
+
+class retry_if_not_exception_type(retry_if_exception):
+    def __init__(
+        self, exception_types: type[BaseException] | tuple[type[BaseException], ...] = Exception
+    ) -> None:
+        super().__init__(lambda e: not isinstance(e, exception_types))
+
+
+retry_unless_exception_type = retry_if_not_exception_type
+
+
+class retry_if_exception_message(RetryCondition):
+    def __init__(self, message: str | None = None, match: str | re.Pattern[str] | None = None):
+        if (message is None) == (match is None):
+            raise TypeError("retry_if_exception_message takes exactly one of message= or match=")
+        self.message = message
+        self.pattern = re.compile(match) if isinstance(match, str) else match
+
+    def __call__(self, error: BaseException) -> bool:
+        if self.message is not None:
+            return str(error) == self.message
+        assert self.pattern is not None
+        return self.pattern.match(str(error)) is not None
+
+
+class retry_if_not_exception_message(retry_if_exception_message):
+    def __call__(self, error: BaseException) -> bool:
+        return not super().__call__(error)
+
+
+class retry_any(RetryCondition):
+    def __init__(self, *conditions: Callable[[BaseException], bool]) -> None:
+        self.conditions = conditions
+
+    def __call__(self, error: BaseException) -> bool:
+        return any(c(error) for c in self.conditions)
+
+
+class retry_all(RetryCondition):
+    def __init__(self, *conditions: Callable[[BaseException], bool]) -> None:
+        self.conditions = conditions
+
+    def __call__(self, error: BaseException) -> bool:
+        return all(c(error) for c in self.conditions)
+
+
+class _RetryAlways(RetryCondition):
+    def __call__(self, error: BaseException) -> bool:
+        return True
+
+
+class _RetryNever(RetryCondition):
+    def __call__(self, error: BaseException) -> bool:
+        return False
+
+
+retry_always = _RetryAlways()
+retry_never = _RetryNever()
+
+
+# --- wait strategies ----------------------------------------------------------------
+
+
+class WaitStrategy:
+    """Seconds to wait before retry number ``attempts`` (0 for the first retry).
+
+    Strategies add up: ``wait_fixed(1) + wait_random(0, 1)``.
+    """
+
+    def __call__(self, attempts: int, *, seed: int | None = None) -> float:
+        raise NotImplementedError
+
+    def __add__(self, other: WaitStrategy) -> WaitStrategy:
+        return wait_combine(self, other)
+
+    def __radd__(self, other: object) -> WaitStrategy:
+        return self if other == 0 else NotImplemented  # lets sum() work
+
+
+class wait_fixed(WaitStrategy):
+    def __init__(self, wait: Seconds) -> None:
+        self.wait = _secs(wait)
+
+    def __call__(self, attempts: int, *, seed: int | None = None) -> float:
+        return self.wait
+
+
+class wait_none(wait_fixed):
+    def __init__(self) -> None:
+        super().__init__(0)
+
+
+class wait_exponential(WaitStrategy):
+    def __init__(
+        self,
+        multiplier: float = 1,
+        max: Seconds = float("inf"),  # noqa: A002 - tenacity's name
+        exp_base: float = 2,
+        min: Seconds = 0,  # noqa: A002
+    ) -> None:
+        self.multiplier, self.max, self.exp_base, self.min = (
+            multiplier,
+            _secs(max),
+            exp_base,
+            _secs(min),
+        )
+
+    def __call__(self, attempts: int, *, seed: int | None = None) -> float:
+        try:
+            value = self.multiplier * (self.exp_base**attempts)
+        except OverflowError:
+            value = float("inf")
+        return max(self.min, min(value, self.max))
+
+
+class wait_incrementing(WaitStrategy):
+    def __init__(
+        self,
+        start: Seconds = 0,
+        increment: Seconds = 100,
+        max: Seconds = float("inf"),  # noqa: A002
+    ) -> None:
+        self.start, self.increment, self.max = _secs(start), _secs(increment), _secs(max)
+
+    def __call__(self, attempts: int, *, seed: int | None = None) -> float:
+        return max(0.0, min(self.start + self.increment * attempts, self.max))
+
+
+class wait_random(WaitStrategy):
+    def __init__(self, min: Seconds = 0, max: Seconds = 1) -> None:  # noqa: A002
+        self.min, self.max = _secs(min), _secs(max)
+
+    def __call__(self, attempts: int, *, seed: int | None = None) -> float:
+        return self.min + _rng(seed).random() * (self.max - self.min)
+
+
+class wait_exponential_jitter(WaitStrategy):
+    def __init__(
+        self,
+        initial: float = 1,
+        max: Seconds = float("inf"),  # noqa: A002
+        exp_base: float = 2,
+        jitter: float = 1,
+    ) -> None:
+        self.initial, self.max, self.exp_base, self.jitter = initial, _secs(max), exp_base, jitter
+
+    def __call__(self, attempts: int, *, seed: int | None = None) -> float:
+        try:
+            value = self.initial * self.exp_base**attempts
+        except OverflowError:
+            value = float("inf")
+        return max(0.0, min(value + _rng(seed).uniform(0, self.jitter), self.max))
+
+
+class wait_random_exponential(wait_exponential):
+    def __call__(self, attempts: int, *, seed: int | None = None) -> float:
+        high = super().__call__(attempts)
+        return _rng(seed).uniform(self.min, high)
+
+
+wait_full_jitter = wait_random_exponential
+
+
+class wait_chain(WaitStrategy):
+    """The n-th strategy for the n-th retry; the last one repeats."""
+
+    def __init__(self, *strategies: WaitStrategy) -> None:
+        if not strategies:
+            raise TypeError("wait_chain needs at least one strategy")
+        self.strategies = strategies
+
+    def __call__(self, attempts: int, *, seed: int | None = None) -> float:
+        index = min(max(attempts, 0), len(self.strategies) - 1)
+        return self.strategies[index](attempts, seed=seed)
+
+
+class wait_combine(WaitStrategy):
+    def __init__(self, *strategies: WaitStrategy) -> None:
+        self.strategies = strategies
+
+    def __call__(self, attempts: int, *, seed: int | None = None) -> float:
+        return sum(s(attempts, seed=seed) for s in self.strategies)
+
+
+# --- stop conditions ----------------------------------------------------------------
+
+
+class StopCondition:
+    """Decides when to give up. Combine with ``|`` and ``&``."""
+
+    def __call__(self, attempts: int, elapsed_time: float, *, upcoming_sleep: float = 0.0) -> bool:
+        raise NotImplementedError
+
+    def __or__(self, other: StopCondition) -> StopCondition:
+        return stop_any(self, other)
+
+    def __and__(self, other: StopCondition) -> StopCondition:
+        return stop_all(self, other)
+
+
+class stop_after_attempt(StopCondition):
+    """Stop once ``max_attempt_number`` attempts (the first run included) have failed."""
+
+    def __init__(self, max_attempt_number: int) -> None:
+        self.max_attempt_number = max_attempt_number
+
+    def __call__(self, attempts: int, elapsed_time: float, *, upcoming_sleep: float = 0.0) -> bool:
+        return attempts >= self.max_attempt_number
+
+
+class stop_after_delay(StopCondition):
+    def __init__(self, max_delay: Seconds) -> None:
+        self.max_delay = _secs(max_delay)
+
+    def __call__(self, attempts: int, elapsed_time: float, *, upcoming_sleep: float = 0.0) -> bool:
+        return elapsed_time >= self.max_delay
+
+
+class stop_before_delay(StopCondition):
+    def __init__(self, max_delay: Seconds) -> None:
+        self.max_delay = _secs(max_delay)
+
+    def __call__(self, attempts: int, elapsed_time: float, *, upcoming_sleep: float = 0.0) -> bool:
+        return elapsed_time + upcoming_sleep >= self.max_delay
+
+
+class stop_any(StopCondition):
+    def __init__(self, *conditions: StopCondition) -> None:
+        self.conditions = conditions
+
+    def __call__(self, attempts: int, elapsed_time: float, *, upcoming_sleep: float = 0.0) -> bool:
+        return any(
+            c(attempts, elapsed_time, upcoming_sleep=upcoming_sleep) for c in self.conditions
+        )
+
+
+class stop_all(StopCondition):
+    def __init__(self, *conditions: StopCondition) -> None:
+        self.conditions = conditions
+
+    def __call__(self, attempts: int, elapsed_time: float, *, upcoming_sleep: float = 0.0) -> bool:
+        return all(
+            c(attempts, elapsed_time, upcoming_sleep=upcoming_sleep) for c in self.conditions
+        )
+
+
+class _StopNever(StopCondition):
+    def __call__(self, attempts: int, elapsed_time: float, *, upcoming_sleep: float = 0.0) -> bool:
+        return False
+
+
+stop_never = _StopNever()
+
+
+# --- policies -----------------------------------------------------------------------
+
+
+class ComposedRetryPolicy:
+    """A policy made of a retry condition, a wait strategy and a stop condition."""
+
+    def __init__(
+        self,
+        retry: Callable[[BaseException], bool],
+        wait: WaitStrategy,
+        stop: StopCondition,
+    ) -> None:
+        self.retry, self.wait, self.stop = retry, wait, stop
+
+    def next(
+        self, elapsed_time: float, attempts: int, error: BaseException, *, seed: int | None = None
+    ) -> float | None:
+        if not self.retry(error):
+            return None
+        delay = self.wait(max(attempts - 1, 0), seed=seed)
+        if self.stop(attempts, elapsed_time, upcoming_sleep=delay):
+            return None
+        return delay
+
+    def __repr__(self) -> str:
+        return f"retry_policy(retry={self.retry!r}, wait={self.wait!r}, stop={self.stop!r})"
+
+
+def retry_policy(
+    *,
+    retry: Callable[[BaseException], bool] | None = None,
+    wait: WaitStrategy | None = None,
+    stop: StopCondition | None = None,
+) -> ComposedRetryPolicy:
+    """Build a policy. Defaults: retry any exception, 5 s apart, 3 attempts in all."""
+    return ComposedRetryPolicy(
+        retry=retry if retry is not None else retry_if_exception_type(Exception),
+        wait=wait if wait is not None else wait_fixed(5),
+        stop=stop if stop is not None else stop_after_attempt(3),
+    )
+
+
+def ConstantDelayRetryPolicy(maximum_attempts: int = 3, delay: Seconds = 5) -> ComposedRetryPolicy:  # noqa: N802
+    """At most ``maximum_attempts`` attempts in all, ``delay`` seconds apart."""
+    return retry_policy(wait=wait_fixed(delay), stop=stop_after_attempt(maximum_attempts))
+
+
+def ExponentialBackoffRetryPolicy(  # noqa: N802
+    maximum_attempts: int = 5,
+    initial_delay: Seconds = 1,
+    multiplier: float = 2,
+    max_delay: Seconds = 60,
+    jitter: bool = True,
+) -> ComposedRetryPolicy:
+    """At most ``maximum_attempts`` attempts in all, the delay growing by ``multiplier``."""
+    wait: WaitStrategy = wait_exponential(
+        multiplier=_secs(initial_delay), exp_base=multiplier, max=max_delay
+    )
+    if jitter:
+        wait = wait_random_exponential(
+            multiplier=_secs(initial_delay), exp_base=multiplier, max=max_delay
+        )
+    return retry_policy(wait=wait, stop=stop_after_attempt(maximum_attempts))
+
+
+__all__ = sorted(
+    [
+        "ComposedRetryPolicy",
+        "ConstantDelayRetryPolicy",
+        "ExponentialBackoffRetryPolicy",
+        "RetryCondition",
+        "RetryInfo",
+        "RetryPolicy",
+        "StopCondition",
+        "WaitStrategy",
+        "retry_all",
+        "retry_always",
+        "retry_any",
+        "retry_if_exception",
+        "retry_if_exception_message",
+        "retry_if_exception_type",
+        "retry_if_not_exception_message",
+        "retry_if_not_exception_type",
+        "retry_never",
+        "retry_policy",
+        "retry_unless_exception_type",
+        "stop_after_attempt",
+        "stop_after_delay",
+        "stop_all",
+        "stop_any",
+        "stop_before_delay",
+        "stop_never",
+        "wait_chain",
+        "wait_combine",
+        "wait_exponential",
+        "wait_exponential_jitter",
+        "wait_fixed",
+        "wait_full_jitter",
+        "wait_incrementing",
+        "wait_none",
+        "wait_random",
+        "wait_random_exponential",
+    ]
+)

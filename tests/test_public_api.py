@@ -1,0 +1,48 @@
+"""Pins the public API: a change to it must be a deliberate edit of this list."""
+
+import piton
+
+EXPECTED = [
+    "ConstantDelayRetryPolicy",
+    "Context",
+    "ContextSerdeError",
+    "DictState",
+    "Event",
+    "ExponentialBackoffRetryPolicy",
+    "HumanResponseEvent",
+    "IncompatibleWorkflowChange",
+    "InputRequiredEvent",
+    "JournalCorrupted",
+    "JsonSerializer",
+    "LeaseLost",
+    "PickleSerializer",
+    "PitonError",
+    "Resource",
+    "RetryInfo",
+    "RetryPolicy",
+    "RunNotFound",
+    "StartEvent",
+    "StateKeyError",
+    "StopEvent",
+    "StoreError",
+    "StoreUnavailable",
+    "Workflow",
+    "WorkflowCancelledByUser",
+    "WorkflowConfigurationError",
+    "WorkflowHandler",
+    "WorkflowRuntimeError",
+    "WorkflowTimeoutError",
+    "WorkflowValidationError",
+    "retry_policy",
+    "step",
+]
+
+
+def test_all_is_pinned_and_sorted() -> None:
+    assert piton.__all__ == EXPECTED
+    assert sorted(piton.__all__) == piton.__all__
+
+
+def test_every_name_is_importable() -> None:
+    for name in piton.__all__:
+        assert getattr(piton, name) is not None, name
