@@ -18,20 +18,23 @@ import json
 import pickle
 from collections import deque
 from collections.abc import Iterator, Mapping
+from dataclasses import fields
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from ._core import inputs as inp
 from ._core.graph import Graph, type_key
 from ._core.state import (
     Attempt,
     CollectBuffer,
     Envelope,
+    Execution,
     RunState,
     Waiter,
     WaitTimedOut,
 )
-from .errors import ContextSerdeError, PitonError
+from .errors import ContextSerdeError, IncompatibleWorkflowChange, PitonError
 
 TAG = "__piton__"
 FORMAT = "piton.context"
@@ -270,9 +273,18 @@ def _dec_attempt(s: JsonSerializer, t: Mapping[str, Any], types: TypeResolver) -
     )
 
 
-def encode_run(state: RunState, s: JsonSerializer) -> dict[str, Any]:
-    """The run as JSON trees, one per top-level part. In-flight work counts as queued."""
-    work = [_enc_attempt(s, ex.attempt) for ex in state.running.values()]
+def encode_run(state: RunState, s: JsonSerializer, *, keep_running: bool = False) -> dict[str, Any]:
+    """The run as JSON trees, one per top-level part.
+
+    In-flight work counts as queued (a restore re-runs it), unless ``keep_running``:
+    a journal snapshot keeps executions as they are, since later entries name them.
+    """
+    work = [] if keep_running else [_enc_attempt(s, ex.attempt) for ex in state.running.values()]
+    running = (
+        [{"id": ex.id, "at": ex.started_at, "attempt": _enc_attempt(s, ex.attempt)} for ex in state.running.values()]
+        if keep_running
+        else []
+    )
     for queue in state.queues.values():
         work.extend(_enc_attempt(s, a) for a in queue)
     return {
@@ -283,13 +295,14 @@ def encode_run(state: RunState, s: JsonSerializer) -> dict[str, Any]:
         "status": state.status,
         "state": s.encode(state.values, "state"),
         "work": work,
+        "running": running,
         "delayed": {k: _enc_attempt(s, a) for k, a in state.delayed.items()},
         "waiters": [
             {
                 "key": key,
                 "id": w.id,
                 "attempt": _enc_attempt(s, w.attempt),
-                "event_type": type_key(w.event_type),
+                "event_type": None if w.event_type is None else type_key(w.event_type),
                 "requirements": s.encode(w.requirements, "requirements"),
                 "deadline": w.deadline,
             }
@@ -338,12 +351,17 @@ def decode_run(tree: Mapping[str, Any], graph: Graph, s: JsonSerializer) -> RunS
         a = _dec_attempt(s, t, types)
         _check_step(graph, a.step)
         state.queues.setdefault(a.step, deque()).append(a)
+    for r in tree.get("running", []):
+        a = _dec_attempt(s, r["attempt"], types)
+        _check_step(graph, a.step)
+        state.running[r["id"]] = Execution(r["id"], a, r["at"])
+        state.busy[a.step] = state.busy.get(a.step, 0) + 1
     state.delayed = {k: _dec_attempt(s, t, types) for k, t in tree.get("delayed", {}).items()}
     for w in tree.get("waiters", []):
         a = _dec_attempt(s, w["attempt"], types)
         _check_step(graph, a.step)
-        etype = types.resolve(w["event_type"], BaseModel)
-        if etype is None:
+        etype = None if w["event_type"] is None else types.resolve(w["event_type"], BaseModel)
+        if etype is None and w["event_type"] is not None:
             raise ContextSerdeError(
                 f"Stored waiter waits for unknown event type '{w['event_type']}'."
             )
@@ -369,10 +387,81 @@ def decode_run(tree: Mapping[str, Any], graph: Graph, s: JsonSerializer) -> RunS
     return state
 
 
+# --- journal entries (reducer inputs) ------------------------------------------------------
+
+_INPUTS: dict[str, type[Any]] = {
+    cls.__name__: cls
+    for cls in (
+        inp.Begin, inp.StepDone, inp.StepFailed, inp.StepWaits, inp.Checkpoint, inp.Send,
+        inp.SetState, inp.ReplaceState, inp.Collect, inp.StreamWrite, inp.TimerFired,
+        inp.Cancel, inp.Park,
+    )
+}
+
+
+def _where(item: Any, name: str) -> str:
+    if name == "value" and isinstance(item, inp.SetState):
+        return f"state key '{item.path}'"
+    if name == "value":
+        return "state"
+    return name
+
+
+def encode_input(item: Any, s: JsonSerializer) -> str:
+    """One reducer input as a journal entry (JSON text)."""
+    tree: dict[str, Any] = {"k": type(item).__name__}
+    for f in fields(item):
+        value = getattr(item, f.name)
+        if f.name == "event_type":
+            tree[f.name] = None if value is None else type_key(value)
+        elif f.name == "expected":
+            tree[f.name] = [[type_key(t), n] for t, n in value]
+        elif f.name == "error":
+            tree[f.name] = s.encode_error(value)
+        elif f.name == "sends":
+            tree[f.name] = [[n, s.encode(ev, f"sent event {type(ev).__name__}"), target] for n, ev, target in value]
+        elif value is None or isinstance(value, str | int | float | bool):
+            tree[f.name] = value
+        else:
+            tree[f.name] = s.encode(value, _where(item, f.name))
+    return json.dumps(tree, separators=(",", ":"))
+
+
+def decode_input(text: str, s: JsonSerializer, types: TypeResolver) -> Any:
+    """A journal entry back into the reducer input it was made from."""
+    tree = json.loads(text)
+    cls = _INPUTS.get(tree.pop("k", None))
+    if cls is None:
+        raise ContextSerdeError("Unknown journal entry kind; was it written by a newer piton?")
+    kwargs: dict[str, Any] = {}
+    for name, value in tree.items():
+        if name == "event_type":
+            resolved = None if value is None else types.resolve(value, BaseModel)
+            if value is not None and resolved is None:
+                raise IncompatibleWorkflowChange(
+                    f"The stored run waits for event type '{value}', which is no longer defined."
+                )
+            kwargs[name] = resolved
+        elif name == "expected":
+            kwargs[name] = tuple((_resolve_event(types, key), n) for key, n in value)
+        elif name == "error":
+            kwargs[name] = s.decode_error(value, types)
+        elif name == "sends":
+            kwargs[name] = tuple((n, s.decode(ev, types), target) for n, ev, target in value)
+        else:
+            kwargs[name] = s.decode(value, types)
+    return cls(**kwargs)
+
+
+def _resolve_event(types: TypeResolver, key: str) -> type[Any]:
+    found = types.resolve(key, BaseModel)
+    if found is None:
+        raise IncompatibleWorkflowChange(f"The stored run uses event type '{key}', which is no longer defined.")
+    return found
+
+
 def _check_step(graph: Graph, step: str) -> None:
     if step not in graph.steps:
-        from .errors import IncompatibleWorkflowChange
-
         raise IncompatibleWorkflowChange(
             f"The stored run has work for step '{step}', which workflow '{graph.workflow}' no "
             "longer has. Restore the step (or run the old code) to finish this run."
@@ -384,6 +473,8 @@ __all__ = [
     "PickleSerializer",
     "StoredError",
     "TypeResolver",
+    "decode_input",
     "decode_run",
+    "encode_input",
     "encode_run",
 ]

@@ -44,12 +44,15 @@ class StepFailed:
 
 @dataclass(slots=True, frozen=True)
 class StepWaits:
-    """A step called ``wait_for_event`` for an event that has not arrived."""
+    """A step called ``wait_for_event`` for an event that has not arrived.
+
+    With ``event_type=None`` it is ``ctx.sleep()``: only the timeout wakes it.
+    """
 
     at: float
     exec_id: str
     waiter_id: str
-    event_type: type[Any]
+    event_type: type[Any] | None
     requirements: dict[str, Any] = field(default_factory=dict)
     waiter_event: Any = None
     timeout: float | None = None

@@ -56,10 +56,11 @@ _COMMIT_POINTS: tuple[type[Any], ...] = (
 def reduce(state: RunState, inp: i.Input) -> tuple[RunState, Cmds]:
     """Apply one input to ``state``; return it with the commands to execute."""
     cmds: Cmds = []
-    if state.finished and not isinstance(inp, i.SetState | i.ReplaceState):
+    if state.finished:  # only the state store stays writable; nothing is journaled
+        if isinstance(inp, i.SetState | i.ReplaceState):
+            _HANDLERS[type(inp)](state, inp, cmds)
         return state, cmds
-    handler = _HANDLERS[type(inp)]
-    handler(state, inp, cmds)
+    _HANDLERS[type(inp)](state, inp, cmds)
     if state.durable:
         state.journal.append(inp)
         if isinstance(inp, _COMMIT_POINTS) or state.finished:
@@ -83,10 +84,19 @@ def _begin(state: RunState, inp: i.Begin, cmds: Cmds) -> None:
     for timer_id, deadline in state.deadlines.items():
         cmds.append(i.ArmTimer(timer_id, deadline))
     if resuming:
+        _requeue_running(state)
         for step, queue in state.queues.items():
             _fill_slots(state, step, queue, inp.at, cmds)
     if inp.start_event is not None:
         _route(state, Envelope(state.next_id("e"), inp.start_event), inp.at, cmds)
+
+
+def _requeue_running(state: RunState) -> None:
+    """Work that was running when the run stopped (a crash, a snapshot) runs again, first."""
+    for ex in reversed(list(state.running.values())):
+        state.queues.setdefault(ex.attempt.step, deque()).appendleft(ex.attempt)
+    state.running.clear()
+    state.busy.clear()
 
 
 def _park(state: RunState, inp: i.Park, cmds: Cmds) -> None:
@@ -121,7 +131,7 @@ def _route(state: RunState, env: Envelope, at: float, cmds: Cmds) -> None:
 def _wake_waiters(state: RunState, ev: Any, at: float, cmds: Cmds) -> set[str]:
     woken: set[str] = set()
     for key, waiter in list(state.waiters.items()):
-        if type(ev) is not waiter.event_type:
+        if waiter.event_type is None or type(ev) is not waiter.event_type:
             continue
         if any(getattr(ev, k, None) != v for k, v in waiter.requirements.items()):
             continue

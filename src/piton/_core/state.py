@@ -68,7 +68,7 @@ class Waiter:
 
     id: str
     attempt: Attempt
-    event_type: type[Any]
+    event_type: type[Any] | None
     requirements: dict[str, Any]
     deadline: float | None = None
 

@@ -1,0 +1,263 @@
+"""The Store protocol every backend implements, and ``open_store(url)``.
+
+A store keeps, per run: a row (status, owner and lease epoch, last journal sequence
+number, wake-up deadline, result), an append-only journal of reducer inputs (JSON
+text), an optional snapshot that replaces the journal prefix it covers, the run's
+stream of published events, and an inbox of events sent from outside.
+
+Rules every backend keeps (``piton.testing.check_store`` checks them):
+
+- ``commit`` is atomic: journal entries, stream events, inbox deletions, snapshot and
+  the run row change together or not at all. It fails with ``LeaseLost`` unless the
+  run's epoch equals the request's and the run's ``seq`` equals ``request.seq``.
+- ``claim`` hands a run to a new owner with a new, higher epoch, if the run is not
+  final and its owner is absent, the caller itself, expired, or a dead process on
+  this host.
+- Driver errors leave the store as ``StoreError`` subclasses.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+from piton.errors import WorkflowConfigurationError
+
+FINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "timed_out"})
+STATUSES = ("queued", "running", "parked", *sorted(FINAL_STATUSES))
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    workflow: str
+    status: str
+    fingerprint: str = "{}"
+    owner: str | None = None
+    epoch: int = 0
+    lease_until: float | None = None
+    seq: int = 0
+    wake_at: float | None = None
+    inbox: int = 0
+    result: str | None = None
+    error: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    finished_at: float | None = None
+    start: str | None = None  # the start event, for queued runs
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+@dataclass
+class Loaded:
+    """What ``load`` returns: the snapshot, then the journal entries after it."""
+
+    record: RunRecord
+    snapshot: str | None
+    snapshot_seq: int
+    entries: list[tuple[int, str]]
+    stream: list[str]
+    inbox: list[tuple[int, str, str | None]]
+
+
+@dataclass
+class CommitRequest:
+    run_id: str
+    epoch: int
+    seq: int  # the run's seq before this commit; entries get seq+1, seq+2, ...
+    entries: list[str] = field(default_factory=list)
+    stream: list[str] = field(default_factory=list)
+    status: str = "running"
+    result: str | None = None
+    error: str | None = None
+    wake_at: float | None = None
+    inbox_done: list[int] = field(default_factory=list)
+    snapshot: str | None = None  # covers every entry up to seq + len(entries)
+    fingerprint: str | None = None
+    release: bool = False  # give up ownership (parked runs, finished runs)
+
+
+class Store(ABC):
+    """A place where runs are kept. Create one, ``await store.open()``, share it."""
+
+    url: str = ""
+
+    def __init__(self) -> None:
+        self.live: dict[str, Any] = {}  # run_id -> Runner executing it in this process
+        self.owner = process_owner()
+
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def create(self, record: RunRecord, entries: list[str], stream: list[str]) -> bool:
+        """Insert a new run owned by ``record.owner`` with its first commit; False if it exists."""
+
+    @abstractmethod
+    async def get(self, run_id: str) -> RunRecord | None: ...
+
+    @abstractmethod
+    async def claim(self, run_id: str, owner: str, lease: float) -> int | None:
+        """Take the run over; return the new epoch, or None if someone else holds it."""
+
+    @abstractmethod
+    async def load(self, run_id: str) -> Loaded: ...
+
+    @abstractmethod
+    async def commit(self, request: CommitRequest) -> None: ...
+
+    @abstractmethod
+    async def renew(self, run_ids: list[tuple[str, int]], owner: str, lease: float) -> list[str]:
+        """Extend the leases of (run_id, epoch) pairs; return the ids whose lease was lost."""
+
+    @abstractmethod
+    async def deliver(self, run_id: str, event: str, step: str | None = None) -> None:
+        """Put an event in the run's inbox."""
+
+    @abstractmethod
+    async def runnable(self, workflows: list[str], now: float, limit: int = 100) -> list[RunRecord]:
+        """Runs a worker could take: queued, expired or dead-owned, or parked and due."""
+
+    @abstractmethod
+    async def list_runs(
+        self, *, status: str | None = None, workflow: str | None = None, limit: int = 100
+    ) -> list[RunRecord]: ...
+
+    @abstractmethod
+    async def prune(self, older_than: float) -> int:
+        """Delete finished runs that finished more than ``older_than`` seconds ago."""
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+# --- process identity: is the owner of a run still alive? ---------------------------------
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # the command name may hold spaces: fields resume after the last ')'
+    return data[data.rfind(b")") + 2 :].split()[19].decode()
+
+
+def process_owner() -> str:
+    """``host/pid/start-time``: identifies this process, even after pid reuse."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}/{pid}/{_start_time(pid) or int(time.time())}"
+
+
+def owner_is_dead(owner: str | None) -> bool:
+    """True when ``owner`` is a process on this host that no longer exists."""
+    if not owner:
+        return True
+    parts = owner.split("/")
+    if len(parts) != 3 or parts[0] != socket.gethostname():
+        return False
+    try:
+        pid = int(parts[1])
+    except ValueError:
+        return False
+    start = _start_time(pid)
+    if start is None:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return not os.path.exists("/proc")  # alive, but /proc unreadable: trust kill()
+    return start != parts[2]
+
+
+def may_claim(record: RunRecord, owner: str, now: float) -> bool:
+    """The claim rule shared by every backend."""
+    if record.finished:
+        return False
+    if record.owner is None or record.owner == owner:
+        return True
+    if record.lease_until is not None and record.lease_until < now:
+        return True
+    return owner_is_dead(record.owner)
+
+
+def is_runnable(record: RunRecord, now: float) -> bool:
+    """Whether a worker should take the run now: queued, abandoned, or parked and due."""
+    if record.finished:
+        return False
+    if record.status == "queued":
+        return True
+    if record.status == "parked":
+        return record.inbox > 0 or (record.wake_at is not None and record.wake_at <= now)
+    if record.owner is None:
+        return True
+    if record.lease_until is not None and record.lease_until < now:
+        return True
+    return owner_is_dead(record.owner)
+
+
+def open_store(url: str | Store) -> Store:
+    """A store for ``url``: ``sqlite:///path.db``, ``memory://``, ``postgresql://...``, ``redis://...``."""
+    if isinstance(url, Store):
+        return url
+    scheme = urlparse(url).scheme
+    if scheme == "sqlite":
+        from .sqlite import SqliteStore
+
+        return SqliteStore.from_url(url)
+    if scheme == "memory":
+        from .memory import MemoryStore
+
+        return MemoryStore()
+    if scheme in ("postgres", "postgresql"):
+        try:
+            from .postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
+        except ImportError as exc:
+            raise WorkflowConfigurationError(
+                f"Store URL {url!r} needs the Postgres backend: pip install 'piton[postgres]'."
+            ) from exc
+        return PostgresStore(url)  # type: ignore[no-any-return,unused-ignore]
+    if scheme in ("redis", "rediss"):
+        try:
+            from .redis import RedisStore  # type: ignore[import-not-found,unused-ignore]
+        except ImportError as exc:
+            raise WorkflowConfigurationError(
+                f"Store URL {url!r} needs the Redis backend: pip install 'piton[redis]'."
+            ) from exc
+        return RedisStore(url)  # type: ignore[no-any-return,unused-ignore]
+    raise WorkflowConfigurationError(
+        f"Unknown store URL {url!r}. Use sqlite:///path.db, memory://, postgresql://... or redis://..."
+    )
+
+
+__all__ = [
+    "FINAL_STATUSES",
+    "STATUSES",
+    "CommitRequest",
+    "Loaded",
+    "RunRecord",
+    "Store",
+    "is_runnable",
+    "may_claim",
+    "open_store",
+    "owner_is_dead",
+    "process_owner",
+]

@@ -1,0 +1,165 @@
+"""MemoryStore: the Store protocol in a dict. For tests and for ``memory://``.
+
+Runs vanish with the process; everything else behaves as a durable store does.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import replace
+
+from piton.errors import LeaseLost, RunNotFound
+from piton.stores.base import CommitRequest, Loaded, RunRecord, Store, is_runnable, may_claim
+
+
+class MemoryStore(Store):
+    url = "memory://"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._runs: dict[str, RunRecord] = {}
+        self._journal: dict[str, list[tuple[int, str]]] = {}
+        self._snapshots: dict[str, tuple[int, str]] = {}
+        self._stream: dict[str, list[str]] = {}
+        self._inbox: dict[str, list[tuple[int, str, str | None]]] = {}
+        self._inbox_id = 0
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def _run(self, run_id: str) -> RunRecord:
+        record = self._runs.get(run_id)
+        if record is None:
+            raise RunNotFound(f"No run '{run_id}' in {self.url}.")
+        return record
+
+    async def create(self, record: RunRecord, entries: list[str], stream: list[str]) -> bool:
+        if record.run_id in self._runs:
+            return False
+        now = time.time()
+        record = replace(record, seq=len(entries), created_at=now, updated_at=now)
+        self._runs[record.run_id] = record
+        self._journal[record.run_id] = list(enumerate(entries, start=1))
+        self._stream[record.run_id] = list(stream)
+        self._inbox[record.run_id] = []
+        return True
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        record = self._runs.get(run_id)
+        return None if record is None else copy.copy(record)
+
+    async def claim(self, run_id: str, owner: str, lease: float) -> int | None:
+        record = self._run(run_id)
+        now = time.time()
+        if not may_claim(record, owner, now):
+            return None
+        record.owner, record.epoch = owner, record.epoch + 1
+        record.lease_until, record.status, record.updated_at = now + lease, "running", now
+        return record.epoch
+
+    async def load(self, run_id: str) -> Loaded:
+        record = self._run(run_id)
+        snap_seq, snapshot = self._snapshots.get(run_id, (0, None))
+        return Loaded(
+            record=copy.copy(record),
+            snapshot=snapshot,
+            snapshot_seq=snap_seq,
+            entries=[e for e in self._journal[run_id] if e[0] > snap_seq],
+            stream=list(self._stream[run_id]),
+            inbox=list(self._inbox[run_id]),
+        )
+
+    async def commit(self, request: CommitRequest) -> None:
+        record = self._run(request.run_id)
+        if record.epoch != request.epoch or record.owner is None:
+            raise LeaseLost(
+                f"Run '{request.run_id}' is now owned by another process (epoch {record.epoch}, "
+                f"ours {request.epoch}); this process stops working on it."
+            )
+        if record.seq != request.seq:
+            raise LeaseLost(
+                f"Run '{request.run_id}' journal is at seq {record.seq}, expected {request.seq}."
+            )
+        journal = self._journal[request.run_id]
+        for n, entry in enumerate(request.entries, start=request.seq + 1):
+            journal.append((n, entry))
+        record.seq = request.seq + len(request.entries)
+        self._stream[request.run_id].extend(request.stream)
+        if request.inbox_done:
+            done = set(request.inbox_done)
+            self._inbox[request.run_id] = [m for m in self._inbox[request.run_id] if m[0] not in done]
+        record.inbox = len(self._inbox[request.run_id])
+        if request.snapshot is not None:
+            self._snapshots[request.run_id] = (record.seq, request.snapshot)
+            self._journal[request.run_id] = [e for e in journal if e[0] > record.seq]
+        if request.fingerprint is not None:
+            record.fingerprint = request.fingerprint
+        now = time.time()
+        record.status, record.wake_at, record.updated_at = request.status, request.wake_at, now
+        if request.result is not None:
+            record.result = request.result
+        if request.error is not None:
+            record.error = request.error
+        if record.finished:
+            record.finished_at = now
+        if request.release or record.finished:
+            record.owner, record.lease_until = None, None
+
+    async def renew(self, run_ids: list[tuple[str, int]], owner: str, lease: float) -> list[str]:
+        lost = []
+        now = time.time()
+        for run_id, epoch in run_ids:
+            record = self._runs.get(run_id)
+            if record is None or record.epoch != epoch or record.owner != owner:
+                lost.append(run_id)
+            else:
+                record.lease_until = now + lease
+        return lost
+
+    async def deliver(self, run_id: str, event: str, step: str | None = None) -> None:
+        record = self._run(run_id)
+        self._inbox_id += 1
+        self._inbox[run_id].append((self._inbox_id, event, step))
+        record.inbox = len(self._inbox[run_id])
+
+    async def runnable(self, workflows: list[str], now: float, limit: int = 100) -> list[RunRecord]:
+        found = []
+        for record in self._runs.values():
+            if record.workflow not in workflows:
+                continue
+            if not is_runnable(record, now):
+                continue
+            found.append(copy.copy(record))
+            if len(found) >= limit:
+                break
+        return found
+
+    async def list_runs(
+        self, *, status: str | None = None, workflow: str | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        rows = [
+            copy.copy(r)
+            for r in self._runs.values()
+            if (status is None or r.status == status) and (workflow is None or r.workflow == workflow)
+        ]
+        rows.sort(key=lambda r: r.created_at, reverse=True)
+        return rows[:limit]
+
+    async def prune(self, older_than: float) -> int:
+        cutoff = time.time() - older_than
+        doomed = [
+            r.run_id
+            for r in self._runs.values()
+            if r.finished and r.finished_at is not None and r.finished_at < cutoff
+        ]
+        for run_id in doomed:
+            for table in (self._runs, self._journal, self._snapshots, self._stream, self._inbox):
+                table.pop(run_id, None)
+        return len(doomed)
+
+
+__all__ = ["MemoryStore"]
