@@ -26,6 +26,7 @@ EXPECTED = [
     "StopEvent",
     "StoreError",
     "StoreUnavailable",
+    "Worker",
     "Workflow",
     "WorkflowCancelledByUser",
     "WorkflowConfigurationError",

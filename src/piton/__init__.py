@@ -1,5 +1,6 @@
 """piton: durable, event-driven workflows for Python."""
 
+from ._runtime.worker import Worker as Worker
 from .context import Context as Context
 from .context import DictState as DictState
 from .decorators import step as step
@@ -59,6 +60,7 @@ __all__ = [
     "StopEvent",
     "StoreError",
     "StoreUnavailable",
+    "Worker",
     "Workflow",
     "WorkflowCancelledByUser",
     "WorkflowConfigurationError",

@@ -68,7 +68,7 @@ class WaitingForEvent(BaseException):  # noqa: N818 - control flow, not an error
     def __init__(
         self,
         waiter_id: str,
-        event_type: type[Event],
+        event_type: type[Event] | None,
         requirements: dict[str, Any],
         waiter_event: Event | None,
         timeout: float | None,
@@ -295,6 +295,15 @@ class Context(Generic[StateT]):
         """Deliver the events sent so far and, for a durable run, commit the progress."""
         await self._step_only("checkpoint").checkpoint()
 
+    async def sleep(self, seconds: float, sleep_id: str | None = None) -> None:
+        """Sleep durably: the step is suspended and runs again from the top after ``seconds``.
+
+        A durable run is parked meanwhile (no process needs to stay up) and wakes in
+        whichever process runs a worker for its store. On the re-run this call returns
+        at once, so keep code before it safe to repeat, as with ``wait_for_event``.
+        """
+        await self._step_only("sleep").sleep(seconds, sleep_id)
+
     async def running_steps(self) -> list[str]:
         state = self._run_state()
         return sorted({ex.attempt.step for ex in state.running.values()}) if state else []
@@ -310,7 +319,12 @@ class Context(Generic[StateT]):
         state = self._run_state()
         if state is None:
             state = self._workflow._new_state("", values=self._values())
-        tree = encode_run(state, ser)
+        snapshot = state
+        if self._runner is not None and not self._runner.done:
+            # a threaded step must not read the state while the loop thread changes it
+            tree = self._runner.call(lambda: encode_run(snapshot, ser))
+        else:
+            tree = encode_run(snapshot, ser)
         tree["serializer"] = ser.name
         return {key: json.dumps(value, separators=(",", ":")) for key, value in tree.items()}
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 STEP_ATTR = "__piton_step__"
+LOCALS_ATTR = "__piton_locals__"
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,9 @@ def build_spec(
     """Read ``func``'s signature into a StepSpec; raise a clear error if it is not a step."""
     name = func.__name__
     where = f"step '{name}'" + (f" of workflow '{owner}'" if owner else "")
+    captured: dict[str, Any] = getattr(func, LOCALS_ATTR, {})
+    if captured:
+        localns = {**(localns or {}), **captured}
     try:
         hints = typing.get_type_hints(func, include_extras=True, localns=localns)
     except NameError as exc:
@@ -190,6 +194,28 @@ def _check_options(name: str, num_workers: Any, timeout: Any) -> None:
         )
 
 
+def _caller_locals(depth: int = 3) -> dict[str, Any]:
+    """Local names around the ``@step`` line: the class body and the functions enclosing it.
+
+    With ``from __future__ import annotations`` an annotation naming a class defined
+    inside a function cannot be resolved later from the function's globals alone.
+    """
+    frame = inspect.currentframe()
+    frames: list[types.FrameType] = []
+    here = frame.f_code.co_filename if frame is not None else None
+    f = frame.f_back if frame is not None else None
+    while f is not None and f.f_code.co_filename == here:
+        f = f.f_back
+    while f is not None and len(frames) < depth and f.f_locals is not f.f_globals:
+        frames.append(f)
+        f = f.f_back
+    del frame, f
+    found: dict[str, Any] = {}
+    for fr in reversed(frames):
+        found.update(fr.f_locals)
+    return found
+
+
 @overload
 def step(func: F, /) -> F: ...
 @overload
@@ -225,6 +251,9 @@ def step(
             )
         options = StepOptions(num_workers, retry_policy, timeout)
         is_method = workflow is None
+        captured = _caller_locals()
+        if captured:
+            setattr(fn, LOCALS_ATTR, captured)
         try:  # check the signature now when its names resolve; else at workflow build
             build_spec(fn, options, is_method=is_method)
         except _Unresolved:

@@ -10,6 +10,7 @@ Every error derives from :class:`PitonError`::
     │   ├── WorkflowCancelledByUser    handler.cancel_run() was called
     │   └── IncompatibleWorkflowChange the code no longer has a step/event the run needs
     ├── ContextSerdeError              a context/state/event could not be (de)serialized
+    ├── StateKeyError                  ctx.store.get(path) found nothing (also KeyError, ValueError)
     └── StoreError                     the store failed; nothing committed is lost
         ├── StoreUnavailable           the database cannot be reached or is locked/full
         ├── RunNotFound                no run with that id in the store
@@ -58,8 +59,11 @@ class ContextSerdeError(PitonError, ValueError):
     """A context, state value or event could not be serialized or restored."""
 
 
-class StateKeyError(PitonError, KeyError):
-    """``ctx.store.get(path)`` found nothing at ``path`` and no default was given."""
+class StateKeyError(PitonError, KeyError, ValueError):
+    """``ctx.store.get(path)`` found nothing at ``path`` and no default was given.
+
+    Also a ``ValueError``, which is what llama-index-workflows raises there.
+    """
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""

@@ -24,6 +24,9 @@ class Event(BaseModel):
         return data
 
     def __getitem__(self, key: str) -> Any:
+        fields = self._fields()  # a field named like a method (`items`, `keys`) wins
+        if key in fields:
+            return fields[key]
         try:
             return getattr(self, key)
         except AttributeError:
@@ -50,8 +53,9 @@ class Event(BaseModel):
     def __len__(self) -> int:
         return len(self._fields())
 
-    def __iter__(self) -> Iterator[tuple[str, Any]]:  # type: ignore[override]
-        return iter(self._fields().items())
+    def __iter__(self) -> Iterator[str]:  # type: ignore[override]
+        """The field names, as iterating a dict gives its keys."""
+        return iter(self._fields())
 
     def __bool__(self) -> bool:
         return True

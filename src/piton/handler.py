@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Awaitable, Generator
 from typing import TYPE_CHECKING, Any
 
 from .errors import WorkflowRuntimeError
 from .events import Event
 
 if TYPE_CHECKING:
+    from ._runtime.durable import RunDriver
     from ._runtime.runner import Runner
     from .context import Context
 
@@ -34,7 +35,7 @@ class WorkflowHandler(asyncio.Future[Any]):
         super().__init__(loop=loop)
         self._run_id = run_id
         self._ctx = ctx
-        self._runner: Runner | None = None
+        self._runner: Runner | RunDriver | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -48,7 +49,7 @@ class WorkflowHandler(asyncio.Future[Any]):
     def is_done(self) -> bool:
         return self.done()
 
-    def _live(self) -> Runner:
+    def _live(self) -> Runner | RunDriver:
         if self._runner is None:
             raise WorkflowRuntimeError(f"Run '{self._run_id}' has not started yet.")
         return self._runner
@@ -60,16 +61,24 @@ class WorkflowHandler(asyncio.Future[Any]):
         async for ev in self._live().events():
             yield ev
 
-    def send_event(self, event: Event, step: str | None = None) -> _Done:
-        """Send ``event`` into the run (awaiting the return value is optional)."""
-        self._live().send(event, step)
-        return _Done()
+    def send_event(self, event: Event, step: str | None = None) -> Awaitable[None]:
+        """Send ``event`` into the run. It is sent at once; awaiting waits until it is stored."""
+        sent = self._live().send(event, step)
+        return sent if sent is not None else _Done()
 
-    def cancel_run(self) -> _Done:
+    def cancel_run(self) -> Awaitable[None]:
         """Stop the run; ``await handler`` then raises ``WorkflowCancelledByUser``."""
-        if self._runner is not None:
+        if self._runner is None:
+            return _Done()
+        cancelled = self._runner.cancel()
+        return cancelled if cancelled is not None else _Done()
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        """Cancel the future (``asyncio.wait_for`` does on timeout) and the run with it."""
+        cancelled = super().cancel(msg)
+        if cancelled and self._runner is not None:
             self._runner.cancel()
-        return _Done()
+        return cancelled
 
     def __repr__(self) -> str:
         state = "done" if self.done() else "running"

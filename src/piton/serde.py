@@ -119,14 +119,22 @@ class JsonSerializer:
         if model.__pydantic_extra__:
             fields.update(model.__pydantic_extra__)
         name = type(model).__name__
-        return {
-            TAG: "model",
-            "type": type_key(type(model)),
-            "data": {
-                k: self.encode(v, f"{where}.{k}" if where != "value" else f"{name}.{k}")
-                for k, v in fields.items()
-            },
-        }
+        declared = type(model).model_fields
+        data: dict[str, Any] = {}
+        for k, v in fields.items():
+            at = f"{where}.{k}" if where != "value" else f"{name}.{k}"
+            try:
+                data[k] = self.encode(v, at)
+            except ContextSerdeError as exc:
+                if k not in declared:
+                    raise
+                # a declared field of a type pydantic serializes (UUID, Enum, Decimal,
+                # Path, ...): store pydantic's JSON form; model_validate restores the type
+                try:
+                    data[k] = model.model_dump(mode="json", include={k})[k]
+                except Exception:  # noqa: BLE001 - pydantic cannot either: report ours
+                    raise exc from None
+        return {TAG: "model", "type": type_key(type(model)), "data": data}
 
     def _fallback(self, value: Any, where: str) -> Any:
         raise ContextSerdeError(
@@ -281,7 +289,10 @@ def encode_run(state: RunState, s: JsonSerializer, *, keep_running: bool = False
     """
     work = [] if keep_running else [_enc_attempt(s, ex.attempt) for ex in state.running.values()]
     running = (
-        [{"id": ex.id, "at": ex.started_at, "attempt": _enc_attempt(s, ex.attempt)} for ex in state.running.values()]
+        [
+            {"id": ex.id, "at": ex.started_at, "attempt": _enc_attempt(s, ex.attempt)}
+            for ex in state.running.values()
+        ]
         if keep_running
         else []
     )
@@ -392,9 +403,19 @@ def decode_run(tree: Mapping[str, Any], graph: Graph, s: JsonSerializer) -> RunS
 _INPUTS: dict[str, type[Any]] = {
     cls.__name__: cls
     for cls in (
-        inp.Begin, inp.StepDone, inp.StepFailed, inp.StepWaits, inp.Checkpoint, inp.Send,
-        inp.SetState, inp.ReplaceState, inp.Collect, inp.StreamWrite, inp.TimerFired,
-        inp.Cancel, inp.Park,
+        inp.Begin,
+        inp.StepDone,
+        inp.StepFailed,
+        inp.StepWaits,
+        inp.Checkpoint,
+        inp.Send,
+        inp.SetState,
+        inp.ReplaceState,
+        inp.Collect,
+        inp.StreamWrite,
+        inp.TimerFired,
+        inp.Cancel,
+        inp.Park,
     )
 }
 
@@ -419,7 +440,10 @@ def encode_input(item: Any, s: JsonSerializer) -> str:
         elif f.name == "error":
             tree[f.name] = s.encode_error(value)
         elif f.name == "sends":
-            tree[f.name] = [[n, s.encode(ev, f"sent event {type(ev).__name__}"), target] for n, ev, target in value]
+            tree[f.name] = [
+                [n, s.encode(ev, f"sent event {type(ev).__name__}"), target]
+                for n, ev, target in value
+            ]
         elif value is None or isinstance(value, str | int | float | bool):
             tree[f.name] = value
         else:
@@ -456,7 +480,9 @@ def decode_input(text: str, s: JsonSerializer, types: TypeResolver) -> Any:
 def _resolve_event(types: TypeResolver, key: str) -> type[Any]:
     found = types.resolve(key, BaseModel)
     if found is None:
-        raise IncompatibleWorkflowChange(f"The stored run uses event type '{key}', which is no longer defined.")
+        raise IncompatibleWorkflowChange(
+            f"The stored run uses event type '{key}', which is no longer defined."
+        )
     return found
 
 

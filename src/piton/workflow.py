@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import uuid
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from .errors import WorkflowConfigurationError, WorkflowRuntimeError, WorkflowVa
 from .events import StartEvent
 from .handler import WorkflowHandler
 from .resource import ResourceManager
+from .stores.base import Store, open_store
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class Workflow:
     _timeout: float | None = 45.0
     _disable_validation: bool = False
     _num_concurrent_runs: int | None = None
+    _store_arg: Store | None = None
+    _snapshot_every: int = 100
     verbose: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -56,6 +60,8 @@ class Workflow:
         disable_validation: bool = False,
         verbose: bool = False,
         num_concurrent_runs: int | None = None,
+        store: Store | str | None = None,
+        snapshot_every: int = 100,
     ) -> None:
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
@@ -74,7 +80,17 @@ class Workflow:
         self._timeout = timeout
         self._disable_validation = disable_validation
         self.verbose = verbose
+        if (
+            isinstance(snapshot_every, bool)
+            or not isinstance(snapshot_every, int)
+            or snapshot_every < 1
+        ):
+            raise WorkflowConfigurationError(
+                f"snapshot_every must be an integer >= 1, got {snapshot_every!r}."
+            )
         self._num_concurrent_runs = num_concurrent_runs
+        self._snapshot_every = snapshot_every
+        self._store_arg = open_store(store) if store is not None else None
         self._compiled()
 
     # -- steps ----------------------------------------------------------------------
@@ -136,10 +152,28 @@ class Workflow:
     def _run_semaphore(self) -> asyncio.Semaphore | None:
         if self._num_concurrent_runs is None:
             return None
-        sem = self.__dict__.get("_piton_semaphore")
-        if sem is None:
-            sem = self.__dict__["_piton_semaphore"] = asyncio.Semaphore(self._num_concurrent_runs)
+        loop = asyncio.get_running_loop()
+        held = self.__dict__.get("_piton_semaphore")
+        if held is None or held[0] is not loop:  # a semaphore works in one event loop only
+            held = self.__dict__["_piton_semaphore"] = (
+                loop,
+                asyncio.Semaphore(self._num_concurrent_runs),
+            )
+        sem: asyncio.Semaphore = held[1]
         return sem
+
+    @property
+    def store(self) -> Store | None:
+        """The store runs are checkpointed to: ``store=``, else ``$PITON_STORE``; None in memory."""
+        if isinstance(self._store_arg, Store):
+            return self._store_arg
+        url = os.environ.get("PITON_STORE")
+        if not url:
+            return None
+        cached: tuple[str, Store] | None = self.__dict__.get("_piton_env_store")
+        if cached is None or cached[0] != url:
+            cached = self.__dict__["_piton_env_store"] = (url, open_store(url))
+        return cached[1]
 
     def _new_state(self, run_id: str, values: Any = None) -> RunState:
         graph = self._compiled().graph
@@ -179,6 +213,9 @@ class Workflow:
             )
         if ctx._runner is not None and not ctx._runner.state.finished:
             raise WorkflowRuntimeError("This context is already running a workflow.")
+        store = self.store
+        if store is not None:
+            return self._run_durable(store, ctx, run_id, start_event, kwargs, compiled, loop)
         state, start = self._prepare(ctx, run_id, start_event, kwargs, compiled)
         ctx._workflow = self
         ctx._state = None
@@ -186,6 +223,51 @@ class Workflow:
         runner = Runner(self, compiled, state, ctx, handler)
         handler._runner = runner
         handler._task = loop.create_task(runner.start(start))
+        return handler
+
+    def _run_durable(
+        self,
+        store: Store,
+        ctx: Context[Any],
+        run_id: str | None,
+        start_event: StartEvent | None,
+        kwargs: dict[str, Any],
+        compiled: Compiled,
+        loop: asyncio.AbstractEventLoop,
+    ) -> WorkflowHandler:
+        if run_id is not None:
+            live = store.live.get(run_id)
+            if live is not None and not live.handler.done():
+                return live.handler  # this process is already running it: share the handler
+        try:
+            start: StartEvent | None = self._start_event(compiled, start_event, kwargs)
+        except WorkflowRuntimeError:
+            if start_event is not None or kwargs or run_id is None:
+                raise
+            start = None  # attaching to an existing run needs no start event
+        return self._attach(run_id or uuid.uuid4().hex, ctx=ctx, start=start, loop=loop)
+
+    def _attach(
+        self,
+        run_id: str,
+        *,
+        ctx: Context[Any] | None = None,
+        start: StartEvent | None = None,
+        stay: bool = True,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> WorkflowHandler:
+        from ._runtime.durable import RunDriver
+
+        store = self.store
+        assert store is not None
+        loop = loop or asyncio.get_running_loop()
+        ctx = ctx or Context(self)
+        ctx._workflow = self
+        handler = WorkflowHandler(run_id=run_id, ctx=ctx, loop=loop)
+        driver = RunDriver(self, self._compiled(), store, run_id, ctx, handler, start, stay=stay)
+        handler._runner = driver
+        store.live[run_id] = driver
+        handler._task = loop.create_task(driver.main())
         return handler
 
     def _prepare(

@@ -184,7 +184,7 @@ def _deliver_sends(
     state: RunState, attempt: Attempt, sends: i.Sends, at: float, cmds: Cmds
 ) -> None:
     """Route a step's sends once each: a re-run's repeats (same index) are dropped."""
-    key = attempt.envelope.id
+    key = attempt.key
     done = state.delivered.get(key, 0)
     for index, event, target in sends:
         if index < done:
@@ -205,8 +205,8 @@ def _step_done(state: RunState, inp: i.StepDone, cmds: Cmds) -> None:
         return
     attempt = ex.attempt
     _deliver_sends(state, attempt, inp.sends, inp.at, cmds)
-    state.delivered.pop(attempt.envelope.id, None)
-    _drop_claims(state, attempt.envelope.id)
+    state.delivered.pop(attempt.key, None)
+    _forget_collector(state, attempt.key)
     if inp.result is not None and not state.finished:
         _route(state, Envelope(state.next_id("e"), inp.result), inp.at, cmds)
 
@@ -253,7 +253,7 @@ def _step_waits(state: RunState, inp: i.StepWaits, cmds: Cmds) -> None:
     if ex is None:
         return
     attempt = ex.attempt
-    key = f"{attempt.step}/{inp.waiter_id}"
+    key = f"{attempt.key}/{inp.waiter_id}"  # per attempt: a fixed waiter_id may repeat
     known = key in state.waiters
     deadline = None if inp.timeout is None else inp.at + inp.timeout
     if known:
@@ -294,7 +294,7 @@ def _stream_write(state: RunState, inp: i.StreamWrite, cmds: Cmds) -> None:
 
 def _collect(state: RunState, inp: i.Collect, cmds: Cmds) -> None:
     ex = state.running.get(inp.exec_id)
-    owner = ex.attempt.envelope.id if ex is not None else inp.exec_id
+    owner = ex.attempt.key if ex is not None else inp.exec_id
     buf = state.buffers.get(inp.buffer_id)
     if buf is None:
         buf = state.buffers[inp.buffer_id] = CollectBuffer()
@@ -324,11 +324,18 @@ def _collect(state: RunState, inp: i.Collect, cmds: Cmds) -> None:
     cmds.append(i.Collected([event for _, event in ordered]))
 
 
-def _drop_claims(state: RunState, owner: str) -> None:
+def _forget_collector(state: RunState, owner: str) -> None:
+    """A finished attempt never collects again: drop its claim and its ``seen`` mark.
+
+    A buffer goes once nothing is pending or claimed and no live attempt has added to
+    it; while one has (it may be retrying), the buffer keeps its mark so that the
+    retry does not add the same event again.
+    """
     for key, buf in list(state.buffers.items()):
-        if buf.claimed.pop(owner, None) is not None and not buf.claimed:
-            if not any(buf.pending.values()):
-                del state.buffers[key]
+        buf.claimed.pop(owner, None)
+        buf.seen.discard(owner)
+        if not buf.claimed and not buf.seen and not any(buf.pending.values()):
+            del state.buffers[key]
 
 
 # --- timers ---------------------------------------------------------------------------

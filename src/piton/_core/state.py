@@ -52,6 +52,15 @@ class Attempt:
     last_failed_at: float | None = None
     resolved: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def key(self) -> str:
+        """Who the attempt is across retries and resumes: one event at one step.
+
+        Two steps that consume the same event are two attempts, so their sends and
+        collect claims are counted apart.
+        """
+        return f"{self.step}/{self.envelope.id}"
+
 
 @dataclass(slots=True)
 class Execution:
@@ -78,9 +87,9 @@ class CollectBuffer:
     """Events held by ``collect_events`` under one buffer id.
 
     ``pending`` holds unclaimed events by exact type, in arrival order. A complete
-    batch moves to ``claimed`` under the envelope id of the attempt that completed
+    batch moves to ``claimed`` under the key of the attempt that completed
     it, so a retry of that attempt gets the same batch back; it is dropped when the
-    attempt finishes. ``seen`` holds the envelope ids already added.
+    attempt finishes. ``seen`` holds the keys of unfinished attempts already added.
     """
 
     pending: dict[type[Any], list[tuple[str, Any]]] = field(default_factory=dict)

@@ -7,7 +7,7 @@ import contextvars
 import functools
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from piton._core import inputs as i
@@ -22,7 +22,7 @@ from piton.context import (
     raise_if_timed_out,
     retry_info_of,
 )
-from piton.errors import WorkflowRuntimeError, WorkflowTimeoutError
+from piton.errors import ContextSerdeError, WorkflowRuntimeError, WorkflowTimeoutError
 from piton.events import Event, StopEvent
 from piton.retry import RetryInfo
 
@@ -90,13 +90,17 @@ class Runner:
         return future.result()
 
     async def start(self, start_event: Event | None) -> None:
-        semaphore = self.workflow._run_semaphore()
-        if semaphore is None:
+        try:
+            semaphore = self.workflow._run_semaphore()
+            if semaphore is None:
+                self.feed(i.Begin(time.time(), start_event))
+                return
+            await semaphore.acquire()
+            self.handler.add_done_callback(lambda _: semaphore.release())
             self.feed(i.Begin(time.time(), start_event))
-            return
-        await semaphore.acquire()
-        self.handler.add_done_callback(lambda _: semaphore.release())
-        self.feed(i.Begin(time.time(), start_event))
+        except Exception as exc:  # never leave the handler pending forever
+            if not self.handler.done():
+                self.handler.set_exception(exc)
 
     # -- commands ---------------------------------------------------------------------
 
@@ -219,7 +223,8 @@ class Runner:
             result = await self._call(spec, ex, step_run)
         except WaitingForEvent as w:
             self._done(ex.id)
-            self.feed(
+            self._feed_outcome(
+                ex,
                 i.StepWaits(
                     time.time(),
                     ex.id,
@@ -229,23 +234,13 @@ class Runner:
                     w.waiter_event,
                     w.timeout,
                     step_run.take_sends(),
-                )
+                ),
             )
             return
         except asyncio.CancelledError:
             self._done(ex.id)
             if ex.id in self.state.running:  # cancelled from outside the run: let go
                 raise
-            return
-        except TimeoutError as exc:
-            self._done(ex.id)
-            error: BaseException = exc
-            if spec.options.timeout is not None and not isinstance(exc, WorkflowTimeoutError):
-                error = WorkflowTimeoutError(
-                    f"Step '{spec.name}' of workflow '{self.compiled.graph.workflow}' timed out "
-                    f"after {spec.options.timeout} seconds."
-                )
-            self.feed(i.StepFailed(time.time(), ex.id, error))
             return
         except Exception as exc:
             self._done(ex.id)
@@ -266,7 +261,14 @@ class Runner:
                 )
             )
             return
-        self.feed(i.StepDone(time.time(), ex.id, result, step_run.take_sends()))
+        self._feed_outcome(ex, i.StepDone(time.time(), ex.id, result, step_run.take_sends()))
+
+    def _feed_outcome(self, ex: Execution, outcome: i.StepDone | i.StepWaits) -> None:
+        """Feed a step's outcome; one that cannot be stored fails the step instead."""
+        try:
+            self.feed(outcome)
+        except ContextSerdeError as exc:
+            self.feed(i.StepFailed(time.time(), ex.id, exc, retryable=False))
 
     def _done(self, exec_id: str) -> None:
         self.tasks.pop(exec_id, None)
@@ -284,12 +286,26 @@ class Runner:
         if spec.is_async:
             if timeout is None:
                 return await fn(**kwargs)
-            return await asyncio.wait_for(fn(**kwargs), timeout)
+            return await self._timed(spec, fn(**kwargs))
         call = functools.partial(contextvars.copy_context().run, fn, **kwargs)
         future = self.loop.run_in_executor(self.workflow._executor(), call)
         if timeout is None:
             return await future
-        return await asyncio.wait_for(future, timeout)
+        return await self._timed(spec, future)
+
+    async def _timed(self, spec: StepSpec, body: Awaitable[Any]) -> Any:
+        """Await a step body under its ``timeout=``; a TimeoutError of its own passes as is."""
+        scope = asyncio.timeout(spec.options.timeout)
+        try:
+            async with scope:
+                return await body
+        except TimeoutError as exc:
+            if not scope.expired():
+                raise
+            raise WorkflowTimeoutError(
+                f"Step '{spec.name}' of workflow '{self.compiled.graph.workflow}' timed out "
+                f"after {spec.options.timeout} seconds."
+            ) from exc
 
 
 async def _as_coro(fn: Callable[[], R]) -> R:
@@ -299,13 +315,14 @@ async def _as_coro(fn: Callable[[], R]) -> R:
 class StepRun:
     """One execution of a step, as seen from inside it (``ctx`` forwards here)."""
 
-    __slots__ = ("count", "ctx", "ex", "runner", "sends")
+    __slots__ = ("count", "ctx", "ex", "runner", "sends", "sleeps")
 
     def __init__(self, runner: Runner, ex: Execution) -> None:
         self.runner = runner
         self.ex = ex
         self.sends: list[tuple[int, Any, str | None]] = []
         self.count = 0
+        self.sleeps = 0
         self.ctx: StepContext[Any] = StepContext(runner.ctx, self)
 
     def send(self, event: Event, step: str | None) -> None:
@@ -351,6 +368,18 @@ class StepRun:
             raise WaitingForEvent(waiter_id, event_type, requirements, waiter_event, timeout)
         raise_if_timed_out(resolved, event_type, waiter_id)
         return resolved
+
+    async def sleep(self, seconds: float, sleep_id: str | None) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+            raise WorkflowRuntimeError(
+                f"ctx.sleep() needs a number of seconds >= 0, got {seconds!r}."
+            )
+        if sleep_id is None:
+            sleep_id = f"sleep:{self.sleeps}:{self.ex.attempt.envelope.id}"
+            self.sleeps += 1
+        if sleep_id in self.ex.attempt.resolved:
+            return
+        raise WaitingForEvent(sleep_id, None, {}, None, float(seconds))
 
     def retry_info(self) -> RetryInfo:
         a = self.ex.attempt

@@ -89,6 +89,7 @@ class Store(ABC):
     """A place where runs are kept. Create one, ``await store.open()``, share it."""
 
     url: str = ""
+    lease: float = 15.0  # seconds a claim lasts without renewal
 
     def __init__(self) -> None:
         self.live: dict[str, Any] = {}  # run_id -> Runner executing it in this process

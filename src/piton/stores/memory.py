@@ -91,7 +91,9 @@ class MemoryStore(Store):
         self._stream[request.run_id].extend(request.stream)
         if request.inbox_done:
             done = set(request.inbox_done)
-            self._inbox[request.run_id] = [m for m in self._inbox[request.run_id] if m[0] not in done]
+            self._inbox[request.run_id] = [
+                m for m in self._inbox[request.run_id] if m[0] not in done
+            ]
         record.inbox = len(self._inbox[request.run_id])
         if request.snapshot is not None:
             self._snapshots[request.run_id] = (record.seq, request.snapshot)
@@ -144,7 +146,8 @@ class MemoryStore(Store):
         rows = [
             copy.copy(r)
             for r in self._runs.values()
-            if (status is None or r.status == status) and (workflow is None or r.workflow == workflow)
+            if (status is None or r.status == status)
+            and (workflow is None or r.workflow == workflow)
         ]
         rows.sort(key=lambda r: r.created_at, reverse=True)
         return rows[:limit]

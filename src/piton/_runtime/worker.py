@@ -1,0 +1,107 @@
+"""Worker: resumes a store's unfinished runs and wakes parked ones when they are due."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from piton.errors import WorkflowConfigurationError
+from piton.stores.base import Store, open_store
+
+if TYPE_CHECKING:
+    from piton.workflow import Workflow
+
+
+class Worker:
+    """Works on every runnable run of ``workflows`` in ``store`` until closed.
+
+        async with Worker("sqlite:///runs.db", workflows=[Convert]):
+            await asyncio.sleep(3600)
+
+    Unfinished runs are resumed at start (their owner crashed, or its lease expired);
+    parked runs are woken when an event arrives in their inbox or their deadline
+    passes. Closing the worker leaves its runs parked or resumable, never cancelled.
+    """
+
+    def __init__(
+        self,
+        store: Store | str,
+        workflows: Iterable[Workflow | type[Workflow]],
+        *,
+        poll_interval: float = 0.5,
+    ) -> None:
+        from piton.workflow import Workflow
+
+        self.store = open_store(store)
+        self.poll_interval = poll_interval
+        self.workflows: dict[str, Workflow] = {}
+        for w in workflows:
+            instance = w() if isinstance(w, type) else w
+            if not isinstance(instance, Workflow):
+                raise WorkflowConfigurationError(f"Worker takes workflows, got {w!r}.")
+            instance._store_arg = self.store
+            self.workflows[instance.workflow_name] = instance
+        self._task: asyncio.Task[None] | None = None
+        self._runs: dict[str, asyncio.Task[Any]] = {}
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self.poll()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def poll(self) -> int:
+        """Take every run that is runnable now; return how many were started."""
+        started = 0
+        for record in await self.store.runnable(list(self.workflows), time.time()):
+            if record.run_id in self.store.live or record.run_id in self._runs:
+                continue
+            workflow = self.workflows[record.workflow]
+            handler = workflow._attach(record.run_id, stay=False)
+            task = handler._task
+            assert task is not None
+            self._runs[record.run_id] = task
+            task.add_done_callback(lambda _, rid=record.run_id: self._runs.pop(rid, None))
+            handler.add_done_callback(_consume)
+            started += 1
+        return started
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            with contextlib.suppress(Exception):
+                await self.poll()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for task in list(self._runs.values()):
+            task.cancel()
+        for task in list(self._runs.values()):
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def wait_idle(self, timeout: float = 30.0) -> None:
+        """Wait until no run is active in this worker (for tests and scripts)."""
+        deadline = time.monotonic() + timeout
+        while self._runs and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # a worker's runs report through the store, not here
+
+
+__all__ = ["Worker"]

@@ -1,0 +1,291 @@
+"""The SQL of each Store operation for SqliteStore; each runs on the writer thread,
+inside a transaction the writer opened."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import time
+from dataclasses import astuple, fields, replace
+from typing import Any
+
+from piton.errors import JournalCorrupted, LeaseLost, RunNotFound
+from piton.stores.base import (
+    FINAL_STATUSES,
+    CommitRequest,
+    Loaded,
+    RunRecord,
+    is_runnable,
+    may_claim,
+)
+
+_COLUMNS = tuple(f.name for f in fields(RunRecord))
+_COLUMN_LIST = ", ".join(f'"{name}"' for name in _COLUMNS)
+_SELECT_RUN = f"SELECT {_COLUMN_LIST} FROM runs"
+_INSERT_RUN = (
+    f"INSERT INTO runs ({_COLUMN_LIST}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+    "ON CONFLICT (run_id) DO NOTHING"
+)
+_FINAL = ", ".join(f"'{status}'" for status in sorted(FINAL_STATUSES))
+
+
+class SqliteOps:
+    """Each method runs inside a transaction the writer opened, on the writer thread."""
+
+    def __init__(self, path: str, url: str, owner: str) -> None:
+        self.path, self.url, self.owner = path, url, owner
+        self.host_prefix = socket.gethostname() + "/"
+
+    def _row(self, conn: sqlite3.Connection, run_id: str) -> RunRecord:
+        row = conn.execute(f"{_SELECT_RUN} WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFound(f"No run '{run_id}' in {self.url}.")
+        return RunRecord(*row)
+
+    def get(self, conn: sqlite3.Connection, run_id: str) -> RunRecord | None:
+        row = conn.execute(f"{_SELECT_RUN} WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else RunRecord(*row)
+
+    def create(
+        self, conn: sqlite3.Connection, record: RunRecord, entries: list[str], stream: list[str]
+    ) -> bool:
+        now = time.time()
+        record = replace(record, seq=len(entries), inbox=0, created_at=now, updated_at=now)
+        if conn.execute(_INSERT_RUN, astuple(record)).rowcount == 0:
+            return False
+        run_id = record.run_id
+        conn.executemany(
+            "INSERT INTO journal (run_id, seq, entry) VALUES (?, ?, ?)",
+            [(run_id, n, entry) for n, entry in enumerate(entries, start=1)],
+        )
+        conn.executemany(
+            "INSERT INTO stream (run_id, seq, event) VALUES (?, ?, ?)",
+            [(run_id, n, event) for n, event in enumerate(stream, start=1)],
+        )
+        return True
+
+    def claim(self, conn: sqlite3.Connection, run_id: str, owner: str, lease: float) -> int | None:
+        record = self._row(conn, run_id)
+        now = time.time()
+        if not may_claim(record, owner, now):
+            return None
+        epoch = record.epoch + 1
+        conn.execute(
+            "UPDATE runs SET owner = ?, epoch = ?, lease_until = ?, status = 'running', "
+            "updated_at = ? WHERE run_id = ?",
+            (owner, epoch, now + lease, now, run_id),
+        )
+        return epoch
+
+    def commit(self, conn: sqlite3.Connection, r: CommitRequest) -> None:
+        current = self._check_commit(conn, r)  # a request that fails the checks writes nothing
+        run_id, new_seq = r.run_id, r.seq + len(r.entries)
+        if r.entries:
+            conn.executemany(
+                "INSERT INTO journal (run_id, seq, entry) VALUES (?, ?, ?)",
+                [(run_id, n, entry) for n, entry in enumerate(r.entries, start=r.seq + 1)],
+            )
+        if r.stream:
+            last = conn.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM stream WHERE run_id = ?", (run_id,)
+            ).fetchone()[0]
+            conn.executemany(
+                "INSERT INTO stream (run_id, seq, event) VALUES (?, ?, ?)",
+                [(run_id, n, event) for n, event in enumerate(r.stream, start=last + 1)],
+            )
+        changes: dict[str, object] = {"seq": new_seq, "updated_at": time.time()}
+        if r.inbox_done:
+            conn.executemany(
+                "DELETE FROM inbox WHERE id = ? AND run_id = ?", [(i, run_id) for i in r.inbox_done]
+            )
+            changes["inbox"] = conn.execute(
+                "SELECT COUNT(*) FROM inbox WHERE run_id = ?", (run_id,)
+            ).fetchone()[0]
+        if r.snapshot is not None:
+            conn.execute(
+                "INSERT INTO snapshots (run_id, seq, snapshot) VALUES (?, ?, ?) "
+                "ON CONFLICT (run_id) DO UPDATE SET seq = excluded.seq, snapshot = excluded.snapshot",
+                (run_id, new_seq, r.snapshot),
+            )
+            conn.execute("DELETE FROM journal WHERE run_id = ? AND seq <= ?", (run_id, new_seq))
+        self._update_run(conn, r, current, changes)
+
+    def _check_commit(self, conn: sqlite3.Connection, r: CommitRequest) -> tuple[Any, ...]:
+        row = conn.execute(
+            "SELECT epoch, owner, seq, status, wake_at, fingerprint FROM runs WHERE run_id = ?",
+            (r.run_id,),
+        ).fetchone()
+        if row is None:
+            raise RunNotFound(f"No run '{r.run_id}' in {self.url}.")
+        epoch, owner, seq = row[:3]
+        if epoch != r.epoch:
+            raise LeaseLost(
+                f"Run '{r.run_id}' is now owned by another process (epoch {epoch}, ours "
+                f"{r.epoch}); this process stops working on it."
+            )
+        if owner is None:
+            raise LeaseLost(
+                f"Run '{r.run_id}' was released (parked or finished) at epoch {epoch}; claim it "
+                "again before committing."
+            )
+        if seq != r.seq:
+            raise LeaseLost(f"Run '{r.run_id}' journal is at seq {seq}, expected {r.seq}.")
+        return tuple(row[3:])
+
+    def _update_run(
+        self,
+        conn: sqlite3.Connection,
+        r: CommitRequest,
+        current: tuple[Any, ...],
+        changes: dict[str, object],
+    ) -> None:
+        """Write only the columns that change: fewer dirty pages, a cheaper commit."""
+        status, wake_at, fingerprint = current
+        if r.status != status:
+            changes["status"] = r.status
+        if r.wake_at != wake_at:
+            changes["wake_at"] = r.wake_at
+        if r.fingerprint is not None and r.fingerprint != fingerprint:
+            changes["fingerprint"] = r.fingerprint
+        if r.result is not None:
+            changes["result"] = r.result
+        if r.error is not None:
+            changes["error"] = r.error
+        if r.status in FINAL_STATUSES:
+            changes["finished_at"] = changes["updated_at"]
+        if r.release or r.status in FINAL_STATUSES:
+            changes["owner"] = changes["lease_until"] = None
+        columns = ", ".join(f"{name} = ?" for name in changes)
+        conn.execute(f"UPDATE runs SET {columns} WHERE run_id = ?", (*changes.values(), r.run_id))
+
+    def renew(
+        self, conn: sqlite3.Connection, runs: list[tuple[str, int]], owner: str, lease: float
+    ) -> list[str]:
+        until = time.time() + lease
+        lost = []
+        for run_id, epoch in runs:
+            cursor = conn.execute(
+                "UPDATE runs SET lease_until = ? WHERE run_id = ? AND epoch = ? AND owner = ?",
+                (until, run_id, epoch, owner),
+            )
+            if cursor.rowcount == 0:
+                lost.append(run_id)
+        return lost
+
+    def deliver(self, conn: sqlite3.Connection, run_id: str, event: str, step: str | None) -> None:
+        cursor = conn.execute("UPDATE runs SET inbox = inbox + 1 WHERE run_id = ?", (run_id,))
+        if cursor.rowcount == 0:
+            raise RunNotFound(f"No run '{run_id}' in {self.url}.")
+        conn.execute(
+            "INSERT INTO inbox (run_id, event, step, created_at) VALUES (?, ?, ?, ?)",
+            (run_id, event, step, time.time()),
+        )
+
+    def load(self, conn: sqlite3.Connection, run_id: str) -> Loaded:
+        record = self._row(conn, run_id)
+        snapshot: str | None = None
+        snap_seq = 0
+        row = conn.execute(
+            "SELECT seq, CAST(snapshot AS BLOB) FROM snapshots WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        if row is not None:
+            snap_seq = row[0]
+            snapshot = self._text(row[1], run_id, f"the snapshot at seq {snap_seq}")
+        entries = []
+        expected = snap_seq + 1
+        for seq, blob in conn.execute(
+            "SELECT seq, CAST(entry AS BLOB) FROM journal WHERE run_id = ? AND seq > ? ORDER BY seq",
+            (run_id, snap_seq),
+        ):
+            if seq != expected:
+                raise self._damaged(run_id, f"journal entry seq {expected} is missing")
+            entries.append((seq, self._text(blob, run_id, f"journal entry seq {seq}")))
+            expected += 1
+        if expected - 1 < record.seq:
+            raise self._damaged(run_id, f"journal entry seq {expected} is missing")
+        if expected - 1 > record.seq:
+            raise self._damaged(run_id, f"the journal goes on past the run's seq {record.seq}")
+        stream = [
+            self._text(blob, run_id, f"stream event {seq}")
+            for seq, blob in conn.execute(
+                "SELECT seq, CAST(event AS BLOB) FROM stream WHERE run_id = ? ORDER BY seq",
+                (run_id,),
+            )
+        ]
+        inbox = [
+            (id_, self._text(blob, run_id, f"inbox event {id_}"), step)
+            for id_, blob, step in conn.execute(
+                "SELECT id, CAST(event AS BLOB), step FROM inbox WHERE run_id = ? ORDER BY id",
+                (run_id,),
+            )
+        ]
+        return Loaded(record, snapshot, snap_seq, entries, stream, inbox)
+
+    def _text(self, blob: bytes | None, run_id: str, what: str) -> str:
+        if blob is None:
+            raise self._damaged(run_id, f"{what} is NULL")
+        try:
+            return blob.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise self._damaged(
+                run_id, f"{what} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+            ) from exc
+
+    def _damaged(self, run_id: str, what: str) -> JournalCorrupted:
+        return JournalCorrupted(
+            f"Run '{run_id}' cannot be loaded from {self.path!r}: {what}. Other runs are not "
+            "affected. Restore the database from a backup, or prune or delete this run."
+        )
+
+    def runnable(
+        self, conn: sqlite3.Connection, workflows: list[str], now: float, limit: int
+    ) -> list[RunRecord]:
+        if not workflows or limit <= 0:
+            return []
+        marks = ", ".join("?" * len(workflows))
+        # a superset of is_runnable() in SQL; same-host owners are checked in Python
+        sql = (
+            f"{_SELECT_RUN} WHERE workflow IN ({marks}) "
+            "AND status IN ('queued', 'running', 'parked') AND ("
+            " status = 'queued'"
+            " OR (status = 'parked' AND (inbox > 0 OR wake_at <= ?))"
+            " OR (status = 'running' AND (owner IS NULL OR lease_until < ?"
+            "     OR (substr(owner, 1, ?) = ? AND owner != ?)))"
+            ") ORDER BY created_at"
+        )
+        prefix = self.host_prefix
+        args = (*workflows, now, now, len(prefix), prefix, self.owner)
+        found = []
+        for row in conn.execute(sql, args):
+            record = RunRecord(*row)
+            if is_runnable(record, now):
+                found.append(record)
+                if len(found) >= limit:
+                    break
+        return found
+
+    def list_runs(
+        self, conn: sqlite3.Connection, status: str | None, workflow: str | None, limit: int
+    ) -> list[RunRecord]:
+        where, args = [], []
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if workflow is not None:
+            where.append("workflow = ?")
+            args.append(workflow)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        sql = f"{_SELECT_RUN}{clause} ORDER BY created_at DESC LIMIT ?"
+        return [RunRecord(*row) for row in conn.execute(sql, (*args, limit))]
+
+    def prune(self, conn: sqlite3.Connection, older_than: float) -> int:
+        doomed = (
+            "SELECT run_id FROM runs INDEXED BY runs_by_finished "
+            "WHERE finished_at IS NOT NULL AND finished_at < ? "
+            f"AND status IN ({_FINAL})"
+        )
+        cutoff = (time.time() - older_than,)
+        for table in ("journal", "snapshots", "stream", "inbox"):
+            conn.execute(f"DELETE FROM {table} WHERE run_id IN ({doomed})", cutoff)
+        count: int = conn.execute(f"DELETE FROM runs WHERE run_id IN ({doomed})", cutoff).rowcount
+        return count

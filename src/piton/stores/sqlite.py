@@ -1,0 +1,245 @@
+"""SqliteStore: the default durable store, on the standard library's ``sqlite3``.
+
+The database runs in WAL mode with ``synchronous=FULL`` by default, so a commit that
+returned survives a power cut. All database work happens on one thread per store
+(``_sqlite_thread``), which owns the connection; the event loop only puts jobs on a queue
+and awaits futures that the thread resolves with ``loop.call_soon_threadsafe``. Nothing
+here blocks the loop.
+
+Group commit: when the thread wakes it runs every write waiting in the queue in ONE
+``BEGIN IMMEDIATE`` transaction, each under its own savepoint, so a commit failing its
+lease or sequence check (``LeaseLost``) changes nothing and does not disturb the others.
+Concurrent steps and runs of one process therefore share one fsync.
+
+The schema lives in numbered files under ``migrations/sqlite/``; ``PRAGMA user_version``
+records the last one applied, and a database from a newer piton is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import weakref
+from dataclasses import replace
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from piton.errors import StoreError, WorkflowConfigurationError
+from piton.stores._sqlite_ops import SqliteOps
+from piton.stores._sqlite_thread import Op, Writer, migrations
+from piton.stores.base import CommitRequest, Loaded, RunRecord, Store
+
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+class SqliteStore(Store):
+    """Runs kept in one SQLite file. ``SqliteStore("runs.db")`` or ``sqlite:///runs.db``.
+
+    ``synchronous`` is SQLite's durability setting: ``FULL`` (default) survives power
+    loss, ``NORMAL`` survives a crash of the process but may lose the last commits on a
+    power cut. ``busy_timeout`` is how long (seconds) a write waits for another process's
+    lock before failing with ``StoreUnavailable``.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, synchronous: str = "FULL", busy_timeout: float = 5.0
+    ) -> None:
+        super().__init__()
+        self.path = os.fspath(path)
+        if self.path in ("", ":memory:") or self.path.startswith("file:"):
+            raise WorkflowConfigurationError(
+                f"SqliteStore needs a file path, not {self.path!r}; for a store that lives in "
+                "memory use memory://."
+            )
+        self.synchronous = str(synchronous).upper()
+        if self.synchronous not in _SYNCHRONOUS:
+            raise WorkflowConfigurationError(
+                f"SqliteStore(synchronous={synchronous!r}): use one of {', '.join(_SYNCHRONOUS)}."
+            )
+        if not busy_timeout >= 0:
+            raise WorkflowConfigurationError(
+                f"SqliteStore(busy_timeout={busy_timeout!r}): give a number of seconds >= 0."
+            )
+        self.busy_timeout = float(busy_timeout)
+        self.url = f"sqlite:///{self.path}"
+        self._ops = SqliteOps(self.path, self.url, self.owner)
+        self._writer: Writer | None = None
+        self._ready = False
+        self._closed = False
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._stats = (0, 0, set[int]())  # kept from writers that were closed
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteStore:
+        """``sqlite:///relative.db``, ``sqlite:////abs/path.db``; options as a query string:
+        ``?synchronous=NORMAL&busy_timeout=2``."""
+        prefix = "sqlite://"
+        rest, _, query = (
+            url[len(prefix) :].partition("?") if url.startswith(prefix) else ("", "", "")
+        )
+        if not rest.startswith("/") or len(rest) < 2:
+            raise WorkflowConfigurationError(
+                f"Store URL {url!r} names no file: use sqlite:///relative/path.db or "
+                "sqlite:////absolute/path.db."
+            )
+        options: dict[str, Any] = {}
+        for key, value in parse_qsl(query, keep_blank_values=True):
+            if key == "synchronous":
+                options[key] = value
+            elif key == "busy_timeout":
+                try:
+                    options[key] = float(value)
+                except ValueError:
+                    options[key] = value  # rejected by __init__ with a clear message
+            else:
+                raise WorkflowConfigurationError(
+                    f"Store URL {url!r}: unknown option {key!r}; use synchronous= or busy_timeout=."
+                )
+        store = cls(unquote(rest[1:]), **options)
+        store.url = store._ops.url = url
+        return store
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Start the database thread, create or migrate the schema. Idempotent."""
+        if self._ready:
+            return
+        writer = self._writer
+        if writer is None:
+            writer = self._writer = Writer(self.path, self.synchronous, self.busy_timeout)
+            writer.thread.start()
+            self._closed = False
+            self._finalizer = weakref.finalize(self, writer.stop_nowait)
+        try:
+            await self._call(lambda conn: None, write=False, writer=writer)
+        except StoreError:
+            if self._writer is writer:  # let a later open() try again
+                self._forget(writer)
+            raise
+        self._ready = self._writer is writer
+
+    async def close(self) -> None:
+        """Finish the queued work, close the connection and stop the thread."""
+        writer = self._writer
+        if writer is None:
+            self._closed = True
+            return
+        self._forget(writer)
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        try:
+            writer.submit(None, False, future)
+        except StoreError:
+            return  # it never opened
+        await future
+        # the thread resolved the future as its last act and is returning: joining it takes
+        # microseconds, and makes close() leave no thread behind
+        writer.thread.join(timeout=1.0)
+
+    def _forget(self, writer: Writer) -> None:
+        old = self._stats
+        self._stats = (
+            old[0] + writer.transactions,
+            old[1] + writer.commits,
+            old[2] | writer.thread_ids,
+        )
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        self._writer, self._ready = None, False
+
+    @property
+    def transactions(self) -> int:
+        """Write transactions committed so far (a group commit counts once)."""
+        live = self._writer.transactions if self._writer else 0
+        return self._stats[0] + live
+
+    @property
+    def commits(self) -> int:
+        """``commit`` requests applied so far."""
+        live = self._writer.commits if self._writer else 0
+        return self._stats[1] + live
+
+    @property
+    def db_thread_ids(self) -> set[int]:
+        """``threading.get_ident()`` of every thread that used the connection."""
+        live = self._writer.thread_ids if self._writer else set()
+        return self._stats[2] | live
+
+    async def _call(
+        self, op: Op, *, write: bool, writer: Writer | None = None, is_commit: bool = False
+    ) -> Any:
+        if writer is None:
+            writer = self._writer
+            if writer is None or not self._ready:
+                if self._closed:
+                    raise StoreError(
+                        f"SQLite store {self.path!r} is closed; call `await store.open()` to use it again."
+                    )
+                await self.open()
+                writer = self._writer
+                assert writer is not None
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        writer.submit(op, write, future, is_commit)
+        return await future
+
+    # -- the Store protocol ---------------------------------------------------------------
+
+    async def create(self, record: RunRecord, entries: list[str], stream: list[str]) -> bool:
+        record, entries, stream = replace(record), list(entries), list(stream)
+        result: bool = await self._call(
+            lambda c: self._ops.create(c, record, entries, stream), write=True
+        )
+        return result
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        result: RunRecord | None = await self._call(lambda c: self._ops.get(c, run_id), write=False)
+        return result
+
+    async def claim(self, run_id: str, owner: str, lease: float) -> int | None:
+        result: int | None = await self._call(
+            lambda c: self._ops.claim(c, run_id, owner, lease), write=True
+        )
+        return result
+
+    async def load(self, run_id: str) -> Loaded:
+        result: Loaded = await self._call(lambda c: self._ops.load(c, run_id), write=False)
+        return result
+
+    async def commit(self, request: CommitRequest) -> None:
+        # the thread reads ``request`` before this returns: callers must not change it meanwhile
+        await self._call(lambda c: self._ops.commit(c, request), write=True, is_commit=True)
+
+    async def renew(self, run_ids: list[tuple[str, int]], owner: str, lease: float) -> list[str]:
+        runs = list(run_ids)
+        result: list[str] = await self._call(
+            lambda c: self._ops.renew(c, runs, owner, lease), write=True
+        )
+        return result
+
+    async def deliver(self, run_id: str, event: str, step: str | None = None) -> None:
+        await self._call(lambda c: self._ops.deliver(c, run_id, event, step), write=True)
+
+    async def runnable(self, workflows: list[str], now: float, limit: int = 100) -> list[RunRecord]:
+        names = list(workflows)
+        result: list[RunRecord] = await self._call(
+            lambda c: self._ops.runnable(c, names, now, limit), write=False
+        )
+        return result
+
+    async def list_runs(
+        self, *, status: str | None = None, workflow: str | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        result: list[RunRecord] = await self._call(
+            lambda c: self._ops.list_runs(c, status, workflow, limit), write=False
+        )
+        return result
+
+    async def prune(self, older_than: float) -> int:
+        result: int = await self._call(lambda c: self._ops.prune(c, older_than), write=True)
+        return result
+
+
+__all__ = ["SqliteStore", "migrations"]

@@ -1,0 +1,421 @@
+"""Test helpers for code built on piton, and for new store backends.
+
+``check_store(store_factory)`` is the conformance suite every ``Store`` backend must
+pass::
+
+    from piton.stores.memory import MemoryStore
+    from piton.testing import check_store
+
+    async def test_my_store():
+        await check_store(MyStore)  # a fresh, empty store per call
+
+It opens the store, runs the named checks below in order against real time (leases of a
+few tenths of a second where expiry matters), closes the store, and raises
+``AssertionError`` naming the first check that failed. Every check uses its own run ids
+and workflow names, so a backend shared with other data still passes, except that the
+last check, ``prune``, deletes every finished run older than a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from piton.errors import LeaseLost, RunNotFound
+from piton.stores.base import CommitRequest, RunRecord, Store
+
+StoreFactory = Callable[[], Store | Awaitable[Store]]
+
+LEASE = 0.2  # seconds; long enough for a check's calls, short enough to wait out
+OTHER = "piton-check-store.invalid/1/1"  # a live owner on another host: only its lease counts
+THIRD = "piton-check-store.invalid/2/2"
+_SRC = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # makes `piton` importable
+
+
+async def check_store(store_factory: StoreFactory) -> list[str]:
+    """Run the conformance checks on a fresh store; return the names of the checks passed."""
+    store = store_factory()
+    if inspect.isawaitable(store):
+        store = await store
+    assert isinstance(store, Store), f"store_factory returned {store!r}, not a Store"
+    await store.open()
+    await store.open()  # open() is idempotent
+    passed = []
+    dead_owner = await dead_process_owner()
+    try:
+        for check in CHECKS:
+            name = check.__name__.removeprefix("check_")
+            try:
+                await check(_Kit(store, name, dead_owner))
+            except AssertionError as exc:
+                raise AssertionError(f"check_store: check {name!r} failed: {exc}") from exc
+            except Exception as exc:
+                raise AssertionError(
+                    f"check_store: check {name!r} raised {type(exc).__name__}: {exc}"
+                ) from exc
+            passed.append(name)
+    finally:
+        await store.close()
+    return passed
+
+
+class _Kit:
+    """What one check works with: the store, fresh names, and run builders."""
+
+    def __init__(self, store: Store, check: str, dead_owner: str) -> None:
+        self.store, self.dead_owner = store, dead_owner
+        tag = uuid.uuid4().hex[:8]
+        self.workflow = f"check-{check}-{tag}"
+        self._prefix = f"{check}-{tag}"
+        self._count = 0
+
+    def run_id(self) -> str:
+        self._count += 1
+        return f"{self._prefix}-{self._count}"
+
+    async def new_run(
+        self,
+        *,
+        status: str = "running",
+        owner: str | None = OTHER,
+        epoch: int = 1,
+        lease: float | None = 30.0,
+        entries: tuple[str, ...] = ("e1",),
+        stream: tuple[str, ...] = (),
+        workflow: str | None = None,
+        wake_at: float | None = None,
+    ) -> str:
+        run_id = self.run_id()
+        record = RunRecord(
+            run_id=run_id,
+            workflow=workflow or self.workflow,
+            status=status,
+            owner=owner,
+            epoch=epoch,
+            lease_until=None if lease is None else time.time() + lease,
+            wake_at=wake_at,
+            start='{"start": true}',
+        )
+        created = await self.store.create(record, list(entries), list(stream))
+        assert created, f"create({run_id!r}) of a new run returned {created!r}, expected True"
+        return run_id
+
+    async def record(self, run_id: str) -> RunRecord:
+        record = await self.store.get(run_id)
+        assert record is not None, f"get({run_id!r}) returned None for an existing run"
+        return record
+
+    async def finish(self, run_id: str, status: str = "completed") -> None:
+        record = await self.record(run_id)
+        await self.store.commit(
+            CommitRequest(run_id, record.epoch, record.seq, ["done"], status=status, result='"r"')
+        )
+
+
+async def _raises(error: type[Exception], call: Awaitable[Any], what: str) -> None:
+    try:
+        result = await call
+    except error:
+        return
+    raise AssertionError(f"{what} returned {result!r}; expected {error.__name__}")
+
+
+# --- the checks, in the order they run -------------------------------------------------------
+
+
+async def check_create_get(kit: _Kit) -> None:
+    store = kit.store
+    run_id = await kit.new_run(entries=("e1", "e2"), stream=("s1",))
+    record = await kit.record(run_id)
+    assert (record.run_id, record.workflow, record.status) == (run_id, kit.workflow, "running")
+    assert (record.owner, record.epoch, record.seq) == (OTHER, 1, 2), record
+    assert record.start == '{"start": true}' and record.fingerprint == "{}", record
+    assert record.created_at > 0 and record.updated_at >= record.created_at, record
+    assert record.inbox == 0 and not record.finished, record
+    again = RunRecord(run_id, "another-workflow", "queued")
+    assert await store.create(again, ["x"], []) is False, "create of an existing id must be False"
+    assert (await kit.record(run_id)).workflow == kit.workflow, "create overwrote an existing run"
+    loaded = await store.load(run_id)
+    assert loaded.entries == [(1, "e1"), (2, "e2")], loaded.entries
+    assert loaded.stream == ["s1"] and loaded.inbox == [], loaded
+    assert loaded.snapshot is None and loaded.snapshot_seq == 0, loaded
+    missing = kit.run_id()
+    assert await store.get(missing) is None, "get of a missing run must return None"
+    await _raises(RunNotFound, store.load(missing), "load of a missing run")
+    await _raises(RunNotFound, store.claim(missing, OTHER, 1.0), "claim of a missing run")
+    await _raises(RunNotFound, store.deliver(missing, "{}"), "deliver to a missing run")
+    await _raises(
+        RunNotFound, store.commit(CommitRequest(missing, 1, 0)), "commit to a missing run"
+    )
+
+
+async def check_commit(kit: _Kit) -> None:
+    store = kit.store
+    run_id = await kit.new_run(entries=("e1",))
+    odd = 'é "quoted"\n\\ \u2603 ' + "x" * 100_000  # entries are opaque text, kept exactly
+    await store.commit(CommitRequest(run_id, 1, 1, ["e2", odd], ["s1"], fingerprint='{"v": 2}'))
+    await store.commit(CommitRequest(run_id, 1, 3, [], ["s2", "s3"], wake_at=1234.5))
+    await store.commit(CommitRequest(run_id, 1, 3, ["e4"], status="parked", wake_at=99.0))
+    loaded = await store.load(run_id)
+    assert loaded.entries == [(1, "e1"), (2, "e2"), (3, odd), (4, "e4")], "entries out of order"
+    assert loaded.stream == ["s1", "s2", "s3"], loaded.stream
+    record = loaded.record
+    assert (record.seq, record.status, record.wake_at) == (4, "parked", 99.0), record
+    assert record.fingerprint == '{"v": 2}' and record.owner == OTHER, record
+    await store.commit(CommitRequest(run_id, 1, 4, ["e5"], status="parked", release=True))
+    record = await kit.record(run_id)
+    assert record.owner is None and record.lease_until is None, f"release kept owner: {record}"
+    done = await kit.new_run()
+    await store.commit(CommitRequest(done, 1, 1, ["end"], status="completed", result='"ok"'))
+    record = await kit.record(done)
+    assert record.finished and record.result == '"ok"' and record.owner is None, record
+    assert record.finished_at is not None and record.finished_at >= record.created_at, record
+    failed = await kit.new_run()
+    await store.commit(CommitRequest(failed, 1, 1, ["end"], status="failed", error='{"e": 1}'))
+    record = await kit.record(failed)
+    assert (record.status, record.error, record.result) == ("failed", '{"e": 1}', None), record
+
+
+async def check_commit_fencing(kit: _Kit) -> None:
+    store = kit.store
+    run_id = await kit.new_run(entries=("e1", "e2"), stream=("s1",))
+    before = await store.load(run_id)
+    bad = [
+        CommitRequest(run_id, 2, 2, ["x"], ["y"], status="completed", result="1"),  # epoch ahead
+        CommitRequest(run_id, 0, 2, ["x"], ["y"]),  # epoch behind
+        CommitRequest(run_id, 1, 1, ["x"], ["y"]),  # seq behind
+        CommitRequest(run_id, 1, 3, ["x"], ["y"]),  # seq ahead
+    ]
+    for request in bad:
+        what = f"commit(epoch={request.epoch}, seq={request.seq}) on a run at epoch 1, seq 2"
+        await _raises(LeaseLost, store.commit(request), what)
+    after = await store.load(run_id)
+    assert after.entries == before.entries and after.stream == before.stream, (
+        "a fenced commit wrote"
+    )
+    assert after.record.seq == 2 and after.record.status == "running", after.record
+    await store.commit(CommitRequest(run_id, 1, 2, status="parked", release=True))
+    await _raises(LeaseLost, store.commit(CommitRequest(run_id, 1, 2)), "commit after release")
+    epoch = await store.claim(run_id, THIRD, 30.0)
+    assert epoch == 2, f"claim of a released run returned {epoch!r}, expected 2"
+    await _raises(LeaseLost, store.commit(CommitRequest(run_id, 1, 2)), "commit by a stale epoch")
+    await store.commit(CommitRequest(run_id, 2, 2, ["e3"]))
+    assert (await kit.record(run_id)).seq == 3
+
+
+async def check_claim(kit: _Kit) -> None:
+    store = kit.store
+    queued = await kit.new_run(status="queued", owner=None, epoch=0, lease=None, entries=())
+    assert await store.claim(queued, OTHER, 30.0) == 1, "claim of an unowned run must give epoch 1"
+    record = await kit.record(queued)
+    assert (record.owner, record.status, record.epoch) == (OTHER, "running", 1), record
+    assert record.lease_until is not None and record.lease_until > time.time() + 20, record
+    assert await store.claim(queued, THIRD, 30.0) is None, "claimed a run a live owner holds"
+    assert (await kit.record(queued)).owner == OTHER, "a refused claim changed the owner"
+    assert await store.claim(queued, OTHER, 30.0) == 2, "the owner itself may claim again"
+    mine = await kit.new_run(owner=store.owner)  # this process: alive
+    assert await store.claim(mine, THIRD, 30.0) is None, "claimed a run of a live local process"
+    short = await kit.new_run(lease=LEASE)
+    assert await store.claim(short, THIRD, 30.0) is None, "claimed before the lease expired"
+    await asyncio.sleep(LEASE * 1.5)
+    assert await store.claim(short, THIRD, 30.0) == 2, "an expired lease must be claimable"
+    dead = await kit.new_run(owner=kit.dead_owner, lease=3600.0)
+    assert await store.claim(dead, THIRD, 30.0) == 2, "a dead local owner must be claimable at once"
+    finished = await kit.new_run()
+    await kit.finish(finished)
+    assert await store.claim(finished, THIRD, 30.0) is None, "claimed a finished run"
+
+
+async def check_renew(kit: _Kit) -> None:
+    store = kit.store
+    first, second = await kit.new_run(lease=LEASE), await kit.new_run(lease=LEASE)
+    missing = kit.run_id()
+    lost = await store.renew([(first, 1), (second, 7), (missing, 1)], OTHER, 30.0)
+    assert sorted(lost) == sorted([second, missing]), f"renew reported lost {lost!r}"
+    await asyncio.sleep(LEASE * 1.5)
+    record = await kit.record(first)
+    assert record.lease_until is not None and record.lease_until > time.time() + 20, record
+    assert await store.claim(first, THIRD, 30.0) is None, "renewed lease was claimable"
+    assert await store.renew([(first, 1)], THIRD, 30.0) == [first], "renewed another's lease"
+    assert await store.claim(second, THIRD, 30.0) == 2, "an unrenewed lease must expire"
+    assert await store.renew([(second, 1)], OTHER, 30.0) == [second], "old owner renewed"
+
+
+async def check_inbox(kit: _Kit) -> None:
+    store = kit.store
+    run_id = await kit.new_run()
+    other = await kit.new_run()
+    await store.deliver(run_id, '{"a": 1}')
+    await store.deliver(other, '{"z": 0}')
+    await store.deliver(run_id, '{"b": 2}', "step_b")
+    assert (await kit.record(run_id)).inbox == 2, "record.inbox must count the delivered events"
+    inbox = (await store.load(run_id)).inbox
+    assert [(event, step) for _, event, step in inbox] == [
+        ('{"a": 1}', None),
+        ('{"b": 2}', "step_b"),
+    ]
+    assert inbox[0][0] < inbox[1][0], f"inbox ids must increase: {inbox}"
+    other_id = (await store.load(other)).inbox[0][0]
+    assert other_id not in (inbox[0][0], inbox[1][0]), "inbox ids must be unique across runs"
+    await store.commit(CommitRequest(run_id, 1, 1, ["took a"], inbox_done=[inbox[0][0]]))
+    loaded = await store.load(run_id)
+    assert loaded.inbox == [inbox[1]] and loaded.record.inbox == 1, loaded
+    await store.commit(CommitRequest(run_id, 1, 2, ["took b"], inbox_done=[inbox[1][0], other_id]))
+    loaded = await store.load(run_id)
+    assert loaded.inbox == [] and loaded.record.inbox == 0, loaded
+    assert len((await store.load(other)).inbox) == 1, "inbox_done removed another run's event"
+
+
+async def check_snapshot(kit: _Kit) -> None:
+    store = kit.store
+    run_id = await kit.new_run(entries=("e1", "e2"))
+    await store.commit(CommitRequest(run_id, 1, 2, ["e3"]))
+    await store.commit(CommitRequest(run_id, 1, 3, ["e4"], snapshot="S4"))
+    loaded = await store.load(run_id)
+    assert (loaded.snapshot, loaded.snapshot_seq, loaded.entries) == ("S4", 4, []), loaded
+    await store.commit(CommitRequest(run_id, 1, 4, ["e5", "e6"]))
+    loaded = await store.load(run_id)
+    assert loaded.snapshot == "S4" and loaded.entries == [(5, "e5"), (6, "e6")], loaded
+    await store.commit(CommitRequest(run_id, 1, 6, ["e7"], snapshot="S7"))
+    await store.commit(CommitRequest(run_id, 1, 7, ["e8"]))
+    loaded = await store.load(run_id)
+    assert (loaded.snapshot, loaded.snapshot_seq) == ("S7", 7), loaded
+    assert loaded.entries == [(8, "e8")] and loaded.record.seq == 8, loaded
+
+
+async def check_runnable(kit: _Kit) -> None:
+    store, now = kit.store, time.time()
+    other_workflow = kit.workflow + "-other"
+    expected = {
+        await kit.new_run(status="queued", owner=None, epoch=0, lease=None),
+        await kit.new_run(status="parked", owner=None, lease=None, wake_at=now - 1),
+        await kit.new_run(status="running", lease=-1.0),  # expired lease
+        await kit.new_run(status="running", owner=kit.dead_owner),
+    }
+    with_inbox = await kit.new_run(status="parked", owner=None, lease=None)
+    await store.deliver(with_inbox, '{"wake": true}')
+    expected.add(with_inbox)
+    not_expected = {
+        await kit.new_run(status="parked", owner=None, lease=None, wake_at=now + 3600),
+        await kit.new_run(status="parked", owner=None, lease=None),
+        await kit.new_run(status="running"),  # a live owner on another host
+        await kit.new_run(status="running", owner=store.owner),  # this process
+    }
+    finished = await kit.new_run(lease=-1.0)
+    await kit.finish(finished, "cancelled")
+    foreign = await kit.new_run(status="queued", owner=None, lease=None, workflow=other_workflow)
+    found = {r.run_id for r in await store.runnable([kit.workflow], time.time())}
+    assert found == expected, (
+        f"runnable() missed {sorted(expected - found)} and wrongly gave {sorted(found - expected)}"
+    )
+    assert finished not in found and not (not_expected & found)
+    both = {r.run_id for r in await store.runnable([kit.workflow, other_workflow], time.time())}
+    assert both == expected | {foreign}, f"runnable() over two workflows gave {sorted(both)}"
+    limited = await store.runnable([kit.workflow], time.time(), limit=2)
+    assert len(limited) == 2 and {r.run_id for r in limited} <= expected, limited
+    assert await store.runnable([kit.workflow + "-none"], time.time()) == []
+
+
+async def check_list_runs(kit: _Kit) -> None:
+    store = kit.store
+    second_workflow = kit.workflow + "-b"
+    a1 = await kit.new_run()
+    await asyncio.sleep(0.002)
+    a2 = await kit.new_run(status="queued", owner=None, lease=None)
+    await asyncio.sleep(0.002)
+    b1 = await kit.new_run(workflow=second_workflow)
+    await kit.finish(a1)
+    ids = [r.run_id for r in await store.list_runs(workflow=kit.workflow)]
+    assert ids == [a2, a1], f"list_runs(workflow=...) gave {ids}, expected newest first"
+    ids = [r.run_id for r in await store.list_runs(workflow=kit.workflow, status="completed")]
+    assert ids == [a1], ids
+    queued = {r.run_id for r in await store.list_runs(status="queued", limit=10_000)}
+    assert a2 in queued and a1 not in queued and b1 not in queued, queued
+    assert [r.run_id for r in await store.list_runs(workflow=second_workflow)] == [b1]
+    assert len(await store.list_runs(workflow=kit.workflow, limit=1)) == 1
+    everything = await store.list_runs(limit=10_000)
+    assert {a1, a2, b1} <= {r.run_id for r in everything}, "list_runs() without filters"
+
+
+async def check_concurrent_commits(kit: _Kit) -> None:
+    store = kit.store
+    runs = await asyncio.gather(*(kit.new_run() for _ in range(40)))
+
+    async def advance(run_id: str) -> None:
+        for seq in range(1, 6):
+            await store.commit(CommitRequest(run_id, 1, seq, [f"{run_id}:{seq + 1}"], [f"s{seq}"]))
+
+    await asyncio.gather(*(advance(run_id) for run_id in runs))
+    for run_id in runs:
+        loaded = await store.load(run_id)
+        assert [seq for seq, _ in loaded.entries] == list(range(1, 7)), loaded.entries
+        assert loaded.entries[-1][1] == f"{run_id}:6" and len(loaded.stream) == 5, loaded
+    # racing commits at the same seq: exactly one wins, the rest are fenced
+    racer = runs[0]
+    results = await asyncio.gather(
+        *(store.commit(CommitRequest(racer, 1, 6, [f"race {i}"])) for i in range(10)),
+        return_exceptions=True,
+    )
+    lost = [r for r in results if isinstance(r, LeaseLost)]
+    assert len(lost) == 9 and results.count(None) == 1, f"racing commits gave {results}"
+    assert (await kit.record(racer)).seq == 7
+
+
+async def check_prune(kit: _Kit) -> None:
+    store = kit.store
+    old = await kit.new_run()
+    await store.deliver(old, "{}")
+    await kit.finish(old, "failed")
+    await asyncio.sleep(LEASE * 1.5)
+    young = await kit.new_run()
+    await kit.finish(young)
+    unfinished = await kit.new_run(lease=-1.0)
+    removed = await store.prune(LEASE)
+    assert removed >= 1, f"prune() returned {removed}, expected at least 1"
+    assert await store.get(old) is None, "prune() kept a finished run older than the cutoff"
+    await _raises(RunNotFound, store.load(old), "load of a pruned run")
+    assert await store.get(young) is not None, "prune() removed a run finished just now"
+    assert await store.get(unfinished) is not None, "prune() removed an unfinished run"
+    assert (await store.load(young)).entries[-1] == (2, "done")
+
+
+CHECKS: tuple[Callable[[_Kit], Awaitable[None]], ...] = (
+    check_create_get,
+    check_commit,
+    check_commit_fencing,
+    check_claim,
+    check_renew,
+    check_inbox,
+    check_snapshot,
+    check_runnable,
+    check_list_runs,
+    check_concurrent_commits,
+    check_prune,
+)
+
+
+async def dead_process_owner() -> str:
+    """The owner string of a process on this host that has exited."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [_SRC, os.environ.get("PYTHONPATH")])),
+    }
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from piton.stores.base import process_owner; print(process_owner())",
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, _ = await child.communicate()
+    assert child.returncode == 0, "could not start a python subprocess"
+    return out.decode().strip()
+
+
+__all__ = ["check_store", "dead_process_owner"]

@@ -1,0 +1,725 @@
+"""Property tests for the pure reducer: random interleavings checked against invariants.
+
+A hypothesis state machine plays the environment of runs. It keeps the executions the
+reducer asked for (``RunStep``) and answers them in random order: done (with sends and a
+result the step's return types allow), failed, waiting, checkpointing or collecting. It
+also sends outside events, fires armed timers on a fake clock (plain floats), edits the
+state, parks and resumes a run, crashes the process and recovers a durable run from its
+journal, and cancels. When a run ends, the next one starts. Every event carries a unique
+``tag`` so it can be followed through queues, worker slots, waiters, retries and collect
+buffers. After every input the machine checks that:
+
+- no event is delivered twice to a step: a (step, event) pair runs again only as a
+  retry, a waiter's resume or after a crash, and never while it is running;
+- no event is lost: a routed event stays queued, running, waiting or delayed until the
+  step finishes with it, and a collected event stays buffered until one batch takes it;
+- an attempt's repeated sends (same index) are dropped, and its new ones are routed;
+- worker slots match the running executions, never exceed ``num_workers`` and are
+  never idle while work is queued; armed timers match the run's deadlines;
+- a run ends with exactly one ``Finish`` and nothing runs after it;
+- a durable run commits every input it applied, in order, and replaying the commits
+  into a fresh RunState rebuilds the same state.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import hypothesis
+import hypothesis.strategies as st
+from hypothesis import settings
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from piton._core import inputs as i
+from piton._core.graph import Graph, StepNode, build_graph
+from piton._core.reducer import reduce
+from piton._core.state import (
+    PARKED,
+    RUN_TIMER,
+    RUNNING,
+    Attempt,
+    Execution,
+    RunState,
+    WaitTimedOut,
+)
+from piton.events import Event, HumanResponseEvent, InputRequiredEvent, StartEvent, StopEvent
+from piton.retry import (
+    ConstantDelayRetryPolicy,
+    retry_policy,
+    stop_after_attempt,
+    wait_fixed,
+    wait_random,
+)
+
+
+class Work(Event):
+    pass
+
+
+class Result(Event):
+    pass
+
+
+class Note(Event):
+    pass
+
+
+class Mid(Event):
+    pass
+
+
+class Ask(Event):
+    pass
+
+
+# --- the workflows under test ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """How the fake environment runs a step: ``emit``, ``collect`` or ``wait``."""
+
+    kind: str = "emit"
+    batch: int = 0  # collect: events per batch
+    waits: int = 0  # wait: wait_for_event calls, one after the other
+    sleeps: bool = False  # wait: ctx.sleep() first
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    graph: Graph
+    behaviours: Mapping[str, Behaviour] = field(default_factory=dict)
+
+    def behaviour(self, step: str) -> Behaviour:
+        return self.behaviours.get(step, Behaviour())
+
+
+def _case(name: str, nodes: list[StepNode], behaviours: dict[str, Behaviour]) -> Case:
+    return Case(name, build_graph(name, {n.name: n for n in nodes}), behaviours)
+
+
+FANOUT = _case(
+    "fanout",
+    [
+        StepNode("start", (StartEvent,), (Work,), num_workers=1),
+        StepNode(
+            "worker",
+            (Work,),
+            (Result,),
+            num_workers=2,
+            retry_policy=retry_policy(wait=wait_random(0, 2), stop=stop_after_attempt(3)),
+        ),
+        StepNode("audit", (Work,), (Note,), num_workers=1),  # a second consumer of Work
+        StepNode("note", (Note,), (), num_workers=3),
+        StepNode(
+            "collect",
+            (Result,),
+            (StopEvent,),
+            num_workers=1,
+            retry_policy=ConstantDelayRetryPolicy(maximum_attempts=4, delay=0),
+        ),
+    ],
+    {"collect": Behaviour("collect", batch=2)},
+)
+
+CHAIN = _case(
+    "chain",
+    [
+        StepNode("start", (StartEvent,), (Mid,), num_workers=1),
+        StepNode(
+            "a",
+            (Mid,),
+            (Result,),
+            num_workers=2,
+            retry_policy=ConstantDelayRetryPolicy(maximum_attempts=3, delay=0),
+        ),
+        StepNode(
+            "b",
+            (Result,),
+            (StopEvent, Note),
+            num_workers=1,
+            retry_policy=retry_policy(wait=wait_fixed(1.5), stop=stop_after_attempt(3)),
+        ),
+        StepNode("note", (Note,), (), num_workers=1),
+    ],
+    {"b": Behaviour("wait", sleeps=True)},
+)
+
+HUMAN = _case(
+    "human",
+    [
+        StepNode("start", (StartEvent,), (Ask,), num_workers=1),
+        StepNode(
+            "ask",
+            (Ask,),
+            (StopEvent, Note),
+            num_workers=2,
+            retry_policy=ConstantDelayRetryPolicy(maximum_attempts=2, delay=1),
+        ),
+        StepNode("listener", (HumanResponseEvent,), (Note,), num_workers=1),
+        StepNode("note", (Note,), (), num_workers=2),
+    ],
+    {"ask": Behaviour("wait", waits=2)},
+)
+
+CASES = {c.name: c for c in (FANOUT, CHAIN, HUMAN)}
+
+Pair = tuple[str, str]  # (step, envelope id): one event delivered to one step
+
+
+def tag_of(ev: Any) -> str:
+    tag = ev.get("tag") if isinstance(ev, Event) else None
+    assert isinstance(tag, str), f"untagged event {ev!r}"
+    return tag
+
+
+def pair_of(a: Attempt) -> Pair:
+    return (a.step, a.envelope.id)
+
+
+def held_attempts(state: RunState) -> list[Attempt]:
+    """Every attempt the run holds: queued, running, waiting or due for a retry."""
+    found = [a for q in state.queues.values() for a in q]
+    found += [ex.attempt for ex in state.running.values()]
+    found += [w.attempt for w in state.waiters.values()]
+    found += list(state.delayed.values())
+    return found
+
+
+def replayed(state: RunState, entries: list[i.Input]) -> RunState:
+    fresh = RunState(state.run_id, state.graph, durable=True, timeout=state.timeout)
+    for inp in entries:
+        reduce(fresh, inp)
+    return fresh
+
+
+# --- the environment -----------------------------------------------------------------
+
+RUN_OPTIONS = {
+    "case": st.sampled_from(sorted(CASES)),
+    "durable": st.booleans(),
+    "timeout": st.sampled_from([None, 60.0]),
+    "fixed_waiter_ids": st.booleans(),
+}
+
+
+class ReducerMachine(RuleBasedStateMachine):
+    """Drives ``reduce`` directly and plays every step, timer, process and caller."""
+
+    case: Case
+    state: RunState
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 1_000.0
+        self.serial = 0
+
+    @initialize(**RUN_OPTIONS)
+    def first_run(self, case: str, durable: bool, timeout: float | None, fixed_waiter_ids: bool) -> None:
+        self.start_run(case, durable, timeout, fixed_waiter_ids)
+
+    @precondition(lambda self: self.state.finished)
+    @rule(**RUN_OPTIONS)
+    def next_run(self, case: str, durable: bool, timeout: float | None, fixed_waiter_ids: bool) -> None:
+        self.end_run()
+        self.start_run(case, durable, timeout, fixed_waiter_ids)
+
+    def start_run(self, case: str, durable: bool, timeout: float | None, fixed: bool) -> None:
+        self.case = CASES[case]
+        self.state = RunState(f"run-{self.serial}", self.case.graph, durable=durable, timeout=timeout)
+        self.fixed_waiter_ids = fixed
+        # what the environment saw
+        self.applied: list[i.Input] = []  # inputs that reached a handler
+        self.committed: list[i.Input] = []
+        self.outstanding: dict[str, Execution] = {}  # RunStep not answered yet
+        self.cursor: dict[str, int] = {}  # exec id -> its next send index
+        self.armed: dict[str, float] = {}
+        self.finishes: list[i.Finish] = []
+        self.collected: list[Any] | None = None
+        # what the invariants track
+        self.scripts: dict[Pair, list[tuple[Any, str | None]]] = {}  # sends delivered
+        self.last_outcome: dict[Pair, tuple[str, int]] = {}  # (outcome, retry_number)
+        self.consumed: set[Pair] = set()
+        self.live: set[Pair] = set()
+        self.tag_env: dict[str, str] = {}  # event tag -> the one envelope it may have
+        self.fresh: list[tuple[Any, str | None]] = []  # events the next input must route
+        self.collect_added: set[str] = set()
+        self.batch_of: dict[str, Pair] = {}  # collected tag -> the attempt given it
+        self.apply(i.Begin(self.now, StartEvent(tag=self.new_tag("start"))))
+
+    def end_run(self) -> None:
+        hypothesis.event(f"{self.case.name}: {self.state.status}")
+        if not self.state.finished:
+            self.apply(i.Cancel(self.tick()))
+        assert len(self.finishes) == 1 and self.state.finished
+        self.journal_replays()
+        # a finished run ignores everything but state edits, and journals nothing
+        self.apply(i.Send(self.tick(), Note(tag=self.new_tag("late"))))
+        for exec_id in self.cursor:
+            self.apply(i.StepDone(self.tick(), exec_id, StopEvent(tag="late")))
+        self.apply(i.ReplaceState(self.tick(), {"late": True}))
+        self.apply(i.SetState(self.tick(), "y.z", 1))
+        assert self.state.values == {"late": True, "y": {"z": 1}} and not self.state.journal
+
+    def teardown(self) -> None:
+        if hasattr(self, "state"):
+            self.end_run()
+
+    # -- feeding the reducer ------------------------------------------------------------
+
+    def tick(self, dt: float = 0.25) -> float:
+        self.now += dt
+        return self.now
+
+    def new_tag(self, prefix: str) -> str:
+        self.serial += 1
+        return f"{prefix}{self.serial}"
+
+    def apply(self, inp: i.Input) -> list[i.Command]:
+        was_finished = self.state.finished
+        _, cmds = reduce(self.state, inp)
+        if was_finished:
+            assert cmds == [], f"a finished run reacted to {inp!r}: {cmds!r}"
+        else:
+            self.applied.append(inp)
+        for n, cmd in enumerate(cmds):
+            self.on_command(cmd, first=n == 0)
+        self.check_routing()
+        self.fresh = []
+        return cmds
+
+    def on_command(self, cmd: i.Command, *, first: bool) -> None:
+        if isinstance(cmd, i.Commit):
+            assert first, "a Commit must come before the commands that reveal its effects"
+            self.committed.extend(cmd.entries)
+        elif isinstance(cmd, i.RunStep):
+            self.on_run_step(cmd.execution)
+        elif isinstance(cmd, i.CancelStep):
+            assert self.outstanding.pop(cmd.exec_id, None) is not None, cmd
+        elif isinstance(cmd, i.ArmTimer):
+            self.armed[cmd.timer_id] = cmd.deadline
+        elif isinstance(cmd, i.DisarmTimer):
+            assert self.armed.pop(cmd.timer_id, None) is not None, f"disarmed unarmed {cmd}"
+        elif isinstance(cmd, i.Collected):
+            self.collected = cmd.events
+        elif isinstance(cmd, i.Finish):
+            self.finishes.append(cmd)
+            assert len(self.finishes) == 1, f"second Finish: {self.finishes}"
+
+    def on_run_step(self, ex: Execution) -> None:
+        assert not self.finishes, f"RunStep after Finish: {ex.id}"
+        pair = pair_of(ex.attempt)
+        assert pair not in self.consumed, f"{pair} delivered again after the step finished it"
+        assert all(pair_of(o.attempt) != pair for o in self.outstanding.values()), (
+            f"{pair} is running twice at once"
+        )
+        previous = self.last_outcome.get(pair)
+        if previous is None:
+            assert ex.attempt.retry_number == 0
+        else:
+            outcome, retry_number = previous
+            assert outcome in ("failed", "waits", "crashed"), f"{pair} re-run after {outcome}"
+            hypothesis.event(f"re-run after {outcome}")
+            expected = retry_number + 1 if outcome == "failed" else retry_number
+            assert ex.attempt.retry_number == expected, (pair, outcome, ex.attempt.retry_number)
+        self.outstanding[ex.id] = ex
+        self.cursor[ex.id] = 0
+
+    def take(self, exec_id: str, outcome: str) -> Execution:
+        """The environment answers an execution: it is no longer outstanding."""
+        ex = self.outstanding.pop(exec_id)
+        pair = pair_of(ex.attempt)
+        self.last_outcome[pair] = (outcome, ex.attempt.retry_number)
+        if outcome == "done":
+            self.consumed.add(pair)
+        return ex
+
+    # -- what a step does -------------------------------------------------------------
+
+    def make_event(self, cls: type[Event], data: st.DataObject, prefix: str) -> Event:
+        tag = self.new_tag(prefix)
+        if cls is StopEvent:
+            return StopEvent(result=tag, tag=tag)
+        if cls is HumanResponseEvent:
+            return HumanResponseEvent(tag=tag, to=data.draw(st.integers(0, 1), label="to"))
+        return cls(tag=tag)
+
+    def make_sends(self, ex: Execution, data: st.DataObject) -> i.Sends:
+        """The sends of one stretch of an execution; a re-run first repeats earlier ones."""
+        script = self.scripts.setdefault(pair_of(ex.attempt), [])
+        kinds = [t for t in self.case.graph.steps[ex.attempt.step].returns if t is not StopEvent]
+        count = data.draw(st.integers(0, 3 if kinds else 0), label="sends")
+        sends: list[tuple[int, Any, str | None]] = []
+        for _ in range(count):
+            index = self.cursor[ex.id]
+            self.cursor[ex.id] = index + 1
+            if index < len(script):  # what an earlier run of the attempt sent: a repeat
+                hypothesis.event("repeated send")
+                ev, target = script[index]
+            else:
+                ev = self.make_event(data.draw(st.sampled_from(kinds)), data, "s")
+                consumers = self.case.graph.consumers(type(ev))
+                target = data.draw(st.sampled_from([None, *consumers]), label="target")
+                script.append((ev, target))
+                self.fresh.append((ev, target))
+            sends.append((index, ev, target))
+        return tuple(sends)
+
+    def make_result(self, ex: Execution, data: st.DataObject) -> Any:
+        returns = self.case.graph.steps[ex.attempt.step].returns
+        cls = data.draw(st.sampled_from([None, *returns]), label="result")
+        if cls is None:
+            return None
+        ev = self.make_event(cls, data, "r")
+        self.fresh.append((ev, None))
+        return ev
+
+    def done(self, ex: Execution, data: st.DataObject, result: Any = None) -> None:
+        self.take(ex.id, "done")
+        sends = self.make_sends(ex, data)
+        if result is None:
+            result = self.make_result(ex, data)
+        self.apply(i.StepDone(self.tick(), ex.id, result, sends))
+
+    def collect(self, ex: Execution, data: st.DataObject) -> None:
+        n = self.case.behaviour(ex.attempt.step).batch
+        ev = ex.attempt.envelope.event
+        self.collected = None
+        self.collect_added.add(tag_of(ev))
+        self.apply(i.Collect(self.tick(), ex.id, ev, ((type(ev), n),), f"{ex.attempt.step}:{n}"))
+        batch = self.collected
+        if batch is not None:
+            hypothesis.event("collect: batch" + (" to a retry" if ex.attempt.retry_number else ""))
+            assert len(batch) == n
+            for got in batch:
+                owner = self.batch_of.setdefault(tag_of(got), pair_of(ex.attempt))
+                assert owner == pair_of(ex.attempt), f"{tag_of(got)} collected twice"
+        if data.draw(st.integers(0, 2), label="collect then fail") == 2:
+            self.take(ex.id, "failed")
+            self.apply(i.StepFailed(self.tick(), ex.id, RuntimeError(f"boom {ex.id}")))
+        elif batch is not None and data.draw(st.booleans(), label="stop"):
+            self.done(ex, data, self.make_event(StopEvent, data, "r"))
+        else:
+            self.take(ex.id, "done")
+            self.apply(i.StepDone(self.tick(), ex.id, None, self.make_sends(ex, data)))
+
+    def wait(self, ex: Execution, data: st.DataObject) -> None:
+        behaviour = self.case.behaviour(ex.attempt.step)
+        sleep_id = f"sleep:0:{ex.attempt.envelope.id}"
+        if behaviour.sleeps and sleep_id not in ex.attempt.resolved:
+            self.take(ex.id, "waits")
+            sends = self.make_sends(ex, data)
+            self.apply(i.StepWaits(self.tick(), ex.id, sleep_id, None, {}, None, 2.0, sends))
+            return
+        for k in range(behaviour.waits):
+            waiter_id = f"fixed-{k}" if self.fixed_waiter_ids else f"w{k}:{ex.attempt.envelope.id}"
+            resolved = ex.attempt.resolved.get(waiter_id)
+            if isinstance(resolved, WaitTimedOut):  # wait_for_event raises in the step
+                self.take(ex.id, "failed")
+                self.apply(i.StepFailed(self.tick(), ex.id, TimeoutError(waiter_id)))
+                return
+            if resolved is None:
+                self.take(ex.id, "waits")
+                sends = self.make_sends(ex, data)
+                to = data.draw(st.sampled_from([None, 0, 1]), label="requires")
+                self.apply(
+                    i.StepWaits(
+                        self.tick(),
+                        ex.id,
+                        waiter_id,
+                        HumanResponseEvent,
+                        {} if to is None else {"to": to},
+                        InputRequiredEvent(tag=self.new_tag("q")),
+                        data.draw(st.sampled_from([None, 5.0]), label="wait timeout"),
+                        sends,
+                    )
+                )
+                return
+            hypothesis.event("waiter resumed with an event")
+            assert isinstance(resolved, HumanResponseEvent)
+        self.done(ex, data)
+
+    # -- rules ----------------------------------------------------------------------------
+
+    def pick(self, data: st.DataObject, among: list[str] | None = None) -> Execution:
+        ids = sorted(self.outstanding) if among is None else among
+        return self.outstanding[data.draw(st.sampled_from(ids), label="execution")]
+
+    @precondition(lambda self: self.outstanding)
+    @rule(data=st.data(), count=st.integers(1, 4))
+    def finish_steps(self, data: st.DataObject, count: int) -> None:
+        """Up to ``count`` executions return (or collect, or wait), in random order."""
+        for _ in range(count):
+            if not self.outstanding:
+                return
+            ex = self.pick(data)
+            kind = self.case.behaviour(ex.attempt.step).kind
+            if kind == "collect":
+                self.collect(ex, data)
+            elif kind == "wait":
+                self.wait(ex, data)
+            else:
+                self.done(ex, data)
+
+    @precondition(lambda self: self.outstanding)
+    @rule(data=st.data())
+    def fail_step(self, data: st.DataObject) -> None:
+        """Mostly a failure the step's retry policy takes; now and then a fatal one."""
+        fatal = data.draw(st.integers(0, 7), label="fatal") == 7
+        steps = self.case.graph.steps
+        ids = sorted(
+            x for x, ex in self.outstanding.items() if fatal or steps[ex.attempt.step].retry_policy
+        )
+        if ids:
+            ex = self.take(self.pick(data, ids).id, "failed")
+            self.apply(i.StepFailed(self.tick(), ex.id, RuntimeError(f"boom {ex.id}"), not fatal))
+
+    @precondition(lambda self: self.outstanding)
+    @rule(data=st.data())
+    def checkpoint(self, data: st.DataObject) -> None:
+        ex = self.pick(data)
+        self.apply(i.Checkpoint(self.tick(), ex.id, self.make_sends(ex, data)))
+
+    @precondition(lambda self: self.state.status != PARKED)
+    @rule(data=st.data())
+    def send_external(self, data: st.DataObject) -> None:
+        kinds = sorted({HumanResponseEvent, *self.case.graph.routes}, key=lambda t: t.__name__)
+        ev = self.make_event(data.draw(st.sampled_from(kinds)), data, "x")
+        target = data.draw(st.sampled_from([None, *self.case.graph.consumers(type(ev))]))
+        self.fresh.append((ev, target))
+        self.apply(i.Send(self.tick(), ev, target))
+
+    @rule(data=st.data(), dt=st.sampled_from([0.5, 3.0, 30.0]))
+    def time_passes(self, data: st.DataObject, dt: float) -> None:
+        """The clock moves on, or a due timer fires (the run's own timer only rarely)."""
+        ids = sorted(self.armed) if self.state.status == RUNNING else []
+        if RUN_TIMER in ids and data.draw(st.integers(0, 9), label="run timeout") != 9:
+            ids.remove(RUN_TIMER)
+        if not ids or data.draw(st.integers(0, 3), label="just time") == 3:
+            self.tick(dt)
+            return
+        timer_id = data.draw(st.sampled_from(ids), label="timer")
+        deadline = self.armed.pop(timer_id)
+        self.now = max(self.now, deadline) + data.draw(st.sampled_from([0.0, 0.5]))
+        self.apply(i.TimerFired(self.now, timer_id))
+
+    @rule(data=st.data())
+    def touch_state(self, data: st.DataObject) -> None:
+        what = data.draw(st.sampled_from(["set", "replace", "stream"]))
+        if what == "set":
+            path = data.draw(st.sampled_from(["x", "y.z", "y.w"]))
+            self.apply(i.SetState(self.tick(), path, data.draw(st.integers(0, 9))))
+        elif what == "replace":
+            self.apply(i.ReplaceState(self.tick(), {"x": data.draw(st.integers(0, 9))}))
+        else:
+            self.apply(i.StreamWrite(self.tick(), Note(tag=self.new_tag("w"))))
+
+    @rule(data=st.data())
+    def disrupt(self, data: st.DataObject) -> None:
+        """Park and resume an idle run, crash and recover a durable one, or cancel."""
+        s = self.state
+        options = ["cancel"]
+        if s.status == RUNNING and s.is_idle():
+            options.append("park")
+        if s.durable and not s.finished:
+            options.append("crash")
+        what = data.draw(st.sampled_from(options), label="disruption")
+        if what == "park":
+            hypothesis.event("parked")
+            self.apply(i.Park(self.tick()))
+            self.armed.clear()  # the process lets go of the run, and of its timers
+            self.tick(data.draw(st.sampled_from([1.0, 100.0])))
+            self.apply(i.Begin(self.now))
+        elif what == "crash":  # another process replays the journal and resumes the run
+            hypothesis.event("crashed and recovered")
+            for exec_id in list(self.outstanding):
+                self.take(exec_id, "crashed")
+            self.armed.clear()
+            self.state = replayed(self.state, self.committed)
+            self.applied = list(self.committed)
+            self.apply(i.Begin(self.tick()))
+        elif s.finished or data.draw(st.integers(0, 2), label="cancel") == 2:
+            self.apply(i.Cancel(self.tick()))
+
+    # -- invariants -------------------------------------------------------------------------
+
+    def check_routing(self) -> None:
+        """Each envelope holds one tagged event; each new event reached all its steps."""
+        held: dict[str, set[str]] = {}
+        for a in held_attempts(self.state):
+            tag = tag_of(a.envelope.event)
+            first = self.tag_env.setdefault(tag, a.envelope.id)
+            assert first == a.envelope.id, f"{tag} was delivered twice ({first}, {a.envelope.id})"
+            held.setdefault(tag, set()).add(a.step)
+            for value in a.resolved.values():
+                if isinstance(value, Event):
+                    held.setdefault(tag_of(value), set()).add(a.step)
+        if self.state.finished:
+            return
+        for ev, target in self.fresh:
+            wanted = {target} if target else set(self.case.graph.consumers(type(ev)))
+            missing = wanted - held.get(tag_of(ev), set())
+            assert not missing, f"{tag_of(ev)} was never delivered to {sorted(missing)}"
+
+    @invariant()
+    def no_event_lost_or_doubled(self) -> None:
+        if self.state.finished:
+            return
+        pairs = Counter(pair_of(a) for a in held_attempts(self.state))
+        doubled = [p for p, n in pairs.items() if n > 1]
+        assert not doubled, f"held twice: {doubled}"
+        self.live |= set(pairs)
+        lost = self.live - self.consumed - set(pairs)
+        assert not lost, f"events lost: {sorted(lost)}"
+
+    @invariant()
+    def collected_events_kept_once(self) -> None:
+        if self.state.finished:
+            return
+        buffers = self.state.buffers.values()
+        pending = [tag_of(ev) for b in buffers for q in b.pending.values() for _, ev in q]
+        assert len(pending) == len(set(pending)), f"buffered twice: {pending}"
+        again = set(pending) & set(self.batch_of)
+        assert not again, f"collected events back in a buffer: {again}"
+        lost = self.collect_added - set(pending) - set(self.batch_of)
+        assert not lost, f"collected events lost: {lost}"
+
+    @invariant()
+    def worker_slots(self) -> None:
+        s = self.state
+        if s.finished:
+            assert not self.outstanding and not s.running and not any(s.busy.values())
+            return
+        assert set(s.running) == set(self.outstanding)
+        for name, node in s.graph.steps.items():
+            running = sum(1 for ex in s.running.values() if ex.attempt.step == name)
+            assert s.busy.get(name, 0) == running <= node.num_workers, (name, s.busy, running)
+            if s.queues.get(name):
+                assert running == node.num_workers, f"{name} has work queued and a free slot"
+
+    @invariant()
+    def timers_match_deadlines(self) -> None:
+        s = self.state
+        if s.finished:
+            assert not self.armed and not s.deadlines
+            return
+        if s.status == PARKED:
+            return
+        assert self.armed == s.deadlines
+        assert set(s.delayed) <= set(s.deadlines)
+        assert (RUN_TIMER in s.deadlines) == (s.timeout is not None)
+
+    @invariant()
+    def one_finish(self) -> None:
+        assert len(self.finishes) == (1 if self.state.finished else 0)
+        if self.finishes:
+            assert self.finishes[0].status == self.state.status
+
+    @invariant()
+    def journal_replays(self) -> None:
+        s = self.state
+        if not s.durable:
+            assert not self.committed and not s.journal
+            return
+        assert self.committed + s.journal == self.applied
+        if s.journal:
+            return  # compare at commit points only
+        fresh = replayed(s, self.committed)
+        if not s.finished:  # after the end, state edits are not journaled
+            assert fresh.values == s.values, "replay differs in values"
+        for name in ("status", "queues", "running", "busy", "waiters", "delayed"):
+            assert getattr(fresh, name) == getattr(s, name), f"replay differs in {name}"
+        for name in ("deadlines", "buffers", "delivered", "counter", "result"):
+            assert getattr(fresh, name) == getattr(s, name), f"replay differs in {name}"
+        assert repr(fresh.error) == repr(s.error)  # the reducer makes its own errors anew
+
+
+ReducerMachine.TestCase.settings = settings(
+    max_examples=100, stateful_step_count=80, deadline=None, report_multiple_bugs=False
+)
+TestReducerMachine = ReducerMachine.TestCase
+
+
+# --- regressions: bugs the machine found -----------------------------------------------
+
+
+def _start(state: RunState) -> list[Execution]:
+    _, cmds = reduce(state, i.Begin(0.0, StartEvent()))
+    return [c.execution for c in cmds if isinstance(c, i.RunStep)]
+
+
+def _runs(cmds: list[i.Command]) -> dict[str, Execution]:
+    return {c.execution.attempt.step: c.execution for c in cmds if isinstance(c, i.RunStep)}
+
+
+def _routed(state: RunState, step: str) -> list[Any]:
+    return [a.envelope.event for a in held_attempts(state) if a.step == step]
+
+
+def test_two_steps_consuming_one_event_count_their_sends_apart() -> None:
+    """``worker`` and ``audit`` both take the same Work; their send indexes are their own."""
+    state = RunState("r", FANOUT.graph)
+    (start,) = _start(state)
+    _, cmds = reduce(state, i.StepDone(1.0, start.id, Work()))
+    worker, audit = _runs(cmds)["worker"], _runs(cmds)["audit"]
+    reduce(state, i.Checkpoint(2.0, worker.id, ((0, Result(n=1), None),)))
+    _, cmds = reduce(state, i.StepFailed(3.0, worker.id, RuntimeError("flaky")))
+    (retry,) = [c.timer_id for c in cmds if isinstance(c, i.ArmTimer)]
+    # audit's first send is index 0 too: it must still be routed
+    reduce(state, i.StepDone(4.0, audit.id, None, ((0, Note(n=1), None),)))
+    assert _routed(state, "note") == [Note(n=1)]
+    # and audit finishing must not make the worker's retry deliver its send again
+    _, cmds = reduce(state, i.TimerFired(10.0, retry))
+    worker = _runs(cmds)["worker"]
+    reduce(state, i.StepDone(11.0, worker.id, None, ((0, Result(n=1), None),)))
+    assert _routed(state, "collect") == [Result(n=1)]
+
+
+def test_concurrent_attempts_with_a_fixed_waiter_id_both_wait() -> None:
+    """Two ``ask`` attempts wait under one user-given waiter_id: neither is dropped."""
+    state = RunState("r", HUMAN.graph)
+    (start,) = _start(state)
+    _, cmds = reduce(state, i.StepDone(1.0, start.id, Ask(n=2), ((0, Ask(n=1), None),)))
+    asks = [c.execution for c in cmds if isinstance(c, i.RunStep)]
+    assert len(asks) == 2
+    for n, ex in enumerate(asks):
+        reduce(state, i.StepWaits(2.0 + n, ex.id, "answer", HumanResponseEvent))
+    assert len(state.waiters) == 2
+    _, cmds = reduce(state, i.Send(5.0, HumanResponseEvent(text="yes")))
+    woken = [c.execution.attempt.envelope.event for c in cmds if isinstance(c, i.RunStep)]
+    assert sorted(ev.n for ev in woken if isinstance(ev, Ask)) == [1, 2]
+
+
+def test_a_collect_retry_does_not_add_its_event_again_after_the_batch_is_taken() -> None:
+    """An attempt fails after buffering its event; another attempt takes the batch and
+    finishes; the retry's collect must not put the event into a second batch."""
+    state = RunState("r", FANOUT.graph)
+    (start,) = _start(state)
+    sends = ((0, Result(n=1), "collect"), (1, Result(n=2), "collect"))
+    _, cmds = reduce(state, i.StepDone(1.0, start.id, None, sends))
+    first = _runs(cmds)["collect"]
+    expected = ((Result, 2),)
+    _, cmds = reduce(state, i.Collect(2.0, first.id, Result(n=1), expected, "b"))
+    assert cmds == [i.Collected(None)]
+    _, cmds = reduce(state, i.StepFailed(3.0, first.id, RuntimeError("after collect")))
+    second = _runs(cmds)["collect"]
+    _, cmds = reduce(state, i.Collect(4.0, second.id, Result(n=2), expected, "b"))
+    assert cmds == [i.Collected([Result(n=1), Result(n=2)])]
+    _, cmds = reduce(state, i.StepDone(5.0, second.id, None))
+    retry = _runs(cmds)["collect"]
+    assert retry.attempt.retry_number == 1
+    _, cmds = reduce(state, i.Collect(6.0, retry.id, Result(n=1), expected, "b"))
+    assert cmds == [i.Collected(None)]
+    assert not any(q for b in state.buffers.values() for q in b.pending.values())
+    reduce(state, i.StepDone(7.0, retry.id, None))
+    assert state.buffers == {}
