@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml
 
 .PHONY: demo test lint bench
 demo: $(VENV)/.installed
-	$(PY) examples/demo.py
+	$(PY) examples/durable_demo.py
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

@@ -238,7 +238,8 @@ class Workflow:
         if run_id is not None:
             live = store.live.get(run_id)
             if live is not None and not live.handler.done():
-                return live.handler  # this process is already running it: share the handler
+                shared: WorkflowHandler = live.handler  # this process runs it already: share
+                return shared
         try:
             start: StartEvent | None = self._start_event(compiled, start_event, kwargs)
         except WorkflowRuntimeError:

@@ -433,7 +433,7 @@ class RunDriver:
         run = DurableRun(self, state, epoch=epoch, seq=seq)
         self.run = run
         self.store.live[self.run_id] = self
-        self.handler._runner = self  # type: ignore[assignment]
+        self.handler._runner = self
         renewer = self.loop.create_task(self._renew(run))
         try:
             run.snapshot_due = loaded is not None  # compact on every resume

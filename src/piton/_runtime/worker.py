@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,7 @@ class Worker:
             self.workflows[instance.workflow_name] = instance
         self._task: asyncio.Task[None] | None = None
         self._runs: dict[str, asyncio.Task[Any]] = {}
+        self._idle = asyncio.Event()
 
     async def __aenter__(self) -> Worker:
         await self.start()
@@ -70,10 +72,15 @@ class Worker:
             task = handler._task
             assert task is not None
             self._runs[record.run_id] = task
-            task.add_done_callback(lambda _, rid=record.run_id: self._runs.pop(rid, None))
+            task.add_done_callback(functools.partial(self._forget, record.run_id))
             handler.add_done_callback(_consume)
             started += 1
         return started
+
+    def _forget(self, run_id: str, _: object) -> None:
+        self._runs.pop(run_id, None)
+        if not self._runs:
+            self._idle.set()
 
     async def _loop(self) -> None:
         while True:
@@ -94,9 +101,10 @@ class Worker:
 
     async def wait_idle(self, timeout: float = 30.0) -> None:
         """Wait until no run is active in this worker (for tests and scripts)."""
-        deadline = time.monotonic() + timeout
-        while self._runs and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        if self._runs:
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:
