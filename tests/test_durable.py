@@ -1,0 +1,353 @@
+"""Durable runs on SQLite: idempotent run ids, parking, sleep, recovery, serde, compaction."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from piton import (
+    Context,
+    Event,
+    HumanResponseEvent,
+    InputRequiredEvent,
+    StartEvent,
+    StopEvent,
+    Workflow,
+    step,
+)
+from piton._runtime.worker import Worker
+from piton.errors import ContextSerdeError, IncompatibleWorkflowChange
+from piton.stores.sqlite import SqliteStore
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+class Boom(Exception):
+    pass
+
+
+class Mid(Event):
+    n: int
+
+
+def _url(tmp_path: Path) -> str:
+    return "sqlite:///" + str(tmp_path / "runs.db")
+
+
+async def _wait_status(store: SqliteStore, run_id: str, statuses: set[str], timeout: float = 10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = await store.get(run_id)
+        if record is not None and record.status in statuses:
+            return record
+        await asyncio.sleep(0.05)
+    record = await store.get(run_id)
+    raise AssertionError(f"run {run_id} did not reach {statuses}: {record}")
+
+
+# -- run ids are idempotency keys ----------------------------------------------------------
+
+
+async def test_second_run_returns_stored_result_without_rerunning(tmp_path: Path) -> None:
+    calls = {"a": 0, "b": 0}
+
+    class W(Workflow):
+        @step
+        async def a(self, ev: StartEvent, ctx: Context) -> Mid:
+            calls["a"] += 1
+            return Mid(n=sum(ev.ids))
+
+        @step
+        async def b(self, ev: Mid, ctx: Context) -> StopEvent:
+            calls["b"] += 1
+            return StopEvent(result=ev.n * 10)
+
+    w = W(store=_url(tmp_path))
+    assert await w.run(run_id="batch-7", ids=[1, 2, 3]) == 60
+    assert calls == {"a": 1, "b": 1}
+    assert await w.run(run_id="batch-7") == 60
+    w2 = W(store=SqliteStore(tmp_path / "runs.db"))  # another "process"
+    assert await w2.run(run_id="batch-7") == 60
+    assert calls == {"a": 1, "b": 1}
+    record = await w2.store.get("batch-7")  # type: ignore[union-attr]
+    assert record is not None and record.status == "completed"
+
+
+async def test_failed_run_reraises_its_stored_error(tmp_path: Path) -> None:
+    calls = 0
+
+    class W(Workflow):
+        @step
+        async def a(self, ev: StartEvent, ctx: Context) -> StopEvent:
+            nonlocal calls
+            calls += 1
+            raise Boom("no luck")
+
+    w = W(store=_url(tmp_path))
+    with pytest.raises(Boom, match="no luck"):
+        await w.run(run_id="f1")
+    with pytest.raises(Boom, match="no luck"):
+        await W(store=_url(tmp_path)).run(run_id="f1")
+    assert calls == 1
+    record = await w.store.get("f1")  # type: ignore[union-attr]
+    assert record is not None and record.status == "failed"
+
+
+async def test_run_without_run_id_gets_one(tmp_path: Path) -> None:
+    class W(Workflow):
+        @step
+        async def a(self, ev: StartEvent, ctx: Context) -> StopEvent:
+            return StopEvent(result="ok")
+
+    w = W(store=_url(tmp_path))
+    handler = w.run()
+    assert await handler == "ok"
+    assert isinstance(handler.run_id, str) and handler.run_id
+    record = await w.store.get(handler.run_id)  # type: ignore[union-attr]
+    assert record is not None and record.status == "completed"
+
+
+# -- parking: human in the loop, sleep ------------------------------------------------------
+
+
+class Ask(Workflow):
+    @step
+    async def ask(self, ev: StartEvent, ctx: Context) -> StopEvent:
+        answer = await ctx.wait_for_event(
+            HumanResponseEvent, waiter_event=InputRequiredEvent(prefix="Name?")
+        )
+        return StopEvent(result=f"hi {answer.response}")
+
+
+async def test_hitl_run_parks_and_another_instance_wakes_it(tmp_path: Path) -> None:
+    w = Ask(store=_url(tmp_path))
+    handler = w.run(run_id="h1")
+    async for ev in handler.stream_events():
+        if isinstance(ev, InputRequiredEvent):
+            break
+    store = SqliteStore(tmp_path / "runs.db")
+    await _wait_status(store, "h1", {"parked"})
+    handler.cancel()  # the first caller stops listening; the run stays parked
+    await asyncio.sleep(0.05)
+    record = await store.get("h1")
+    assert record is not None and record.status == "parked"
+
+    w2 = Ask(store=store)  # a new instance: another process
+    h2 = w2.run(run_id="h1")
+    await h2.send_event(HumanResponseEvent(response="Ada"))
+    assert await asyncio.wait_for(h2, 10) == "hi Ada"
+    record = await store.get("h1")
+    assert record is not None and record.status == "completed"
+
+
+async def test_sleep_parks_and_wakes_at_its_deadline(tmp_path: Path) -> None:
+    runs = 0
+
+    class W(Workflow):
+        @step
+        async def nap(self, ev: StartEvent, ctx: Context) -> StopEvent:
+            nonlocal runs
+            runs += 1
+            await ctx.sleep(0.8)
+            return StopEvent(result="rested")
+
+    w = W(store=_url(tmp_path))
+    store = SqliteStore(tmp_path / "runs.db")
+    start = time.monotonic()
+    handler = w.run(run_id="s1")
+    record = await _wait_status(store, "s1", {"parked"}, timeout=5)
+    assert record.wake_at is not None
+    assert await asyncio.wait_for(handler, 10) == "rested"
+    assert time.monotonic() - start >= 0.75
+    assert runs == 2  # the step runs again from the top after the sleep
+
+
+# -- recovery by a Worker -----------------------------------------------------------------
+
+WORKER_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    sys.path.insert(0, {src!r})
+    from piton import Context, Event, StartEvent, StopEvent, Workflow, step
+
+    class Mid(Event):
+        n: int
+
+    class Slow(Workflow):
+        @step
+        async def first(self, ev: StartEvent, ctx: Context) -> Mid:
+            return Mid(n=ev.n)
+
+        @step
+        async def second(self, ev: Mid, ctx: Context) -> StopEvent:
+            print("in-second", flush=True)
+            await asyncio.sleep(60)
+            return StopEvent(result=ev.n)
+
+    async def main():
+        await Slow(store=sys.argv[1]).run(run_id="abandoned", n=5)
+
+    asyncio.run(main())
+    """
+)
+
+
+class Slow(Workflow):
+    """Same name and steps as the subprocess's workflow, with a quick ``second``."""
+
+    @step
+    async def first(self, ev: StartEvent, ctx: Context) -> Mid:
+        raise AssertionError("first was committed; it must not run again")
+
+    @step
+    async def second(self, ev: Mid, ctx: Context) -> StopEvent:
+        return StopEvent(result=ev.n * 2)
+
+
+async def test_worker_resumes_an_abandoned_run(tmp_path: Path) -> None:
+    script = tmp_path / "owner.py"
+    script.write_text(WORKER_SCRIPT.format(src=SRC))
+    proc = subprocess.Popen(
+        [sys.executable, str(script), _url(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
+        assert line.strip() == "in-second"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    store = SqliteStore(tmp_path / "runs.db")
+    await store.open()
+    record = await store.get("abandoned")
+    assert record is not None and record.status == "running"
+    async with Worker(store, workflows=[Slow], poll_interval=0.1):
+        record = await _wait_status(store, "abandoned", {"completed", "failed"})
+    assert record.status == "completed", record.error
+    assert await Slow(store=store).run(run_id="abandoned") == 10
+    await store.close()
+
+
+# -- bad data, code changes ----------------------------------------------------------------
+
+
+async def test_unserializable_state_value_names_the_key(tmp_path: Path) -> None:
+    class W(Workflow):
+        @step
+        async def a(self, ev: StartEvent, ctx: Context) -> StopEvent:
+            await ctx.store.set("good", 1)
+            try:
+                await ctx.store.set("bad.key", object())
+            except ContextSerdeError as exc:
+                return StopEvent(result=str(exc))
+            return StopEvent(result="stored?!")
+
+    message = await W(store=_url(tmp_path)).run(run_id="serde")
+    assert "bad.key" in message
+
+
+async def test_resume_without_waiting_step_is_incompatible(tmp_path: Path) -> None:
+    class Flow(Workflow):
+        @step
+        async def ask(self, ev: StartEvent, ctx: Context) -> StopEvent:
+            answer = await ctx.wait_for_event(HumanResponseEvent)
+            return StopEvent(result=answer.response)
+
+    store = SqliteStore(tmp_path / "runs.db")
+    handler = Flow(store=store).run(run_id="chg")
+    await _wait_status(store, "chg", {"parked"})
+    handler.cancel()
+    await asyncio.sleep(0.05)
+
+    class Flow(Workflow):  # type: ignore[no-redef]  # same workflow name, new code
+        @step
+        async def other(self, ev: StartEvent, ctx: Context) -> StopEvent:
+            return StopEvent(result="x")
+
+    assert Flow().workflow_name == "Flow"
+    h2 = Flow(store=SqliteStore(tmp_path / "runs.db")).run(run_id="chg")
+    await h2.send_event(HumanResponseEvent(response="late"))
+    with pytest.raises(IncompatibleWorkflowChange, match="ask"):
+        await asyncio.wait_for(h2, 10)
+
+
+# -- durable stream, compaction, pruning -----------------------------------------------------
+
+
+class Chatty(Workflow):
+    @step
+    async def a(self, ev: StartEvent, ctx: Context) -> Mid:
+        for n in range(3):
+            ctx.write_event_to_stream(Mid(n=n))
+        return Mid(n=3)
+
+    @step
+    async def b(self, ev: Mid, ctx: Context) -> StopEvent:
+        return StopEvent(result=ev.n)
+
+
+async def test_reattached_handler_replays_the_stored_stream(tmp_path: Path) -> None:
+    assert await Chatty(store=_url(tmp_path)).run(run_id="st") == 3
+    handler = Chatty(store=SqliteStore(tmp_path / "runs.db")).run(run_id="st")
+    events = [ev async for ev in handler.stream_events()]
+    assert await handler == 3
+    assert [e.n for e in events if isinstance(e, Mid)] == [0, 1, 2]
+    assert isinstance(events[-1], StopEvent)
+    assert events[-1].result == 3
+
+
+async def test_snapshot_compaction_still_resumes(tmp_path: Path) -> None:
+    class Counter(Workflow):
+        @step
+        async def loop(self, ev: StartEvent | Mid, ctx: Context) -> Mid | StopEvent:
+            n = 0 if isinstance(ev, StartEvent) else ev.n
+            await ctx.store.set("last", n)
+            if n < 6:
+                return Mid(n=n + 1)
+            answer = await ctx.wait_for_event(HumanResponseEvent)
+            return StopEvent(result=(await ctx.store.get("last"), answer.response))
+
+    store = SqliteStore(tmp_path / "runs.db")
+    handler = Counter(store=store, snapshot_every=2).run(run_id="snap")
+    await _wait_status(store, "snap", {"parked"})
+    handler.cancel()
+    await asyncio.sleep(0.05)
+    loaded = await store.load("snap")
+    assert loaded.snapshot is not None
+    assert loaded.snapshot_seq > 0
+
+    h2 = Counter(store=SqliteStore(tmp_path / "runs.db"), snapshot_every=2).run(run_id="snap")
+    await h2.send_event(HumanResponseEvent(response="go"))
+    result: Any = await asyncio.wait_for(h2, 10)
+    assert list(result) == [6, "go"]
+
+
+async def test_prune_removes_old_finished_runs(tmp_path: Path) -> None:
+    class W(Workflow):
+        @step
+        async def a(self, ev: StartEvent, ctx: Context) -> StopEvent:
+            return StopEvent(result=1)
+
+    store = SqliteStore(tmp_path / "runs.db")
+    w = W(store=store)
+    assert await w.run(run_id="old") == 1
+    parked = Ask(store=store).run(run_id="parked")
+    await _wait_status(store, "parked", {"parked"})
+    parked.cancel()
+    assert await store.prune(3600) == 0  # nothing is that old
+    await asyncio.sleep(0.2)
+    assert await store.prune(0.1) == 1
+    assert await store.get("old") is None
+    record = await store.get("parked")
+    assert record is not None and record.status == "parked"
