@@ -21,4 +21,4 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[bench]'
-	$(PY) bench/run.py
+	$(PY) bench/core.py --skip-llama-10k

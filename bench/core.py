@@ -37,11 +37,6 @@ from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any, NamedTuple
 
-import workflows
-import workflows.events
-
-import piton
-
 CHAIN_STEPS = 10
 CHAIN_RUNS = 200
 FAN_SMALL = 1_000
@@ -61,17 +56,26 @@ class Api(NamedTuple):
     StopEvent: Any
 
 
-PITON = Api(
-    piton.Workflow, piton.step, piton.Context, piton.Event, piton.StartEvent, piton.StopEvent
-)
-LLAMA = Api(
-    workflows.Workflow,
-    workflows.step,
-    workflows.Context,
-    workflows.events.Event,
-    workflows.events.StartEvent,
-    workflows.events.StopEvent,
-)
+def piton_api() -> Api:
+    from piton import Context, Event, StartEvent, StopEvent, Workflow, step
+
+    return Api(Workflow, step, Context, Event, StartEvent, StopEvent)
+
+
+def llama_api() -> Api:
+    try:
+        from workflows import Context, Workflow, step
+        from workflows.events import Event, StartEvent, StopEvent
+    except ImportError as exc:
+        raise SystemExit(
+            f"llama-index-workflows is not installed ({exc}); run: "
+            ".venv/bin/pip install -e '.[bench]'"
+        ) from exc
+    return Api(Workflow, step, Context, Event, StartEvent, StopEvent)
+
+
+PITON = piton_api()
+LLAMA = llama_api()
 SYSTEMS = {"piton": PITON, "llama": LLAMA}
 
 
@@ -82,7 +86,11 @@ class Workloads(NamedTuple):
 
 
 def define(api: Api) -> Workloads:
-    """The workflows of every workload, written once against ``api``."""
+    """The workflows of every workload, written once against ``api``.
+
+    The classes are local, so their annotations must be evaluated when the functions are
+    defined: this module must not use ``from __future__ import annotations``.
+    """
     Workflow, step, Context, Event, StartEvent, StopEvent = api
 
     class E1(Event):

@@ -13,7 +13,6 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from itertools import groupby
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict
@@ -399,13 +398,6 @@ class StepContext(Context[StateT]):
 
     def send_event(self, event: Event, step: str | None = None) -> None:
         self._step_run.send(event, step)
-
-
-def expected_runs(expected: list[type[Event]]) -> tuple[tuple[type[Event], int], ...]:
-    """``[A, A, B]`` -> ``((A, 2), (B, 1))``."""
-    if expected and expected.count(expected[0]) == len(expected):  # the common fan-in
-        return ((expected[0], len(expected)),)
-    return tuple((t, sum(1 for _ in group)) for t, group in groupby(expected))
 
 
 def retry_info_of(

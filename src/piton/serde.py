@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from ._core import inputs as inp
 from ._core.graph import Graph, type_key
+from ._core.reducer import expected_runs
 from ._core.state import (
     Attempt,
     CollectBuffer,
@@ -436,7 +437,7 @@ def encode_input(item: Any, s: JsonSerializer) -> str:
         if f.name == "event_type":
             tree[f.name] = None if value is None else type_key(value)
         elif f.name == "expected":
-            tree[f.name] = [[type_key(t), n] for t, n in value]
+            tree[f.name] = [[type_key(t), n] for t, n in expected_runs(value)]
         elif f.name == "error":
             tree[f.name] = s.encode_error(value)
         elif f.name == "sends":
@@ -467,7 +468,7 @@ def decode_input(text: str, s: JsonSerializer, types: TypeResolver) -> Any:
                 )
             kwargs[name] = resolved
         elif name == "expected":
-            kwargs[name] = tuple((_resolve_event(types, key), n) for key, n in value)
+            kwargs[name] = [_resolve_event(types, key) for key, n in value for _ in range(n)]
         elif name == "error":
             kwargs[name] = s.decode_error(value, types)
         elif name == "sends":

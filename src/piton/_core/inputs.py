@@ -6,6 +6,7 @@ journal of a durable run stores, and replaying them rebuilds the RunState.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,12 +93,12 @@ class ReplaceState:
 
 @dataclass(slots=True, frozen=True)
 class Collect:
-    """``ctx.collect_events``; ``expected`` is run-length encoded: ((type, count), ...)."""
+    """``ctx.collect_events``; ``expected`` is the caller's list of types (not copied)."""
 
     at: float
     exec_id: str
     event: Any
-    expected: tuple[tuple[type[Any], int], ...]
+    expected: Sequence[type[Any]]
     buffer_id: str
 
 

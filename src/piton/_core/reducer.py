@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from itertools import groupby
 from typing import Any
 
 from piton.errors import WorkflowCancelledByUser, WorkflowTimeoutError
@@ -305,8 +306,12 @@ def _collect(state: RunState, inp: i.Collect, cmds: Cmds) -> None:
     if owner not in buf.seen:
         buf.seen.add(owner)
         buf.pending.setdefault(type(inp.event), []).append((owner, inp.event))
+    if sum(map(len, buf.pending.values())) < len(inp.expected):  # cheap: not enough yet
+        cmds.append(i.Collected(None))
+        return
+    runs = expected_runs(inp.expected)
     need: dict[type[Any], int] = {}
-    for event_type, count in inp.expected:
+    for event_type, count in runs:
         need[event_type] = need.get(event_type, 0) + count
     if any(len(buf.pending.get(t, ())) < n for t, n in need.items()):
         cmds.append(i.Collected(None))
@@ -317,11 +322,18 @@ def _collect(state: RunState, inp: i.Collect, cmds: Cmds) -> None:
         taken[t] = queue[:n]
         del queue[:n]
     ordered: list[tuple[str, Any]] = []
-    for event_type, count in inp.expected:
+    for event_type, count in runs:
         ordered.extend(taken[event_type][:count])
         del taken[event_type][:count]
     buf.claimed[owner] = ordered
     cmds.append(i.Collected([event for _, event in ordered]))
+
+
+def expected_runs(expected: Sequence[type[Any]]) -> list[tuple[type[Any], int]]:
+    """``[A, A, B]`` -> ``[(A, 2), (B, 1)]``."""
+    if expected and expected.count(expected[0]) == len(expected):  # the common fan-in
+        return [(expected[0], len(expected))]
+    return [(t, sum(1 for _ in group)) for t, group in groupby(expected)]
 
 
 def _forget_collector(state: RunState, owner: str) -> None:

@@ -18,7 +18,6 @@ from piton.context import (
     Context,
     StepContext,
     WaitingForEvent,
-    expected_runs,
     raise_if_timed_out,
     retry_info_of,
 )
@@ -338,15 +337,15 @@ class StepRun:
     def collect(
         self, ev: Event, expected: list[type[Event]], buffer_id: str | None
     ) -> list[Event] | None:
-        runs = expected_runs(list(expected))
-        if buffer_id is None:
-            buffer_id = f"{self.ex.attempt.step}:" + ",".join(f"{type_key(t)}*{n}" for t, n in runs)
+        if buffer_id is None:  # cheap to derive: collect_events runs once per event
+            first = type_key(expected[0]) if expected else ""
+            buffer_id = f"{self.ex.attempt.step}:{first}*{len(expected)}"
         bid = buffer_id
 
         def go() -> list[Event] | None:
             runner = self.runner
             runner._collected = None
-            runner.feed(i.Collect(time.time(), self.ex.id, ev, runs, bid))
+            runner.feed(i.Collect(time.time(), self.ex.id, ev, expected, bid))
             return runner._collected
 
         return self.runner.call(go)
