@@ -1,0 +1,114 @@
+"""Crash tests with real processes: SIGKILL a durable run at random moments and resume it.
+
+The workflow lives in tests/crash_workflow.py (fan-out to 4 workers, a retried step, a
+collect step, a ``ctx.checkpoint()`` loop). Each trial is seeded, so a failure can be
+reproduced with the seed it names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SCRIPT = Path(__file__).with_name("crash_workflow.py")
+sys.path.insert(0, str(SCRIPT.parent))
+import crash_workflow as cw  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _spawn(mode: str, db: Path, run_id: str, effects: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), mode, str(db), run_id, str(effects)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float = 30) -> str:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{err}"
+    return out.strip().splitlines()[-1]
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+
+
+def _lines(effects: Path) -> list[str]:
+    return effects.read_text().splitlines() if effects.exists() else []
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, set[str]]:
+    """An uninterrupted run: its result and its side-effect lines (each exactly once)."""
+    base = tmp_path_factory.mktemp("reference")
+    effects = base / "effects.txt"
+    out = _finish(_spawn("run", base / "runs.db", "ref", effects))
+    lines = _lines(effects)
+    assert len(lines) == len(set(lines)), lines
+    return json.loads(out), set(lines)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
+def test_random_kills_resume_to_the_same_result(
+    seed: int, tmp_path: Path, reference: tuple[Any, set[str]]
+) -> None:
+    expected_result, expected_lines = reference
+    rng = random.Random(seed)
+    db, effects, run_id = tmp_path / "runs.db", tmp_path / "effects.txt", f"trial-{seed}"
+    kills = rng.randint(2, 3)
+    for n in range(kills):
+        proc = _spawn("run", db, run_id, effects)
+        time.sleep(rng.uniform(0.2, 1.1))
+        _kill(proc)
+        if n == 0:  # the first kill lands mid-run (an uninterrupted run takes ~1.3 s)
+            assert "finish:finish" not in _lines(effects), f"seed {seed}"
+    result = json.loads(_finish(_spawn("run", db, run_id, effects)))
+    assert result == expected_result, f"seed {seed}"
+
+    lines = _lines(effects)
+    counts = Counter(lines)
+    assert set(counts) <= expected_lines | {"flaky:attempt-0", "flaky:attempt-1"}, f"seed {seed}"
+    # every step body ran to completion at least once
+    assert expected_lines - {"flaky:attempt-0"} <= set(counts), f"seed {seed}"
+    # a body whose completion was committed never ran again: repeats come only from
+    # executions in flight at a kill, at most num_workers of a step per kill
+    for name, workers in cw.NUM_WORKERS.items():
+        mine = {k: c for k, c in counts.items() if k.split(":")[0] in (name, f"{name}-iter")}
+        extra = sum(c - 1 for c in mine.values())
+        assert extra <= workers * kills, f"seed {seed}: step {name} repeated {mine}"
+        assert all(c <= 1 + kills for c in mine.values()), f"seed {seed}: {mine}"
+
+    # a finished run is never started again
+    again = json.loads(_finish(_spawn("run", db, run_id, effects)))
+    assert again == expected_result
+    assert _lines(effects) == lines
+
+
+def test_kill_while_parked_then_another_process_sends_the_event(tmp_path: Path) -> None:
+    db, effects = tmp_path / "runs.db", tmp_path / "effects.txt"
+    proc = _spawn("park", db, "parked-1", effects)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "parked"
+    finally:
+        _kill(proc)
+    assert _lines(effects) == ["prepare:prepare"]
+
+    result = json.loads(_finish(_spawn("send", db, "parked-1", effects)))
+    assert result == "7:yes"
+    assert _lines(effects) == ["prepare:prepare", "ask:ask"]
