@@ -7,7 +7,7 @@ also sends outside events, fires armed timers on a fake clock (plain floats), ed
 state, parks and resumes a run, crashes the process and recovers a durable run from its
 journal, and cancels. When a run ends, the next one starts. Every event carries a unique
 ``tag`` so it can be followed through queues, worker slots, waiters, retries and collect
-buffers. After every input the machine checks that:
+buffers. After every step (some checks after every input) the machine checks that:
 
 - no event is delivered twice to a step: a (step, event) pair runs again only as a
   retry, a waiter's resume or after a crash, and never while it is running;
@@ -16,6 +16,10 @@ buffers. After every input the machine checks that:
 - an attempt's repeated sends (same index) are dropped, and its new ones are routed;
 - worker slots match the running executions, never exceed ``num_workers`` and are
   never idle while work is queued; armed timers match the run's deadlines;
+- a waiter wakes only for an event that meets its requirements; each event is
+  published at most once;
+- the run's timeout counts active time: it stops while parked, and a crashed run keeps
+  the time it had used (up to its last committed input);
 - a run ends with exactly one ``Finish`` and nothing runs after it;
 - a durable run commits every input it applied, in order, and replaying the commits
   into a fresh RunState rebuilds the same state.
@@ -23,6 +27,7 @@ buffers. After every input the machine checks that:
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +35,7 @@ from typing import Any
 
 import hypothesis
 import hypothesis.strategies as st
+import pytest
 from hypothesis import settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -37,6 +43,7 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
+    run_state_machine_as_test,
 )
 
 from piton._core import inputs as i
@@ -111,7 +118,7 @@ def _case(name: str, nodes: list[StepNode], behaviours: dict[str, Behaviour]) ->
 FANOUT = _case(
     "fanout",
     [
-        StepNode("start", (StartEvent,), (Work,), num_workers=1),
+        StepNode("start", (StartEvent,), (Work, Result), num_workers=1),
         StepNode(
             "worker",
             (Work,),
@@ -125,8 +132,8 @@ FANOUT = _case(
             "collect",
             (Result,),
             (StopEvent,),
-            num_workers=1,
-            retry_policy=ConstantDelayRetryPolicy(maximum_attempts=4, delay=0),
+            num_workers=2,
+            retry_policy=retry_policy(wait=wait_random(0, 1), stop=stop_after_attempt(6)),
         ),
     ],
     {"collect": Behaviour("collect", batch=2)},
@@ -172,7 +179,22 @@ HUMAN = _case(
     {"ask": Behaviour("wait", waits=2)},
 )
 
-CASES = {c.name: c for c in (FANOUT, CHAIN, HUMAN)}
+FANIN = _case(
+    "fanin",
+    [
+        StepNode("start", (StartEvent,), (Result,), num_workers=1),
+        StepNode(
+            "collect",
+            (Result,),
+            (StopEvent,),
+            num_workers=2,
+            retry_policy=retry_policy(wait=wait_random(0, 1), stop=stop_after_attempt(6)),
+        ),
+    ],
+    {"collect": Behaviour("collect", batch=2)},
+)
+
+CASES = {c.name: c for c in (FANOUT, FANIN, CHAIN, HUMAN)}
 
 Pair = tuple[str, str]  # (step, envelope id): one event delivered to one step
 
@@ -261,7 +283,11 @@ class ReducerMachine(RuleBasedStateMachine):
         self.fresh: list[tuple[Any, str | None]] = []  # events the next input must route
         self.collect_added: set[str] = set()
         self.batch_of: dict[str, Pair] = {}  # collected tag -> the attempt given it
+        self.published: set[str] = set()
+        self.requirements: dict[tuple[Pair, str], dict[str, Any]] = {}  # of each wait
         self.apply(i.Begin(self.now, StartEvent(tag=self.new_tag("start"))))
+        # the run's clock runs while a process holds the run, stops while it is parked
+        self.run_deadline = None if timeout is None else self.now + timeout
 
     def end_run(self) -> None:
         hypothesis.event(f"{self.case.name}: {self.state.status}")
@@ -316,6 +342,10 @@ class ReducerMachine(RuleBasedStateMachine):
             self.armed[cmd.timer_id] = cmd.deadline
         elif isinstance(cmd, i.DisarmTimer):
             assert self.armed.pop(cmd.timer_id, None) is not None, f"disarmed unarmed {cmd}"
+        elif isinstance(cmd, i.Publish):
+            tag = tag_of(cmd.event)
+            assert tag not in self.published, f"{tag} published twice"
+            self.published.add(tag)
         elif isinstance(cmd, i.Collected):
             self.collected = cmd.events
         elif isinstance(cmd, i.Finish):
@@ -390,6 +420,16 @@ class ReducerMachine(RuleBasedStateMachine):
         self.fresh.append((ev, None))
         return ev
 
+    def emit(self, ex: Execution, data: st.DataObject) -> None:
+        """Return, perhaps after a checkpoint; or checkpoint and then fail (and retry)."""
+        if data.draw(st.integers(0, 2), label="checkpoint first") == 2:
+            self.apply(i.Checkpoint(self.tick(), ex.id, self.make_sends(ex, data)))
+            if self.case.graph.steps[ex.attempt.step].retry_policy and data.draw(st.booleans()):
+                self.take(ex.id, "failed")
+                self.apply(i.StepFailed(self.tick(), ex.id, RuntimeError(f"boom {ex.id}")))
+                return
+        self.done(ex, data)
+
     def done(self, ex: Execution, data: st.DataObject, result: Any = None) -> None:
         self.take(ex.id, "done")
         sends = self.make_sends(ex, data)
@@ -410,10 +450,10 @@ class ReducerMachine(RuleBasedStateMachine):
             for got in batch:
                 owner = self.batch_of.setdefault(tag_of(got), pair_of(ex.attempt))
                 assert owner == pair_of(ex.attempt), f"{tag_of(got)} collected twice"
-        if data.draw(st.integers(0, 2), label="collect then fail") == 2:
+        if data.draw(st.booleans(), label="collect then fail"):
             self.take(ex.id, "failed")
             self.apply(i.StepFailed(self.tick(), ex.id, RuntimeError(f"boom {ex.id}")))
-        elif batch is not None and data.draw(st.booleans(), label="stop"):
+        elif batch is not None and data.draw(st.integers(0, 3), label="stop") == 3:
             self.done(ex, data, self.make_event(StopEvent, data, "r"))
         else:
             self.take(ex.id, "done")
@@ -438,13 +478,15 @@ class ReducerMachine(RuleBasedStateMachine):
                 self.take(ex.id, "waits")
                 sends = self.make_sends(ex, data)
                 to = data.draw(st.sampled_from([None, 0, 1]), label="requires")
+                requires = {} if to is None else {"to": to}
+                self.requirements[(pair_of(ex.attempt), waiter_id)] = requires
                 self.apply(
                     i.StepWaits(
                         self.tick(),
                         ex.id,
                         waiter_id,
                         HumanResponseEvent,
-                        {} if to is None else {"to": to},
+                        requires,
                         InputRequiredEvent(tag=self.new_tag("q")),
                         data.draw(st.sampled_from([None, 5.0]), label="wait timeout"),
                         sends,
@@ -453,6 +495,8 @@ class ReducerMachine(RuleBasedStateMachine):
                 return
             hypothesis.event("waiter resumed with an event")
             assert isinstance(resolved, HumanResponseEvent)
+            for name, value in self.requirements[(pair_of(ex.attempt), waiter_id)].items():
+                assert resolved.get(name) == value, f"{waiter_id} woken by {resolved!r}"
         self.done(ex, data)
 
     # -- rules ----------------------------------------------------------------------------
@@ -461,11 +505,12 @@ class ReducerMachine(RuleBasedStateMachine):
         ids = sorted(self.outstanding) if among is None else among
         return self.outstanding[data.draw(st.sampled_from(ids), label="execution")]
 
+    # Rules are named so that the busiest sorts first: hypothesis favours early rules.
     @precondition(lambda self: self.outstanding)
-    @rule(data=st.data(), count=st.integers(1, 4))
-    def finish_steps(self, data: st.DataObject, count: int) -> None:
-        """Up to ``count`` executions return (or collect, or wait), in random order."""
-        for _ in range(count):
+    @rule(data=st.data())
+    def answer_steps(self, data: st.DataObject) -> None:
+        """A few executions return (or collect, or wait), in random order."""
+        for _ in range(data.draw(st.integers(1, 4), label="answers")):
             if not self.outstanding:
                 return
             ex = self.pick(data)
@@ -475,7 +520,7 @@ class ReducerMachine(RuleBasedStateMachine):
             elif kind == "wait":
                 self.wait(ex, data)
             else:
-                self.done(ex, data)
+                self.emit(ex, data)
 
     @precondition(lambda self: self.outstanding)
     @rule(data=st.data())
@@ -496,7 +541,7 @@ class ReducerMachine(RuleBasedStateMachine):
         ex = self.pick(data)
         self.apply(i.Checkpoint(self.tick(), ex.id, self.make_sends(ex, data)))
 
-    @precondition(lambda self: self.state.status != PARKED)
+    @precondition(lambda self: self.state.status == RUNNING)
     @rule(data=st.data())
     def send_external(self, data: st.DataObject) -> None:
         kinds = sorted({HumanResponseEvent, *self.case.graph.routes}, key=lambda t: t.__name__)
@@ -519,6 +564,7 @@ class ReducerMachine(RuleBasedStateMachine):
         self.now = max(self.now, deadline) + data.draw(st.sampled_from([0.0, 0.5]))
         self.apply(i.TimerFired(self.now, timer_id))
 
+    @precondition(lambda self: not self.state.finished)
     @rule(data=st.data())
     def touch_state(self, data: st.DataObject) -> None:
         what = data.draw(st.sampled_from(["set", "replace", "stream"]))
@@ -530,6 +576,7 @@ class ReducerMachine(RuleBasedStateMachine):
         else:
             self.apply(i.StreamWrite(self.tick(), Note(tag=self.new_tag("w"))))
 
+    @precondition(lambda self: not self.state.finished)
     @rule(data=st.data())
     def disrupt(self, data: st.DataObject) -> None:
         """Park and resume an idle run, crash and recover a durable one, or cancel."""
@@ -542,9 +589,12 @@ class ReducerMachine(RuleBasedStateMachine):
         what = data.draw(st.sampled_from(options), label="disruption")
         if what == "park":
             hypothesis.event("parked")
-            self.apply(i.Park(self.tick()))
+            parked_at = self.tick()
+            self.apply(i.Park(parked_at))
             self.armed.clear()  # the process lets go of the run, and of its timers
             self.tick(data.draw(st.sampled_from([1.0, 100.0])))
+            if self.run_deadline is not None:
+                self.run_deadline = self.now + max(self.run_deadline - parked_at, 0.0)
             self.apply(i.Begin(self.now))
         elif what == "crash":  # another process replays the journal and resumes the run
             hypothesis.event("crashed and recovered")
@@ -553,8 +603,12 @@ class ReducerMachine(RuleBasedStateMachine):
             self.armed.clear()
             self.state = replayed(self.state, self.committed)
             self.applied = list(self.committed)
-            self.apply(i.Begin(self.tick()))
-        elif s.finished or data.draw(st.integers(0, 2), label="cancel") == 2:
+            self.tick(data.draw(st.sampled_from([0.5, 20.0]), label="down for"))
+            if self.run_deadline is not None:  # the clock ran until the last committed input
+                used_until = self.committed[-1].at
+                self.run_deadline = self.now + max(self.run_deadline - used_until, 0.0)
+            self.apply(i.Begin(self.now))
+        elif data.draw(st.integers(0, 2), label="cancel") == 2:
             self.apply(i.Cancel(self.tick()))
 
     # -- invariants -------------------------------------------------------------------------
@@ -624,6 +678,8 @@ class ReducerMachine(RuleBasedStateMachine):
         assert self.armed == s.deadlines
         assert set(s.delayed) <= set(s.deadlines)
         assert (RUN_TIMER in s.deadlines) == (s.timeout is not None)
+        if self.run_deadline is not None:
+            assert s.deadlines[RUN_TIMER] == pytest.approx(self.run_deadline)
 
     @invariant()
     def one_finish(self) -> None:
@@ -650,10 +706,22 @@ class ReducerMachine(RuleBasedStateMachine):
         assert repr(fresh.error) == repr(s.error)  # the reducer makes its own errors anew
 
 
-ReducerMachine.TestCase.settings = settings(
-    max_examples=100, stateful_step_count=80, deadline=None, report_multiple_bugs=False
+# Deterministic by default (the same 200 interleavings every run, about 5 s). For a
+# longer random search: PITON_PROPERTY_EXAMPLES=5000 pytest tests/test_reducer_properties.py
+_EXPLORE = int(os.environ.get("PITON_PROPERTY_EXAMPLES", "0"))
+MACHINE_SETTINGS = settings(
+    max_examples=_EXPLORE or 200,
+    stateful_step_count=80,
+    deadline=None,
+    derandomize=not _EXPLORE,
+    database=None if not _EXPLORE else settings.default.database,
+    report_multiple_bugs=False,
 )
-TestReducerMachine = ReducerMachine.TestCase
+
+
+@pytest.mark.timeout(900)  # passing takes seconds; shrinking a failure can take minutes
+def test_random_interleavings_keep_the_invariants() -> None:
+    run_state_machine_as_test(ReducerMachine, settings=MACHINE_SETTINGS)
 
 
 # --- regressions: bugs the machine found -----------------------------------------------
@@ -709,19 +777,33 @@ def test_concurrent_attempts_with_a_fixed_waiter_id_both_wait() -> None:
 def test_a_collect_retry_does_not_add_its_event_again_after_the_batch_is_taken() -> None:
     """An attempt fails after buffering its event; another attempt takes the batch and
     finishes; the retry's collect must not put the event into a second batch."""
-    state = RunState("r", FANOUT.graph)
+    graph = build_graph(
+        "fan-in",
+        {
+            "start": StepNode("start", (StartEvent,), (Result,)),
+            "collect": StepNode(
+                "collect",
+                (Result,),
+                (StopEvent,),
+                num_workers=2,
+                retry_policy=ConstantDelayRetryPolicy(maximum_attempts=3, delay=1),
+            ),
+        },
+    )
+    state = RunState("r", graph)
     (start,) = _start(state)
-    sends = ((0, Result(n=1), "collect"), (1, Result(n=2), "collect"))
+    sends = ((0, Result(n=1), None), (1, Result(n=2), None))
     _, cmds = reduce(state, i.StepDone(1.0, start.id, None, sends))
-    first = _runs(cmds)["collect"]
+    first, second = [c.execution for c in cmds if isinstance(c, i.RunStep)]
     expected = [Result, Result]
     _, cmds = reduce(state, i.Collect(2.0, first.id, Result(n=1), expected, "b"))
     assert cmds == [i.Collected(None)]
     _, cmds = reduce(state, i.StepFailed(3.0, first.id, RuntimeError("after collect")))
-    second = _runs(cmds)["collect"]
+    (timer,) = [c for c in cmds if isinstance(c, i.ArmTimer)]
     _, cmds = reduce(state, i.Collect(4.0, second.id, Result(n=2), expected, "b"))
     assert cmds == [i.Collected([Result(n=1), Result(n=2)])]
-    _, cmds = reduce(state, i.StepDone(5.0, second.id, None))
+    reduce(state, i.StepDone(5.0, second.id, None))
+    _, cmds = reduce(state, i.TimerFired(timer.deadline, timer.timer_id))
     retry = _runs(cmds)["collect"]
     assert retry.attempt.retry_number == 1
     _, cmds = reduce(state, i.Collect(6.0, retry.id, Result(n=1), expected, "b"))
@@ -729,3 +811,24 @@ def test_a_collect_retry_does_not_add_its_event_again_after_the_batch_is_taken()
     assert not any(q for b in state.buffers.values() for q in b.pending.values())
     reduce(state, i.StepDone(7.0, retry.id, None))
     assert state.buffers == {}
+
+
+def test_a_recovered_run_keeps_the_active_time_it_had_used() -> None:
+    """A run that crashed after 50 of its 60 s, recovered from its journal, has 10 s left
+    (the time it was down does not count); before, each recovery granted a fresh 60 s."""
+    state = RunState("r", CHAIN.graph, durable=True, timeout=60.0)
+    journal: list[i.Input] = []
+
+    def feed(run: RunState, inp: i.Input) -> list[i.Command]:
+        cmds = reduce(run, inp)[1]
+        journal.extend(e for c in cmds if isinstance(c, i.Commit) for e in c.entries)
+        return cmds
+
+    (start,) = _runs(feed(state, i.Begin(0.0, StartEvent()))).values()
+    feed(state, i.StepDone(50.0, start.id, Mid()))
+    recovered = replayed(state, journal)  # the process died at about t=50
+    cmds = feed(recovered, i.Begin(500.0))
+    assert i.ArmTimer(RUN_TIMER, 510.0) in cmds
+    feed(recovered, i.Park(505.0))  # parking stops the clock: 5 s left
+    cmds = feed(recovered, i.Begin(1_000.0))
+    assert i.ArmTimer(RUN_TIMER, 1_005.0) in cmds

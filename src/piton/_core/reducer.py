@@ -61,6 +61,8 @@ def reduce(state: RunState, inp: i.Input) -> tuple[RunState, Cmds]:
         if isinstance(inp, i.SetState | i.ReplaceState):
             _HANDLERS[type(inp)](state, inp, cmds)
         return state, cmds
+    if not isinstance(inp, i.Begin):
+        _count_active(state, inp.at)
     _HANDLERS[type(inp)](state, inp, cmds)
     if state.durable:
         state.journal.append(inp)
@@ -78,6 +80,7 @@ def reduce(state: RunState, inp: i.Input) -> tuple[RunState, Cmds]:
 def _begin(state: RunState, inp: i.Begin, cmds: Cmds) -> None:
     resuming = state.status != NEW
     state.status = RUNNING
+    # after a crash or a restore, the time since the last input was not active time
     state.active_since = inp.at
     if state.timeout is not None:
         remaining = max(state.timeout - state.active_elapsed, 0.0)
@@ -100,10 +103,20 @@ def _requeue_running(state: RunState) -> None:
     state.busy.clear()
 
 
+def _count_active(state: RunState, at: float) -> None:
+    """The run's clock: active time accrues up to each input the run applies.
+
+    Counting at every input (not only at Park) keeps ``active_elapsed`` current in the
+    journal and in snapshots, so a crashed or restored run keeps the time it had used.
+    """
+    since = state.active_since
+    if since is not None and at > since:
+        state.active_elapsed += at - since
+        state.active_since = at
+
+
 def _park(state: RunState, inp: i.Park, cmds: Cmds) -> None:
-    if state.active_since is not None:
-        state.active_elapsed += max(inp.at - state.active_since, 0.0)
-    state.active_since = None
+    state.active_since = None  # the clock stops; reduce() counted it up to inp.at
     state.status = PARKED
     state.deadlines.pop(RUN_TIMER, None)
 
