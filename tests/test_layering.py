@@ -129,13 +129,6 @@ def test_the_import_check_catches_what_it_should(module: str, code: str, bad: st
 
 # --- ruff's banned-api -----------------------------------------------------------------
 
-KNOWN_BUG = (
-    'pyproject.toml\'s per-file-ignores `"src/piton/*.py" = ["TID251"]` also matches '
-    "src/piton/_core/*.py (a ruff glob `*` crosses `/`), so banned-api never fires in _core; "
-    'delete that line ("src/piton/[!_]*" already covers the public modules)'
-)
-
-
 def ruff_config() -> dict[str, object]:
     with (ROOT / "pyproject.toml").open("rb") as f:
         lint: dict[str, object] = tomllib.load(f)["tool"]["ruff"]["lint"]
@@ -152,7 +145,6 @@ def test_ruff_bans_the_impure_modules() -> None:
         assert name in banned and banned[name]["msg"], f"banned-api lacks {name!r}"
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUG)
 def test_no_per_file_ignore_lifts_the_ban_in_core() -> None:
     ignores = ruff_config().get("per-file-ignores", {})
     assert isinstance(ignores, dict)
@@ -173,7 +165,6 @@ def _ruff() -> list[str]:
     return [exe]
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUG)
 def test_ruff_flags_an_impure_import_in_core() -> None:
     """Ask ruff itself, with the project's config, about a probe file in _core."""
     probe = "import time\n\nprint(time)\n"
