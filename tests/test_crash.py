@@ -99,11 +99,6 @@ def test_random_kills_resume_to_the_same_result(
     assert _lines(effects) == lines
 
 
-@pytest.mark.xfail(
-    reason="intermittent under load (failed once in a clean-clone CI run); likely the same "
-    "resume-after-crash parking bug as test_worker_resumes_an_abandoned_run",
-    strict=False,
-)
 def test_kill_while_parked_then_another_process_sends_the_event(tmp_path: Path) -> None:
     db, effects = tmp_path / "runs.db", tmp_path / "effects.txt"
     proc = _spawn("park", db, "parked-1", effects)

@@ -181,6 +181,41 @@ async def test_sleep_parks_and_wakes_at_its_deadline(tmp_path: Path) -> None:
     assert runs == 2  # the step runs again from the top after the sleep
 
 
+class Half2(Event):
+    n: int
+
+
+async def test_a_step_starts_only_after_its_input_is_committed(tmp_path: Path) -> None:
+    """Each step looks in the database (its own connection) for the commit that queued it."""
+    import sqlite3
+
+    seen: list[int] = []
+
+    def committed_steps() -> int:
+        with contextlib.closing(sqlite3.connect(tmp_path / "runs.db")) as db:
+            rows = db.execute("SELECT entry FROM journal WHERE run_id = 'c1'").fetchall()
+        return sum('"k":"StepDone"' in entry for (entry,) in rows)
+
+    class Chain(Workflow):
+        @step
+        async def a(self, ev: StartEvent, ctx: Context) -> Mid:
+            seen.append(committed_steps())
+            return Mid(n=1)
+
+        @step
+        async def b(self, ev: Mid, ctx: Context) -> Half2:
+            seen.append(committed_steps())
+            return Half2(n=ev.n + 1)
+
+        @step
+        async def c(self, ev: Half2, ctx: Context) -> StopEvent:
+            seen.append(committed_steps())
+            return StopEvent(result=ev.n)
+
+    assert await Chain(store=_url(tmp_path)).run(run_id="c1") == 2
+    assert seen == [0, 1, 2]
+
+
 # -- recovery by a Worker -----------------------------------------------------------------
 
 OWNER_MODULE = textwrap.dedent(
@@ -208,13 +243,6 @@ OWNER_MODULE = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(
-    reason="intermittent (about 1 in 3 runs of this file): after the Worker claims the "
-    "SIGKILLed run (epoch 2) the run ends 'parked' with wake_at=None, inbox=0 and seq=2, "
-    "i.e. the in-flight 'second' execution is not re-run; suspected src/piton bug in "
-    "resuming a run whose step was running at the crash (RunDriver._execute/maybe_park)",
-    strict=False,
-)
 async def test_worker_resumes_an_abandoned_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -181,6 +181,19 @@ async def test_commits_survive_a_new_store_instance(tmp_path: Path) -> None:
     assert loaded.record.status == "parked" and loaded.record.owner is None
 
 
+async def test_stores_opening_a_new_file_at_once_both_succeed(tmp_path: Path) -> None:
+    """Switching a new file to WAL from two connections at once can deadlock, and SQLite
+    then answers SQLITE_BUSY without waiting; the store retries within busy_timeout."""
+    for n in range(40):
+        path = tmp_path / f"fresh{n}.db"
+        first, second = SqliteStore(path), SqliteStore(path)
+        try:
+            assert await asyncio.gather(first.get("r"), second.get("r")) == [None, None]
+        finally:
+            await first.close()
+            await second.close()
+
+
 async def test_two_stores_on_one_file_are_fenced(tmp_path: Path) -> None:
     a, b = SqliteStore(tmp_path / "runs.db"), SqliteStore(tmp_path / "runs.db")
     b.owner = "elsewhere.invalid/1/1"

@@ -86,6 +86,9 @@ class DurableRun(Runner):
         self._encoded: list[str] = []
         self._stream_out: list[str] = []
         self._queue: list[CommitRequest] = []
+        # steps whose input is in a commit not yet durable, by position in _queue:
+        # a step never starts before the commit that made it runnable has landed
+        self._held: list[list[i.RunStep]] = []
         self._committer: asyncio.Task[None] | None = None
         self._final: i.Finish | None = None
         self.parked = False
@@ -138,6 +141,17 @@ class DurableRun(Runner):
             self._stream_out.append(json.dumps({"unserializable": type(cmd.event).__name__}))
         super()._publish(cmd)
 
+    def _run_step(self, cmd: i.RunStep) -> None:
+        if self._held:
+            self._held[-1].append(cmd)
+        else:  # its input is already durable (a restore replays committed entries)
+            super()._run_step(cmd)
+
+    def _cancel_step(self, cmd: i.CancelStep) -> None:
+        for held in self._held:
+            held[:] = [c for c in held if c.execution.id != cmd.exec_id]
+        super()._cancel_step(cmd)
+
     def _commit(self, cmd: i.Commit) -> None:
         n = len(cmd.entries)
         entries, self._encoded = self._encoded[:n], self._encoded[n:]
@@ -150,6 +164,7 @@ class DurableRun(Runner):
             status=self.state.status,
         )
         self._queue.append(request)
+        self._held.append([])
         self.commits += 1
         if self.commits % self.driver.snapshot_every == 0:
             self.snapshot_due = True
@@ -194,6 +209,7 @@ class DurableRun(Runner):
     async def _drain(self) -> None:
         while self._queue:
             batch, self._queue = self._queue, []
+            held, self._held = self._held, []
             request = _merge(batch)
             request.seq = self.seq
             try:
@@ -202,6 +218,10 @@ class DurableRun(Runner):
                 self._lost(exc)
                 return
             self.seq += len(request.entries)
+            if not self.done:
+                for cmds in held:
+                    for cmd in cmds:
+                        Runner._run_step(self, cmd)
             if request.status == "parked":
                 self._settle("parked")
             elif request.status in ("completed", "failed", "cancelled", "timed_out"):
@@ -375,6 +395,7 @@ class RunDriver:
 
                 raise RunNotFound(f"No run '{self.run_id}' in {store.url}.")
             fp = fingerprint(self.compiled.graph)
+            start = self.ser.dumps(self.start_event, f"start event {type(self.start_event).__name__}")
             created = await store.create(
                 RunRecord(
                     run_id=self.run_id,
@@ -384,6 +405,7 @@ class RunDriver:
                     owner=store.owner,
                     epoch=1,
                     lease_until=now + store.lease,
+                    start=start,
                 ),
                 [],
                 [],
@@ -409,11 +431,15 @@ class RunDriver:
         loaded = await store.load(self.run_id)
         state = rebuild(loaded, self.workflow, self.compiled, self.ser)
         self.stream[:] = [self._decode_stream(text) for text in loaded.stream]
+        start = None
+        if not loaded.entries and loaded.snapshot is None and record.start is not None:
+            # created, but its first commit never landed: start it from the stored event
+            start = self.ser.loads(record.start, TypeResolver(self.compiled.graph.event_types))
         return await self._execute(
             state,
             epoch=epoch,
             seq=loaded.record.seq,
-            begin=i.Begin(time.time(), None),
+            begin=i.Begin(time.time(), start),
             loaded=loaded,
         )
 

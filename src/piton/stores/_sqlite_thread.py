@@ -15,6 +15,7 @@ import queue
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -188,18 +189,37 @@ class Writer:
             self.path, timeout=self.busy_timeout, isolation_level=None, cached_statements=256
         )
         try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreUnavailable(
-                    f"SQLite store {self.path!r} cannot use WAL mode (got {mode!r}); "
-                    "put the database on a local file system."
-                )
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            self._migrate(conn)
+            self._set_up(conn)
         except BaseException:
             conn.close()
             raise
         self.conn = conn
+
+    def _set_up(self, conn: sqlite3.Connection) -> None:
+        """WAL mode and migrations, retried while another connection sets up the same file.
+
+        Two connections opening a new file at once can deadlock on switching it to WAL;
+        SQLite then reports SQLITE_BUSY at once instead of calling the busy handler.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        pause = 0.001
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StoreUnavailable(
+                        f"SQLite store {self.path!r} cannot use WAL mode (got {mode!r}); "
+                        "put the database on a local file system."
+                    )
+                conn.execute(f"PRAGMA synchronous={self.synchronous}")
+                self._migrate(conn)
+                return
+            except sqlite3.OperationalError as exc:
+                busy = "locked" in str(exc).lower() or "busy" in str(exc).lower()
+                if not busy or time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         known = migrations()
