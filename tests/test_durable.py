@@ -57,7 +57,7 @@ async def _wait_status(store: SqliteStore, run_id: str, statuses: set[str], time
 
 async def _stop_listening(handler: Any) -> None:
     """What happens to a parked run's driver when its process exits (asyncio.run cancels
-    the remaining tasks). ``handler.cancel()`` would cancel the run itself."""
+    the remaining tasks)."""
     task = handler._task
     task.cancel()
     with contextlib.suppress(BaseException):
@@ -216,6 +216,35 @@ async def test_a_step_starts_only_after_its_input_is_committed(tmp_path: Path) -
     assert seen == [0, 1, 2]
 
 
+async def test_caller_timing_out_leaves_the_run_going(tmp_path: Path) -> None:
+    """asyncio.wait_for cancels the handler on timeout; a durable run is not cancelled."""
+    gate = asyncio.Event()
+
+    class W(Workflow):
+        @step
+        async def slow(self, ev: StartEvent, ctx: Context) -> Mid:
+            await gate.wait()
+            return Mid(n=1)
+
+        @step
+        async def ask(self, ev: Mid, ctx: Context) -> StopEvent:
+            answer = await ctx.wait_for_event(HumanResponseEvent)
+            return StopEvent(result=answer.response)
+
+    store = SqliteStore(tmp_path / "runs.db")
+    w = W(store=store)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(w.run(run_id="t1"), 0.2)
+    record = await store.get("t1")
+    assert record is not None and record.status == "running"
+    gate.set()  # the step goes on in this process, then the run parks
+    record = await _wait_status(store, "t1", {"parked"})
+    assert record.error is None
+    handler = w.run(run_id="t1")
+    await handler.send_event(HumanResponseEvent(response="yes"))
+    assert await asyncio.wait_for(handler, 10) == "yes"
+
+
 # -- recovery by a Worker -----------------------------------------------------------------
 
 OWNER_MODULE = textwrap.dedent(
@@ -281,6 +310,37 @@ async def test_worker_resumes_an_abandoned_run(
     assert record.status == "completed", record.error
     assert await slow(store=store).run(run_id="abandoned") == 10
     assert log.read_text() == "first\n"  # committed before the kill: not run again
+    await store.close()
+
+
+async def test_worker_logs_a_run_it_cannot_load_and_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from piton.stores.base import RunRecord
+
+    class Fine(Workflow):
+        @step
+        async def only(self, ev: StartEvent, ctx: Context) -> StopEvent:
+            return StopEvent(result="ok")
+
+    store = SqliteStore(tmp_path / "runs.db")
+    for run_id, entry in (("damaged", "{not json"), ("healthy", None)):
+        record = RunRecord(
+            run_id=run_id,
+            workflow="Fine",
+            status="running",
+            owner="gone",
+            lease_until=0.0,
+            start='{"__piton__": "model", "type": "piton.events.StartEvent", "data": {}}',
+        )
+        assert await store.create(record, [entry] if entry else [], [])
+    with caplog.at_level("ERROR", logger="piton.worker"):
+        async with Worker(store, workflows=[Fine], poll_interval=0.1):
+            record = await _wait_status(store, "healthy", {"completed"})
+            await asyncio.sleep(0.2)
+    assert record.result is not None and "ok" in record.result
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("'damaged'" in m and "seq 1" in m for m in messages), messages
     await store.close()
 
 

@@ -129,6 +129,7 @@ def test_the_import_check_catches_what_it_should(module: str, code: str, bad: st
 
 # --- ruff's banned-api -----------------------------------------------------------------
 
+
 def ruff_config() -> dict[str, object]:
     with (ROOT / "pyproject.toml").open("rb") as f:
         lint: dict[str, object] = tomllib.load(f)["tool"]["ruff"]["lint"]

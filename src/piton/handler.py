@@ -37,6 +37,7 @@ class WorkflowHandler(asyncio.Future[Any]):
         self._ctx = ctx
         self._runner: Runner | RunDriver | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stored_outcome = False  # the outcome is the run's own, as stored (durable runs)
 
     @property
     def run_id(self) -> str:
@@ -74,10 +75,15 @@ class WorkflowHandler(asyncio.Future[Any]):
         return cancelled if cancelled is not None else _Done()
 
     def cancel(self, msg: Any | None = None) -> bool:
-        """Cancel the future (``asyncio.wait_for`` does on timeout) and the run with it."""
+        """Stop waiting for this run (``asyncio.wait_for`` does on timeout).
+
+        An in-memory run is cancelled with it. A durable run is not: it goes on in this
+        process until it finishes or parks, and stays resumable if the process exits.
+        ``cancel_run()`` is what ends a run.
+        """
         cancelled = super().cancel(msg)
         if cancelled and self._runner is not None:
-            self._runner.cancel()
+            self._runner.listener_gone()
         return cancelled
 
     def __repr__(self) -> str:

@@ -316,6 +316,7 @@ class RunDriver:
         self._notify_stream()
         if self.handler.done():
             return
+        self.handler._stored_outcome = True
         if error is not None:
             self.handler.set_exception(error)
         else:
@@ -358,6 +359,10 @@ class RunDriver:
         await self.store.deliver(self.run_id, text, step)
         self._wake.set()
 
+    def listener_gone(self) -> None:
+        """The handler was cancelled: finish or park the run, then let it go (never cancel it)."""
+        self.stay = False
+
     def cancel(self) -> asyncio.Future[None]:
         run = self.run
         if run is not None and not run.done and not run.parked:
@@ -370,9 +375,9 @@ class RunDriver:
     async def main(self) -> None:
         try:
             await self.store.open()
-            while not self.handler.done():
+            while True:  # attach at least once, even if the caller stopped listening
                 outcome = await self._attach_and_run()
-                if outcome == "finished" or not self.stay:
+                if outcome == "finished" or not self.stay or self.handler.done():
                     return
                 await self._wait_for_wake()
         except asyncio.CancelledError:
@@ -395,7 +400,9 @@ class RunDriver:
 
                 raise RunNotFound(f"No run '{self.run_id}' in {store.url}.")
             fp = fingerprint(self.compiled.graph)
-            start = self.ser.dumps(self.start_event, f"start event {type(self.start_event).__name__}")
+            start = self.ser.dumps(
+                self.start_event, f"start event {type(self.start_event).__name__}"
+            )
             created = await store.create(
                 RunRecord(
                     run_id=self.run_id,
@@ -431,15 +438,15 @@ class RunDriver:
         loaded = await store.load(self.run_id)
         state = rebuild(loaded, self.workflow, self.compiled, self.ser)
         self.stream[:] = [self._decode_stream(text) for text in loaded.stream]
-        start = None
+        first: Event | None = None
         if not loaded.entries and loaded.snapshot is None and record.start is not None:
             # created, but its first commit never landed: start it from the stored event
-            start = self.ser.loads(record.start, TypeResolver(self.compiled.graph.event_types))
+            first = self.ser.loads(record.start, TypeResolver(self.compiled.graph.event_types))
         return await self._execute(
             state,
             epoch=epoch,
             seq=loaded.record.seq,
-            begin=i.Begin(time.time(), start),
+            begin=i.Begin(time.time(), first),
             loaded=loaded,
         )
 

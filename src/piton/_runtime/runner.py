@@ -195,6 +195,10 @@ class Runner:
     def replace_state(self, value: Any) -> None:
         self.call(lambda: self.feed(i.ReplaceState(time.time(), value)))
 
+    def listener_gone(self) -> None:
+        """The handler was cancelled: nobody is left to receive the result of a memory run."""
+        self.cancel()
+
     def cancel(self) -> None:
         if not self.state.finished:
             self.call(lambda: self.feed(i.Cancel(time.time())))

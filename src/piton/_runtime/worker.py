@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -13,7 +14,11 @@ from piton.errors import WorkflowConfigurationError
 from piton.stores.base import Store, open_store
 
 if TYPE_CHECKING:
+    from piton.handler import WorkflowHandler
     from piton.workflow import Workflow
+
+
+log = logging.getLogger("piton.worker")
 
 
 class Worker:
@@ -73,7 +78,7 @@ class Worker:
             assert task is not None
             self._runs[record.run_id] = task
             task.add_done_callback(functools.partial(self._forget, record.run_id))
-            handler.add_done_callback(_consume)
+            handler.add_done_callback(functools.partial(_report, record.run_id))
             started += 1
         return started
 
@@ -107,9 +112,17 @@ class Worker:
                 await asyncio.wait_for(self._idle.wait(), timeout)
 
 
-def _consume(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()  # a worker's runs report through the store, not here
+def _report(run_id: str, handler: WorkflowHandler) -> None:
+    """A run's own failure is stored with the run; a failure to load or drive it is logged.
+
+    A run the worker could not load keeps its lease until it expires, then is tried again
+    (by this or another worker): the lease is the back-off.
+    """
+    if handler.cancelled():
+        return
+    exc = handler.exception()
+    if exc is not None and not handler._stored_outcome:
+        log.error("piton worker: run %r could not be resumed: %s", run_id, exc, exc_info=exc)
 
 
 __all__ = ["Worker"]

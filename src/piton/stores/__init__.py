@@ -13,4 +13,12 @@ from piton.stores.base import open_store as open_store
 from piton.stores.memory import MemoryStore as MemoryStore
 from piton.stores.sqlite import SqliteStore as SqliteStore
 
-__all__ = ["CommitRequest", "Loaded", "MemoryStore", "RunRecord", "SqliteStore", "Store", "open_store"]
+__all__ = [
+    "CommitRequest",
+    "Loaded",
+    "MemoryStore",
+    "RunRecord",
+    "SqliteStore",
+    "Store",
+    "open_store",
+]

@@ -1,0 +1,98 @@
+"""bench/durable.py runs end to end (``--smoke``: tiny workloads, one repetition).
+
+It measures nothing here; it must only run, report what it promises and clean up. CI
+installs only '.[dev]', so the DBOS part runs only where dbos is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "bench" / "durable.py"
+HAS_DBOS = importlib.util.find_spec("dbos") is not None
+
+
+def run_bench(tmp_path: Path, *args: str) -> tuple[str, dict[str, Any]]:
+    out = tmp_path / "figures.json"
+    databases = tmp_path / "db"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--smoke",
+            "--concurrency",
+            "1,4",
+            "--dir",
+            str(databases),
+            "--json",
+            str(out),
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if proc.returncode != 0:
+        pytest.fail(
+            f"bench/durable.py exited with {proc.returncode}\n"
+            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
+    assert list(databases.iterdir()) == []  # its temporary directory is gone
+    return proc.stdout, json.loads(out.read_text())
+
+
+def check_piton(stdout: str, figures: dict[str, Any]) -> None:
+    for key in ("cpu", "cores", "python", "piton", "date", "load average", "databases in"):
+        assert key in figures["machine"]
+    assert "load average at the end" in stdout
+    medians = {row["key"]: row["median"] for row in figures["table"]}
+    for key in (
+        "floor_us",
+        "piton_us_step",
+        "piton_us_txn",
+        "memory_us_step",
+        "piton_c1_steps_s",
+        "piton_c4_steps_s",
+    ):
+        assert medians[key] > 0, key
+    done, total = figures["notes"]["piton_runs_completed"]
+    assert done == total > 0
+    acc = figures["accounting"]
+    assert acc["piton_entries_per_run"] >= 10  # one journal entry per step at least
+    assert acc["piton_txn_per_run"] >= 1
+    for goal in ("piton_step_over_floor_at_most_2", "piton_scale_at_least_5"):
+        assert figures["goals"][goal] in (True, False)
+        assert "goal: piton" in stdout
+
+
+def test_durable_bench_runs_without_dbos(tmp_path: Path) -> None:
+    stdout, figures = run_bench(tmp_path, "--no-dbos")
+    check_piton(stdout, figures)
+    assert figures["dbos"] == []
+    assert "DBOS: not measured" in stdout
+
+
+@pytest.mark.skipif(not HAS_DBOS, reason="dbos is not installed (pip install -e '.[bench]')")
+def test_durable_bench_runs_with_dbos(tmp_path: Path) -> None:
+    stdout, figures = run_bench(tmp_path)
+    check_piton(stdout, figures)
+    assert figures["dbos"] == ["dbos", "dbos-wal"]
+    medians = {row["key"]: row["median"] for row in figures["table"]}
+    for name in ("dbos", "dbos-wal"):
+        assert medians[f"{name}_us_step"] > 0
+        assert medians[f"{name}_c4_steps_s"] > 0
+        # DBOS really checkpointed every step of every workflow the benchmark ran
+        cp = figures["notes"][f"{name}_checkpoints"]
+        assert cp["step_rows"] == 10 * cp["workflows_succeeded"] > 0
+    assert figures["notes"]["dbos_audit"]["step_rows"] == 10
+    assert "journal_mode=wal" in figures["notes"]["dbos-wal_journal"]
+    assert figures["notes"]["dbos_api"] in ("sync", "async")
