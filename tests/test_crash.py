@@ -11,6 +11,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -27,12 +28,13 @@ import crash_workflow as cw  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-def _spawn(mode: str, db: Path, run_id: str, effects: Path) -> subprocess.Popen[str]:
+def _spawn(mode: str, db: Path, run_id: str, effects: Path, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, str(SCRIPT), mode, str(db), run_id, str(effects)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, **env},
     )
 
 
@@ -112,3 +114,41 @@ def test_kill_while_parked_then_another_process_sends_the_event(tmp_path: Path) 
     result = json.loads(_finish(_spawn("send", db, "parked-1", effects)))
     assert result == "7:yes"
     assert _lines(effects) == ["prepare:prepare", "ask:ask"]
+
+
+def _committed_bodies(db: Path, run_id: str) -> int:
+    """Step bodies whose end is committed: StepDone, StepFailed, and checkpoints of a step."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT entry FROM journal WHERE run_id = ?", (run_id,)).fetchall()
+    count = 0
+    for (text,) in rows:
+        entry = json.loads(text)
+        if entry["k"] in ("StepDone", "StepFailed"):
+            count += 1
+        elif entry["k"] == "Checkpoint" and entry.get("exec_id"):
+            count += 1
+    return count
+
+
+@pytest.mark.parametrize("after", [1, 3, 6, 10, 14, 19])
+def test_crash_between_commit_and_memory_update(
+    after: int, tmp_path: Path, reference: tuple[Any, set[str]]
+) -> None:
+    """The process dies right after its Nth commit is durable, before it acts on it."""
+    expected_result, expected_lines = reference
+    db, effects, run_id = tmp_path / "runs.db", tmp_path / "effects.txt", f"fault-{after}"
+    proc = _spawn("run", db, run_id, effects, PITON_TEST_CRASH_AFTER_COMMIT=str(after))
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the fault hook did not fire"
+    before = _lines(effects)
+    in_flight = len(before) - _committed_bodies(db, run_id)
+    assert in_flight >= 0
+
+    result = json.loads(_finish(_spawn("run", db, run_id, effects)))
+    assert result == expected_result
+    lines = _lines(effects)
+    assert set(lines) - {"flaky:attempt-1"} <= expected_lines | {"flaky:attempt-0"}
+    # only bodies that had run but whose end was not yet committed may run again
+    repeats = len(lines) - len(set(lines))
+    assert repeats <= in_flight, (after, in_flight, Counter(lines))
+    assert lines[: len(before)] == before

@@ -412,6 +412,47 @@ async def test_reattached_handler_replays_the_stored_stream(tmp_path: Path) -> N
     assert events[-1].result == 3
 
 
+async def test_stream_resumes_after_a_cursor_then_follows_live(tmp_path: Path) -> None:
+    class Talk(Workflow):
+        @step
+        async def a(self, ev: StartEvent, ctx: Context) -> StopEvent:
+            for n in range(3):
+                ctx.write_event_to_stream(Mid(n=n))
+            answer = await ctx.wait_for_event(HumanResponseEvent)
+            ctx.write_event_to_stream(Mid(n=10))
+            return StopEvent(result=answer.response)
+
+    store = SqliteStore(tmp_path / "runs.db")
+    first = Talk(store=store).run(run_id="cur")
+    seen = []
+    async for ev in first.stream_events():
+        seen.append(ev)
+        if len(seen) == 2:
+            break
+    await _wait_status(store, "cur", {"parked"})
+    await _stop_listening(first)
+
+    again = Talk(store=SqliteStore(tmp_path / "runs.db")).run(run_id="cur")
+    rest: list[Event] = []
+
+    async def listen() -> None:
+        async for ev in again.stream_events(cursor=len(seen)):
+            rest.append(ev)
+
+    listener = asyncio.create_task(listen())
+    await asyncio.sleep(0.1)
+    await again.send_event(HumanResponseEvent(response="ok"))
+    assert await asyncio.wait_for(again, 10) == "ok"
+    await asyncio.wait_for(listener, 5)
+    assert [e.n for e in seen] == [0, 1]
+    # the third event and the InputRequired-free live tail, without the two already seen
+    assert [e.n for e in rest if isinstance(e, Mid)] == [2, 10]
+    assert isinstance(rest[-1], StopEvent)
+    with pytest.raises(ValueError, match="cursor"):
+        async for _ in again.stream_events(cursor=-1):
+            pass
+
+
 async def test_snapshot_compaction_still_resumes(tmp_path: Path) -> None:
     class Counter(Workflow):
         @step

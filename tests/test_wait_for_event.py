@@ -351,3 +351,30 @@ async def test_wait_for_event_outside_a_step_is_an_error() -> None:
     await handler
     with pytest.raises(WorkflowRuntimeError, match="wait_for_event"):
         await handler.ctx.wait_for_event(HumanResponseEvent)
+
+
+async def test_stream_writes_before_a_wait_are_not_repeated_by_the_rerun() -> None:
+    runs = 0
+
+    class W(Workflow):
+        @step
+        async def ask(self, ev: StartEvent, ctx: Context) -> StopEvent:
+            nonlocal runs
+            runs += 1
+            ctx.write_event_to_stream(Item(n=1))
+            answer = await ctx.wait_for_event(
+                HumanResponseEvent, waiter_event=InputRequiredEvent(prefix="?")
+            )
+            ctx.write_event_to_stream(Item(n=2))
+            return StopEvent(result=answer.response)
+
+    handler = W().run()
+    items = []
+    async for ev in handler.stream_events():
+        if isinstance(ev, InputRequiredEvent):
+            await handler.send_event(HumanResponseEvent(response="yes"))
+        elif isinstance(ev, Item):
+            items.append(ev.n)
+    assert await handler == "yes"
+    assert runs == 2  # the step ran again from the top
+    assert items == [1, 2]  # but its first write was published once

@@ -399,6 +399,10 @@ class StepContext(Context[StateT]):
     def send_event(self, event: Event, step: str | None = None) -> None:
         self._step_run.send(event, step)
 
+    def write_event_to_stream(self, event: Event | None) -> None:
+        if event is not None:
+            self._step_run.stream_write(event)
+
 
 def retry_info_of(
     retry_number: int,

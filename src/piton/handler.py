@@ -55,11 +55,22 @@ class WorkflowHandler(asyncio.Future[Any]):
             raise WorkflowRuntimeError(f"Run '{self._run_id}' has not started yet.")
         return self._runner
 
-    async def stream_events(self) -> AsyncIterator[Event]:
-        """Events published by the run, from the first one, ending with its StopEvent."""
+    async def stream_events(
+        self, expose_internal: bool = False, *, cursor: int = 0
+    ) -> AsyncIterator[Event]:
+        """Events published by the run, ending with its StopEvent, then live ones as they come.
+
+        ``cursor`` skips the first ``cursor`` events: a listener that saw n events and
+        re-attaches (after a crash, from another process) passes ``cursor=n`` to go on where
+        it stopped. A durable run's stream is stored, so it replays from the first event.
+        ``expose_internal`` is accepted for llama-index-workflows compatibility; piton
+        publishes no internal events.
+        """
+        if cursor < 0:
+            raise ValueError(f"stream_events(cursor={cursor}): the cursor counts events, >= 0.")
         if self._runner is None and self._task is not None:
             await asyncio.sleep(0)
-        async for ev in self._live().events():
+        async for ev in self._live().events(cursor):
             yield ev
 
     def send_event(self, event: Event, step: str | None = None) -> Awaitable[None]:

@@ -337,6 +337,7 @@ def encode_run(state: RunState, s: JsonSerializer, *, keep_running: bool = False
             for bid, b in state.buffers.items()
         },
         "delivered": dict(state.delivered),
+        "streamed": dict(state.streamed),
         "counter": state.counter,
         "timeout": state.timeout,
         "active_elapsed": state.active_elapsed,
@@ -390,6 +391,7 @@ def decode_run(tree: Mapping[str, Any], graph: Graph, s: JsonSerializer) -> RunS
             buf.claimed[owner] = [(eid, s.decode(ev, types)) for eid, ev in batch]
         state.buffers[bid] = buf
     state.delivered = {k: int(v) for k, v in tree.get("delivered", {}).items()}
+    state.streamed = {k: int(v) for k, v in tree.get("streamed", {}).items()}
     state.counter = int(tree.get("counter", 0))
     state.timeout = tree.get("timeout")
     state.active_elapsed = float(tree.get("active_elapsed", 0.0))

@@ -104,8 +104,12 @@ class Collect:
 
 @dataclass(slots=True, frozen=True)
 class StreamWrite:
+    """``ctx.write_event_to_stream``; from a step, numbered so a re-run's repeats drop."""
+
     at: float
     event: Any
+    exec_id: str = ""
+    index: int = -1
 
 
 @dataclass(slots=True, frozen=True)

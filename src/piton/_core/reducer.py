@@ -220,6 +220,7 @@ def _step_done(state: RunState, inp: i.StepDone, cmds: Cmds) -> None:
     attempt = ex.attempt
     _deliver_sends(state, attempt, inp.sends, inp.at, cmds)
     state.delivered.pop(attempt.key, None)
+    state.streamed.pop(attempt.key, None)
     _forget_collector(state, attempt.key)
     if inp.result is not None and not state.finished:
         _route(state, Envelope(state.next_id("e"), inp.result), inp.at, cmds)
@@ -303,6 +304,12 @@ def _replace_state(state: RunState, inp: i.ReplaceState, cmds: Cmds) -> None:
 
 
 def _stream_write(state: RunState, inp: i.StreamWrite, cmds: Cmds) -> None:
+    ex = state.running.get(inp.exec_id) if inp.exec_id else None
+    if ex is not None:  # a re-run (wait_for_event, retry, crash) repeats earlier writes
+        key = ex.attempt.key
+        if inp.index < state.streamed.get(key, 0):
+            return
+        state.streamed[key] = inp.index + 1
     cmds.append(i.Publish(inp.event))
 
 

@@ -111,6 +111,7 @@ class RunState:
     deadlines: dict[str, float] = field(default_factory=dict)
     buffers: dict[str, CollectBuffer] = field(default_factory=dict)
     delivered: dict[str, int] = field(default_factory=dict)
+    streamed: dict[str, int] = field(default_factory=dict)  # attempt key -> writes published
     counter: int = 0
     timeout: float | None = None
     active_elapsed: float = 0.0

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -46,6 +48,19 @@ if TYPE_CHECKING:
     from piton.workflow import Compiled, Workflow
 
 PARK_GRACE = 0.25  # a run idle until a deadline closer than this stays in memory
+
+# Fault injection for crash tests: with PITON_TEST_CRASH_AFTER_COMMIT=N the process kills
+# itself (SIGKILL) right after its Nth commit is durable, before the run in memory learns
+# of it: the window between the database and the process's own view of the run.
+_CRASH_AFTER_COMMIT = int(os.environ.get("PITON_TEST_CRASH_AFTER_COMMIT") or 0)
+_commits_done = 0
+
+
+def _after_commit() -> None:
+    global _commits_done
+    _commits_done += 1
+    if _commits_done == _CRASH_AFTER_COMMIT:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fingerprint(graph: Graph) -> str:
@@ -217,6 +232,8 @@ class DurableRun(Runner):
             except (StoreError, PitonError) as exc:
                 self._lost(exc)
                 return
+            if _CRASH_AFTER_COMMIT:
+                _after_commit()
             self.seq += len(request.entries)
             if not self.done:
                 for cmds in held:

@@ -318,7 +318,7 @@ async def _as_coro(fn: Callable[[], R]) -> R:
 class StepRun:
     """One execution of a step, as seen from inside it (``ctx`` forwards here)."""
 
-    __slots__ = ("count", "ctx", "ex", "runner", "sends", "sleeps")
+    __slots__ = ("count", "ctx", "ex", "runner", "sends", "sleeps", "written")
 
     def __init__(self, runner: Runner, ex: Execution) -> None:
         self.runner = runner
@@ -326,12 +326,19 @@ class StepRun:
         self.sends: list[tuple[int, Any, str | None]] = []
         self.count = 0
         self.sleeps = 0
+        self.written = 0
         self.ctx: StepContext[Any] = StepContext(runner.ctx, self)
 
     def send(self, event: Event, step: str | None) -> None:
         self.runner.check_target(event, step)
         self.sends.append((self.count, event, step))
         self.count += 1
+
+    def stream_write(self, event: Event) -> None:
+        index, self.written = self.written, self.written + 1
+        ex_id = self.ex.id
+        runner = self.runner
+        runner.call(lambda: runner.feed(i.StreamWrite(time.time(), event, ex_id, index)))
 
     def take_sends(self) -> tuple[tuple[int, Any, str | None], ...]:
         sends = tuple(self.sends)
