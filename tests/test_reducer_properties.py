@@ -832,3 +832,20 @@ def test_a_recovered_run_keeps_the_active_time_it_had_used() -> None:
     feed(recovered, i.Park(505.0))  # parking stops the clock: 5 s left
     cmds = feed(recovered, i.Begin(1_000.0))
     assert i.ArmTimer(RUN_TIMER, 1_005.0) in cmds
+
+
+def test_a_snapshot_keeps_the_run_clock_going_for_the_journal_tail() -> None:
+    """Rebuilt from a mid-run snapshot plus the entries after it, a run has used the same
+    active time as one rebuilt from its whole journal."""
+    from piton.serde import JsonSerializer, decode_run, encode_run
+
+    state = RunState("r", CHAIN.graph, durable=True, timeout=60.0)
+    (start,) = _runs(reduce(state, i.Begin(0.0, StartEvent()))[1]).values()
+    (a,) = _runs(reduce(state, i.StepDone(20.0, start.id, Mid()))[1]).values()
+    ser = JsonSerializer()
+    snapshot = encode_run(state, ser, keep_running=True)
+    tail = i.Checkpoint(45.0, a.id)
+    reduce(state, tail)
+    restored = decode_run(snapshot, CHAIN.graph, ser)
+    reduce(restored, tail)
+    assert restored.active_elapsed == state.active_elapsed == 45.0

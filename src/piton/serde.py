@@ -341,6 +341,7 @@ def encode_run(state: RunState, s: JsonSerializer, *, keep_running: bool = False
         "counter": state.counter,
         "timeout": state.timeout,
         "active_elapsed": state.active_elapsed,
+        "active_since": state.active_since,  # a journal tail after a snapshot goes on counting
         "result": s.encode(state.result, "result"),
         "error": None if state.error is None else s.encode_error(state.error),
     }
@@ -395,6 +396,8 @@ def decode_run(tree: Mapping[str, Any], graph: Graph, s: JsonSerializer) -> RunS
     state.counter = int(tree.get("counter", 0))
     state.timeout = tree.get("timeout")
     state.active_elapsed = float(tree.get("active_elapsed", 0.0))
+    since = tree.get("active_since")
+    state.active_since = None if since is None else float(since)
     state.result = s.decode(tree.get("result"), types)
     if tree.get("error") is not None:
         state.error = s.decode_error(tree["error"], types)
