@@ -18,14 +18,11 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from piton._core import inputs as i
-from piton._core.graph import Graph, StepNode, build_graph, type_key
-from piton._core.reducer import reduce
 from piton._core.state import COMPLETED, RunState
+from piton._runtime.restore import fingerprint, rebuild
 from piton._runtime.runner import Runner
 from piton.errors import (
     ContextSerdeError,
-    IncompatibleWorkflowChange,
-    JournalCorrupted,
     LeaseLost,
     PitonError,
     StoreError,
@@ -35,8 +32,6 @@ from piton.events import Event, StopEvent
 from piton.serde import (
     JsonSerializer,
     TypeResolver,
-    decode_input,
-    decode_run,
     encode_input,
     encode_run,
 )
@@ -61,22 +56,6 @@ def _after_commit() -> None:
     _commits_done += 1
     if _commits_done == _CRASH_AFTER_COMMIT:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def fingerprint(graph: Graph) -> str:
-    return json.dumps(
-        {
-            "workflow": graph.workflow,
-            "steps": {
-                name: {
-                    "accepts": sorted(type_key(t) for t in node.accepted),
-                    "workers": node.num_workers,
-                }
-                for name, node in sorted(graph.steps.items())
-            },
-        },
-        sort_keys=True,
-    )
 
 
 class DurableRun(Runner):
@@ -585,95 +564,4 @@ def _done_future(loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
     return future
 
 
-def rebuild(
-    loaded: Loaded, workflow: Workflow, compiled: Compiled, ser: JsonSerializer
-) -> RunState:
-    """Snapshot + journal tail -> RunState, replayed under the graph the run was written with."""
-    record = loaded.record
-    graph = historical_graph(record.fingerprint, compiled)
-    types = TypeResolver(compiled.graph.event_types)
-    if compiled.graph.state_type is not None:
-        types.known[type_key(compiled.graph.state_type)] = compiled.graph.state_type
-    if loaded.snapshot is not None:
-        try:
-            state = decode_run(json.loads(loaded.snapshot), graph, ser)
-        except (ContextSerdeError, ValueError, KeyError, TypeError) as exc:
-            raise JournalCorrupted(
-                f"Run '{record.run_id}': the snapshot at seq {loaded.snapshot_seq} cannot be read ({exc})."
-            ) from exc
-    else:
-        state = RunState(run_id=record.run_id, graph=graph, timeout=workflow._timeout)
-        state.values = compiled.graph.state_type() if compiled.graph.state_type is not None else {}
-    for seq, text in loaded.entries:
-        try:
-            inp = decode_input(text, ser, types)
-        except IncompatibleWorkflowChange:
-            raise
-        except (ContextSerdeError, ValueError, KeyError, TypeError) as exc:
-            raise JournalCorrupted(
-                f"Run '{record.run_id}': journal entry seq {seq} cannot be read ({exc})."
-            ) from exc
-        reduce(state, inp)
-    state.journal.clear()
-    _check_compatible(state, compiled)
-    state.graph = compiled.graph
-    return state
-
-
-def historical_graph(stored: str, compiled: Compiled) -> Graph:
-    try:
-        fp = json.loads(stored)
-    except ValueError:
-        fp = {}
-    if not fp.get("steps") or stored == fingerprint(compiled.graph):
-        return compiled.graph
-    types = TypeResolver(compiled.graph.event_types)
-    nodes = {}
-    for name, info in fp["steps"].items():
-        accepted = []
-        for key in info["accepts"]:
-            found = types.resolve(key, Event)
-            if found is None:
-                raise IncompatibleWorkflowChange(
-                    f"The stored run's step '{name}' consumes event type '{key}', which the "
-                    f"current code of workflow '{compiled.graph.workflow}' no longer defines."
-                )
-            accepted.append(found)
-        current = compiled.graph.steps.get(name)
-        nodes[name] = StepNode(
-            name=name,
-            accepted=tuple(accepted),
-            returns=(),
-            num_workers=int(info.get("workers", 4)),
-            retry_policy=current.retry_policy if current else None,
-            timeout=current.timeout if current else None,
-        )
-    return build_graph(
-        compiled.graph.workflow, nodes, state_type=compiled.graph.state_type, validate=False
-    )
-
-
-def _check_compatible(state: RunState, compiled: Compiled) -> None:
-    needed = {ex.attempt.step for ex in state.running.values()}
-    needed |= {step for step, q in state.queues.items() if q}
-    needed |= {w.attempt.step for w in state.waiters.values()}
-    needed |= {a.step for a in state.delayed.values()}
-    missing = sorted(needed - set(compiled.graph.steps))
-    if missing:
-        raise IncompatibleWorkflowChange(
-            f"Run '{state.run_id}' has pending work for step(s) {', '.join(missing)}, which "
-            f"workflow '{compiled.graph.workflow}' no longer has. Restore them (or run the "
-            "previous code) to finish this run."
-        )
-    for step in needed:
-        node = compiled.graph.steps[step]
-        pending = [a.envelope.event for a in state.queues.get(step, ())]
-        for ev in pending:
-            if type(ev) not in node.accepted:
-                raise IncompatibleWorkflowChange(
-                    f"Run '{state.run_id}': step '{step}' has a pending {type(ev).__name__}, "
-                    "which it no longer accepts."
-                )
-
-
-__all__ = ["DurableRun", "RunDriver", "fingerprint", "rebuild"]
+__all__ = ["DurableRun", "RunDriver"]
