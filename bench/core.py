@@ -26,16 +26,14 @@ import asyncio
 import gc
 import inspect
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from importlib import metadata
 from typing import Any, NamedTuple
+
+from _machine import load_average, machine_info, print_machine
 
 CHAIN_STEPS = 10
 CHAIN_RUNS = 200
@@ -366,46 +364,6 @@ def _progress(rep: int, done: list[str], prefix: str = "") -> None:
 # -- reporting --------------------------------------------------------------------------
 
 
-def machine_info() -> dict[str, str]:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    return {
-        "cpu": cpu,
-        "cores": f"{os.cpu_count()} logical, {usable} usable",
-        "os": platform.platform(),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "piton": version("piton"),
-        "llama-index-workflows": version("llama-index-workflows"),
-        "pydantic": version("pydantic"),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "load average": load_average(),
-    }
-
-
-def load_average() -> str:
-    """Other processes on the machine skew the figures; this shows whether there were any."""
-    try:
-        one, five, fifteen = os.getloadavg()
-    except OSError:
-        return "unknown"
-    return f"{one:.2f} {five:.2f} {fifteen:.2f} (1, 5, 15 min)"
-
-
 @dataclass
 class Row:
     label: str
@@ -564,9 +522,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    info = machine_info()
-    for key, value in info.items():
-        print(f"{key + ':':<24}{value}")
+    info = machine_info(("piton", "llama-index-workflows", "pydantic"))
+    print_machine(info)
     print()
     res = asyncio.run(measure(args))
     summary = summarize(res)

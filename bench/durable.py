@@ -1,0 +1,942 @@
+"""Durable benchmark: piton's checkpointed steps next to the SQLite floor, piton in memory and DBOS.
+
+Run from the repository root (after ``pip install -e '.[bench]'``)::
+
+    .venv/bin/python bench/durable.py [--repeat N] [--quick] [--json PATH] [--dir DIR]
+
+One process, one invocation. Every database file lives in one temporary directory, made
+under ``.bench-tmp/`` in the repository (or under ``--dir``) and deleted at the end:
+
+(1) ``floor``: a bare ``sqlite3`` connection, WAL, ``synchronous=FULL``, one
+    ``BEGIN IMMEDIATE; INSERT; COMMIT`` per iteration, the row as large as the journal
+    entries piton writes per commit (measured during the warm-up). One fsync per commit:
+    the cost of a durable commit on this disk.
+(2) ``piton durable``: ``StartEvent -> 10 steps -> StopEvent`` (each step returns a small
+    event) on ``Workflow(store=SqliteStore(path))``, runs one after the other with distinct
+    run ids. Microseconds per step (run time / 10), and per write transaction the store
+    actually made (``SqliteStore.transactions``; journal rows are counted too).
+(3) ``piton memory``: the same workflow class without a store.
+(4) ``DBOS``: a ``@DBOS.workflow()`` calling ten ``@DBOS.step()`` functions, with
+    ``system_database_url=sqlite:///...``; DBOS records every step's output in its system
+    database (``operation_outputs``) before the workflow goes on. Two system databases:
+    DBOS's own default (SQLite's rollback journal) and the same file set to WAL beforehand.
+    The API (sync or async) is DBOS's faster one, picked in the warm-up (``--dbos-api``).
+(5) ``concurrency``: 1, 10 and 100 concurrent piton runs on one SqliteStore
+    (``asyncio.gather`` of ``w.run()`` with distinct run ids), in steps per second; the same
+    for DBOS (``DBOS.start_workflow`` handles, or ``asyncio.gather`` with the async API).
+
+The warm-up writes to every WAL database until its WAL stopped growing (see
+``settle_wal``). Each repetition measures every system; the order of the systems is
+reversed on odd repetitions, and ``gc.collect()`` runs before each timing. Figures are medians over the
+repetitions; ratios are medians of the per-repetition ratios.
+"""
+
+import argparse
+import asyncio
+import gc
+import json
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from _machine import load_average, machine_info, print_machine
+
+from piton import Event, StartEvent, StopEvent, Workflow, step
+from piton.stores import SqliteStore
+
+STEPS = 10
+ROOT = Path(__file__).resolve().parent.parent
+GOAL_FLOOR = 2.0  # piton durable step / floor commit: at most
+GOAL_DBOS = 3.0  # DBOS step / piton durable step: at least
+GOAL_SCALE = 5.0  # throughput of the most concurrent runs / of one run: at least
+T = TypeVar("T")
+
+
+# -- the piton workflow -------------------------------------------------------------------
+
+
+class E1(Event):
+    n: int
+
+
+class E2(Event):
+    n: int
+
+
+class E3(Event):
+    n: int
+
+
+class E4(Event):
+    n: int
+
+
+class E5(Event):
+    n: int
+
+
+class E6(Event):
+    n: int
+
+
+class E7(Event):
+    n: int
+
+
+class E8(Event):
+    n: int
+
+
+class E9(Event):
+    n: int
+
+
+class Chain(Workflow):
+    """StartEvent -> s0 -> ... -> s9 -> StopEvent(result=10)."""
+
+    @step
+    async def s0(self, ev: StartEvent) -> E1:
+        return E1(n=1)
+
+    @step
+    async def s1(self, ev: E1) -> E2:
+        return E2(n=ev.n + 1)
+
+    @step
+    async def s2(self, ev: E2) -> E3:
+        return E3(n=ev.n + 1)
+
+    @step
+    async def s3(self, ev: E3) -> E4:
+        return E4(n=ev.n + 1)
+
+    @step
+    async def s4(self, ev: E4) -> E5:
+        return E5(n=ev.n + 1)
+
+    @step
+    async def s5(self, ev: E5) -> E6:
+        return E6(n=ev.n + 1)
+
+    @step
+    async def s6(self, ev: E6) -> E7:
+        return E7(n=ev.n + 1)
+
+    @step
+    async def s7(self, ev: E7) -> E8:
+        return E8(n=ev.n + 1)
+
+    @step
+    async def s8(self, ev: E8) -> E9:
+        return E9(n=ev.n + 1)
+
+    @step
+    async def s9(self, ev: E9) -> StopEvent:
+        return StopEvent(result=ev.n + 1)
+
+
+def _check(result: Any) -> None:
+    if result != STEPS:
+        raise RuntimeError(f"the chain returned {result!r}, expected {STEPS}")
+
+
+# -- (1) the floor --------------------------------------------------------------------------
+
+
+class Floor:
+    """A bare sqlite3 WAL database: one row inserted per transaction, on the calling thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None)
+        mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode != "wal":
+            raise RuntimeError(f"{path}: journal_mode is {mode}, not wal")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute(
+            "CREATE TABLE journal (run_id TEXT, seq INTEGER, entry TEXT, "
+            "PRIMARY KEY (run_id, seq)) WITHOUT ROWID"
+        )
+        self.seq = 0
+        self.entry = "x" * 300
+
+    def time(self, commits: int) -> float:
+        """Seconds for ``commits`` commits."""
+        db, entry = self.db, self.entry
+        gc.collect()
+        started = time.perf_counter()
+        for _ in range(commits):
+            self.seq += 1
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO journal VALUES ('run', ?, ?)", (self.seq, entry))
+            db.execute("COMMIT")
+        return time.perf_counter() - started
+
+
+# -- (2), (3), (5) piton ----------------------------------------------------------------------
+
+
+@dataclass
+class Writes:
+    """What a SqliteStore did during one timing."""
+
+    transactions: int = 0  # write transactions committed (one fsync each)
+    commits: int = 0  # commit requests applied (several may share a transaction)
+    entries: int = 0  # journal rows written
+    entry_bytes: int = 0
+
+
+class Piton:
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "piton.db"
+        self.store = SqliteStore(self.path)  # synchronous=FULL, WAL: the defaults
+        self.durable = Chain(timeout=None, store=self.store)
+        self.memory = Chain(timeout=None)
+        self.ids = 0
+
+    def _journal(self) -> tuple[int, int]:
+        with sqlite3.connect(self.path) as db:
+            count, size = db.execute("SELECT COUNT(*), SUM(LENGTH(entry)) FROM journal").fetchone()
+        db.close()
+        return count, size or 0
+
+    def _run_id(self, tag: str) -> str:
+        self.ids += 1
+        return f"{tag}-{self.ids}"
+
+    async def concurrent(self, width: int, rounds: int, tag: str) -> tuple[float, Writes]:
+        """Seconds for ``rounds`` x ``width`` durable runs, ``width`` at a time (gather)."""
+        wf, store = self.durable, self.store
+        entries, size = self._journal()
+        transactions, commits = store.transactions, store.commits
+        gc.collect()
+        started = time.perf_counter()
+        for _ in range(rounds):
+            if width == 1:
+                _check(await wf.run(run_id=self._run_id(tag)))
+            else:
+                runs = [wf.run(run_id=self._run_id(tag)) for _ in range(width)]
+                for result in await asyncio.gather(*runs):
+                    _check(result)
+        seconds = time.perf_counter() - started
+        now_entries, now_size = self._journal()
+        return seconds, Writes(
+            store.transactions - transactions,
+            store.commits - commits,
+            now_entries - entries,
+            now_size - size,
+        )
+
+    async def in_memory(self, runs: int) -> float:
+        wf = self.memory
+        gc.collect()
+        started = time.perf_counter()
+        for _ in range(runs):
+            _check(await wf.run())
+        return time.perf_counter() - started
+
+    def completed(self) -> tuple[int, int]:
+        """(runs completed, runs) in the store file."""
+        with sqlite3.connect(self.path) as db:
+            done, total = db.execute(
+                "SELECT SUM(status = 'completed'), COUNT(*) FROM runs"
+            ).fetchone()
+        db.close()
+        return done or 0, total
+
+
+# -- (4) DBOS ---------------------------------------------------------------------------------
+
+
+class DbosApp:
+    """DBOS's workflows (registered once) and the launch of one system database at a time."""
+
+    def __init__(self) -> None:
+        import sqlalchemy as sa
+        from dbos import DBOS, SetWorkflowID
+
+        self.DBOS, self.SetWorkflowID = DBOS, SetWorkflowID
+        self.auditing = False
+        self.statements: list[str] = []
+
+        @DBOS.step()
+        def add_one(n: int) -> int:
+            return n + 1
+
+        @DBOS.workflow()
+        def chain() -> int:
+            n = 0
+            for _ in range(STEPS):
+                n = add_one(n)
+            return n
+
+        @DBOS.step()
+        async def add_one_async(n: int) -> int:
+            return n + 1
+
+        @DBOS.workflow()
+        async def chain_async() -> int:
+            n = 0
+            for _ in range(STEPS):
+                n = await add_one_async(n)
+            return n
+
+        self.chain, self.chain_async = chain, chain_async
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-dbos")
+
+        # Only for the audit in the warm-up: record the SQL of connections opened then.
+        def on_connect(dbapi_conn: Any, _record: Any) -> None:
+            if self.auditing and isinstance(dbapi_conn, sqlite3.Connection):
+                dbapi_conn.set_trace_callback(self.statements.append)
+
+        sa.event.listen(sa.engine.Engine, "connect", on_connect)
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """DBOS's sync API runs on a thread of the benchmark's own, never on the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+
+class Dbos:
+    """One DBOS system database: ``wal`` sets the file to WAL before DBOS opens it."""
+
+    def __init__(self, app: DbosApp, directory: Path, wal: bool) -> None:
+        self.app = app
+        self.wal = wal
+        self.name = "dbos-wal" if wal else "dbos"
+        self.path = directory / f"{self.name}.sqlite"
+        self.api = "sync"
+        self.ids = 0
+        if wal:
+            with sqlite3.connect(self.path) as db:
+                db.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
+            db.close()
+
+    async def launch(self) -> None:
+        DBOS = self.app.DBOS
+        DBOS(
+            config={
+                "name": "piton-bench",
+                "system_database_url": f"sqlite:///{self.path}",
+                "log_level": "WARNING",
+            }
+        )
+        await self.app.in_thread(DBOS.launch)
+
+    async def destroy(self) -> None:
+        await self.app.in_thread(self.app.DBOS.destroy)
+        # DBOS's async API makes DBOS's executor the loop's default one; it is shut down now
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor())
+
+    def journal_mode(self) -> str:
+        with sqlite3.connect(self.path) as db:
+            mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+            sync = db.execute("PRAGMA synchronous").fetchone()[0]
+        db.close()
+        names = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+        return f"journal_mode={mode}, synchronous={names.get(sync, sync)} (SQLite's default)"
+
+    def _run_id(self, tag: str) -> str:
+        self.ids += 1
+        return f"{tag}-{self.ids}"
+
+    async def concurrent(self, width: int, rounds: int, tag: str, api: str | None = None) -> float:
+        """Seconds for ``rounds`` x ``width`` workflows, ``width`` at a time."""
+        api = api or self.api
+        if api == "async":
+            return await self._async(width, rounds, tag)
+        ids = [[self._run_id(tag) for _ in range(width)] for _ in range(rounds)]
+        return await self.app.in_thread(self._sync, ids)
+
+    def _sync(self, ids: list[list[str]]) -> float:
+        """On a thread of its own: DBOS's sync API must not run on the event loop."""
+        DBOS, SetWorkflowID, chain = self.app.DBOS, self.app.SetWorkflowID, self.app.chain
+        gc.collect()
+        started = time.perf_counter()
+        for batch in ids:
+            if len(batch) == 1:
+                with SetWorkflowID(batch[0]):
+                    _check(chain())
+                continue
+            handles = []
+            for workflow_id in batch:
+                with SetWorkflowID(workflow_id):
+                    handles.append(DBOS.start_workflow(chain))
+            for handle in handles:
+                _check(handle.get_result())
+        return time.perf_counter() - started
+
+    async def _async(self, width: int, rounds: int, tag: str) -> float:
+        SetWorkflowID, chain = self.app.SetWorkflowID, self.app.chain_async
+
+        async def one(workflow_id: str) -> None:
+            with SetWorkflowID(workflow_id):
+                _check(await chain())
+
+        ids = [[self._run_id(tag) for _ in range(width)] for _ in range(rounds)]
+        gc.collect()
+        started = time.perf_counter()
+        for batch in ids:
+            if len(batch) == 1:
+                await one(batch[0])
+            else:
+                await asyncio.gather(*(one(workflow_id) for workflow_id in batch))
+        return time.perf_counter() - started
+
+    def checkpoints(self, workflow_id_prefix: str) -> tuple[int, int]:
+        """(step rows in operation_outputs, finished workflows) for the ids with this prefix."""
+        with sqlite3.connect(self.path) as db:
+            steps = db.execute(
+                "SELECT COUNT(*) FROM operation_outputs WHERE workflow_uuid LIKE ?",
+                (workflow_id_prefix + "%",),
+            ).fetchone()[0]
+            done = db.execute(
+                "SELECT COUNT(*) FROM workflow_status WHERE workflow_uuid LIKE ? "
+                "AND status = 'SUCCESS'",
+                (workflow_id_prefix + "%",),
+            ).fetchone()[0]
+        db.close()
+        return steps, done
+
+
+def dbos_available() -> str | None:
+    """None if dbos can be imported, else why not."""
+    try:
+        import dbos  # noqa: F401
+        import sqlalchemy  # noqa: F401
+    except ImportError as exc:
+        return str(exc)
+    return None
+
+
+# -- the measurement --------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    reps: list[dict[str, float]] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def median(self, key: str) -> float | None:
+        values = [rep[key] for rep in self.reps if key in rep]
+        return statistics.median(values) if values else None
+
+    def spread(self, key: str) -> tuple[float, float] | None:
+        values = [rep[key] for rep in self.reps if key in rep]
+        return (min(values), max(values)) if values else None
+
+    def ratio(self, top: str, bottom: str) -> float | None:
+        values = [rep[top] / rep[bottom] for rep in self.reps if top in rep and rep.get(bottom)]
+        return statistics.median(values) if values else None
+
+
+@dataclass
+class Sizes:
+    floor_commits: int
+    durable_runs: int
+    memory_runs: int
+    dbos_runs: int
+    piton_conc_runs: int  # runs per concurrency level (at least one round)
+    dbos_conc_runs: int
+
+
+def sizes(args: argparse.Namespace) -> Sizes:
+    if args.smoke:  # does the benchmark run at all? (tests/test_bench_smoke.py)
+        return Sizes(20, 2, 10, 2, 4, 2)
+    if args.quick:
+        return Sizes(100, 12, 60, 5, 20, 5)
+    return Sizes(500, 60, 300, 20, 200, 20)
+
+
+def wal_size(path: Path) -> int:
+    try:
+        return Path(f"{path}-wal").stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+async def settle_wal(path: Path, write: Callable[[], Awaitable[object]], limit: int) -> int:
+    """Write until the WAL of ``path`` reached its steady size; return the number of writes.
+
+    A WAL grows until SQLite's automatic checkpoint (1,000 pages), then is rewritten from
+    its start. While it grows, every fsync also has to persist the file's new size, and
+    a commit costs about twice as much on this kind of disk: the floor and the stores are
+    compared once their WALs stopped growing, as in a long-running process.
+    """
+    with sqlite3.connect(path) as db:
+        page = db.execute("PRAGMA page_size").fetchone()[0]
+        pages = db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    db.close()
+    full = 32 + pages * (page + 24)
+    done = 0
+    while wal_size(path) < full and done < limit:
+        await write()
+        done += 1
+    for _ in range(max(done // 10, 2)):  # and on, past the checkpoint: the WAL wraps
+        await write()
+        done += 1
+    return done
+
+
+async def warm_up(
+    floor: Floor, piton: Piton, dboses: list[Dbos], args: argparse.Namespace, res: Results
+) -> None:
+    """Runs outside the timings: sizes the floor's row, settles every WAL, picks DBOS's API."""
+    await piton.in_memory(20)
+    _, writes = await piton.concurrent(1, 3, "warm")
+    await piton.concurrent(10, 1, "warm")
+    per_commit = writes.entry_bytes / max(writes.commits, 1)
+    res.notes["piton_journal_bytes_per_commit"] = per_commit
+    res.notes["piton_journal_bytes_per_entry"] = writes.entry_bytes / max(writes.entries, 1)
+    floor.entry = "x" * max(int(round(per_commit, -1)), 50)
+    res.notes["floor_row_bytes"] = len(floor.entry)
+    settled: dict[str, int] = {}
+    res.notes["wal_warm_up"] = settled
+    if not args.smoke:
+
+        async def floor_commits() -> None:
+            floor.time(50)
+
+        async def piton_runs() -> None:
+            await piton.concurrent(1, 5, "settle")
+
+        settled["floor commits"] = 50 * await settle_wal(floor.path, floor_commits, 200)
+        settled["piton runs"] = 5 * await settle_wal(piton.path, piton_runs, 100)
+    if not dboses:
+        return
+    first, app = dboses[0], dboses[0].app
+    app.auditing = True  # the connections opened from now until the destroy() below
+    await first.launch()
+    try:
+        # the audit: which SQL does one DBOS workflow of 10 steps run? (sync API)
+        await first.concurrent(1, 1, "warm", api="sync")
+        app.statements.clear()
+        await first.concurrent(1, 1, "audit", api="sync")
+        app.auditing = False
+        statements = [s.strip().split()[0].upper() for s in app.statements if s.strip()]
+        res.notes["dbos_statements_per_run"] = {
+            word: statements.count(word) for word in sorted(set(statements))
+        }
+        steps, done = first.checkpoints("audit-")
+        res.notes["dbos_audit"] = {"step_rows": steps, "workflows_succeeded": done}
+        app.statements.clear()
+        # the API: DBOS's faster path on this machine, unless given
+        await first.concurrent(1, 2, "warm", api="sync")
+        await first.concurrent(1, 2, "warm", api="async")
+        calibration: dict[str, list[float]] = {"sync": [], "async": []}
+        runs = 1 if args.smoke else 3 if args.quick else 6
+        for k in range(2):
+            for api in ("sync", "async") if k % 2 == 0 else ("async", "sync"):
+                seconds = await first.concurrent(1, runs, "calib", api=api)
+                calibration[api].append(seconds / (runs * STEPS) * 1e6)
+        us = {api: statistics.median(values) for api, values in calibration.items()}
+        res.notes["dbos_api_calibration_us_per_step"] = us
+        api = args.dbos_api if args.dbos_api != "auto" else min(us, key=lambda a: us[a])
+        res.notes["dbos_api"] = api
+        for d in dboses:
+            d.api = api
+    finally:
+        await first.destroy()
+    if not args.smoke:
+        wal = next(d for d in dboses if d.wal)
+        await wal.launch()
+        try:
+
+            async def dbos_runs() -> None:
+                await wal.concurrent(1, 5, "settle")
+
+            settled["dbos-wal runs"] = 5 * await settle_wal(wal.path, dbos_runs, 100)
+        finally:
+            await wal.destroy()
+
+
+def block_order(rep: int, names: list[str]) -> list[str]:
+    return names if rep % 2 == 0 else names[::-1]
+
+
+async def measure(args: argparse.Namespace, directory: Path) -> Results:
+    n = sizes(args)
+    res = Results()
+    floor = Floor(directory / "floor.db")
+    piton = Piton(directory)
+    dboses: list[Dbos] = []
+    if not args.no_dbos:
+        app = DbosApp()
+        dboses = [Dbos(app, directory, wal=False), Dbos(app, directory, wal=True)]
+    levels = args.concurrency
+    try:
+        await piton.store.open()  # creates the schema
+        await warm_up(floor, piton, dboses, args, res)
+        blocks = ["floor", "piton", "memory", *[d.name for d in dboses], "concurrent"]
+        print(
+            f"{args.repeat} repetitions: {n.floor_commits} floor commits, {n.durable_runs} "
+            f"durable runs, {n.memory_runs} in-memory runs, {n.dbos_runs} DBOS runs per "
+            f"database; concurrency {', '.join(map(str, levels))}"
+        )
+        for rep in range(args.repeat):
+            figures: dict[str, float] = {}
+            for block in block_order(rep, blocks):
+                if block == "floor":
+                    seconds = floor.time(n.floor_commits)
+                    figures["floor_us"] = seconds / n.floor_commits * 1e6
+                elif block == "piton":
+                    seconds, w = await piton.concurrent(1, n.durable_runs, f"seq{rep}")
+                    steps = n.durable_runs * STEPS
+                    figures["piton_us_step"] = seconds / steps * 1e6
+                    figures["piton_us_txn"] = seconds / w.transactions * 1e6
+                    figures["piton_txn_per_run"] = w.transactions / n.durable_runs
+                    figures["piton_commits_per_run"] = w.commits / n.durable_runs
+                    figures["piton_entries_per_run"] = w.entries / n.durable_runs
+                elif block == "memory":
+                    seconds = await piton.in_memory(n.memory_runs)
+                    figures["memory_us_step"] = seconds / (n.memory_runs * STEPS) * 1e6
+                elif block == "concurrent":
+                    for width in levels if rep % 2 == 0 else levels[::-1]:
+                        rounds = max(n.piton_conc_runs // width, 1)
+                        seconds, w = await piton.concurrent(width, rounds, f"c{width}r{rep}")
+                        steps = rounds * width * STEPS
+                        figures[f"piton_c{width}_steps_s"] = steps / seconds
+                        figures[f"piton_c{width}_steps_txn"] = steps / w.transactions
+                else:
+                    d = next(d for d in dboses if d.name == block)
+                    await d.launch()
+                    try:
+                        seconds = await d.concurrent(1, n.dbos_runs, f"{d.name}-seq{rep}")
+                        figures[f"{d.name}_us_step"] = seconds / (n.dbos_runs * STEPS) * 1e6
+                        for width in levels if rep % 2 == 0 else levels[::-1]:
+                            rounds = max(n.dbos_conc_runs // width, 1)
+                            seconds = await d.concurrent(width, rounds, f"{d.name}-c{width}r{rep}")
+                            figures[f"{d.name}_c{width}_steps_s"] = rounds * width * STEPS / seconds
+                    finally:
+                        await d.destroy()
+            res.reps.append(figures)
+            _progress(rep, figures, dboses)
+        res.notes["piton_runs_completed"] = piton.completed()
+        for d in dboses:
+            res.notes[f"{d.name}_journal"] = d.journal_mode()
+            steps, done = d.checkpoints(f"{d.name}-")
+            res.notes[f"{d.name}_checkpoints"] = {"step_rows": steps, "workflows_succeeded": done}
+    finally:
+        floor.db.close()
+        await piton.store.close()
+        if dboses:
+            dboses[0].app.pool.shutdown()
+    return res
+
+
+def _progress(rep: int, f: dict[str, float], dboses: list[Dbos]) -> None:
+    parts = [
+        f"floor {f['floor_us']:.0f} us",
+        f"piton {f['piton_us_step']:.0f} us/step",
+        f"memory {f['memory_us_step']:.1f} us/step",
+    ]
+    parts += [f"{d.name} {f[d.name + '_us_step']:.0f} us/step" for d in dboses]
+    print(f"  rep {rep + 1}: " + ", ".join(parts), flush=True)
+
+
+# -- reporting --------------------------------------------------------------------------------
+
+
+def summarize(res: Results, args: argparse.Namespace, dbos_names: list[str]) -> dict[str, Any]:
+    low, high = args.concurrency[0], args.concurrency[-1]
+    api = res.notes.get("dbos_api", "-")
+    rows: list[tuple[str, str, str]] = [
+        ("(1) floor: SQLite WAL commit, synchronous=FULL", "us/commit", "floor_us"),
+        ("(2) piton durable, per step", "us/step", "piton_us_step"),
+        ("    piton durable, per write transaction", "us/txn", "piton_us_txn"),
+        ("(3) piton in memory, per step", "us/step", "memory_us_step"),
+    ]
+    labels = {"dbos": "default journal", "dbos-wal": "WAL journal"}
+    for name in dbos_names:
+        rows.append((f"(4) DBOS {api} API, {labels[name]}, per step", "us/step", f"{name}_us_step"))
+    for width in args.concurrency:
+        rows.append((f"(5) piton, {width} concurrent run(s)", "steps/s", f"piton_c{width}_steps_s"))
+    for name in dbos_names:
+        for width in args.concurrency:
+            rows.append(
+                (
+                    f"(5) DBOS {labels[name]}, {width} concurrent",
+                    "steps/s",
+                    f"{name}_c{width}_steps_s",
+                )
+            )
+    table = []
+    for label, unit, key in rows:
+        spread = res.spread(key)
+        table.append(
+            {
+                "figure": label,
+                "unit": unit,
+                "key": key,
+                "median": res.median(key),
+                "min": spread[0] if spread else None,
+                "max": spread[1] if spread else None,
+            }
+        )
+    ratios = {
+        "piton_step_over_floor": res.ratio("piton_us_step", "floor_us"),
+        "piton_txn_over_floor": res.ratio("piton_us_txn", "floor_us"),
+        "piton_durable_over_memory": res.ratio("piton_us_step", "memory_us_step"),
+        "piton_scale": res.ratio(f"piton_c{high}_steps_s", f"piton_c{low}_steps_s"),
+    }
+    for name in dbos_names:
+        ratios[f"{name}_over_piton"] = res.ratio(f"{name}_us_step", "piton_us_step")
+        ratios[f"{name}_scale"] = res.ratio(f"{name}_c{high}_steps_s", f"{name}_c{low}_steps_s")
+    for system in ("piton", *dbos_names):
+        for width in args.concurrency[1:]:
+            ratios[f"{system}_c{width}_over_c{low}"] = res.ratio(
+                f"{system}_c{width}_steps_s", f"{system}_c{low}_steps_s"
+            )
+    goals: dict[str, bool | None] = {
+        "piton_step_over_floor_at_most_2": _le(ratios["piton_step_over_floor"], GOAL_FLOOR),
+        "piton_scale_at_least_5": _ge(ratios["piton_scale"], GOAL_SCALE),
+    }
+    for name in dbos_names:
+        goals[f"{name}_over_piton_at_least_3"] = _ge(ratios[f"{name}_over_piton"], GOAL_DBOS)
+    accounting = {
+        key: res.median(key)
+        for key in ("piton_entries_per_run", "piton_commits_per_run", "piton_txn_per_run")
+    }
+    for width in args.concurrency:
+        accounting[f"piton_c{width}_steps_per_txn"] = res.median(f"piton_c{width}_steps_txn")
+    return {
+        "table": table,
+        "ratios": ratios,
+        "goals": goals,
+        "accounting": accounting,
+        "dbos": dbos_names,
+    }
+
+
+def _le(value: float | None, limit: float) -> bool | None:
+    return None if value is None else value <= limit
+
+
+def _ge(value: float | None, limit: float) -> bool | None:
+    return None if value is None else value >= limit
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def print_report(summary: dict[str, Any], res: Results, args: argparse.Namespace) -> None:
+    head = f"{'figure':<52} {'unit':>9} {'median':>9} {'min':>9} {'max':>9}"
+    print()
+    print(head)
+    print("-" * len(head))
+    for r in summary["table"]:
+        print(
+            f"{r['figure']:<52} {r['unit']:>9} {_num(r['median']):>9} "
+            f"{_num(r['min']):>9} {_num(r['max']):>9}"
+        )
+    acc, notes, ratios = summary["accounting"], res.notes, summary["ratios"]
+    print()
+    print(
+        f"piton, per run of {STEPS} steps: {_num(acc['piton_entries_per_run'])} journal entries "
+        f"in {_num(acc['piton_commits_per_run'])} commit requests and "
+        f"{_num(acc['piton_txn_per_run'])} write transactions (the run's creation included)"
+    )
+    print(
+        "piton, steps per write transaction: "
+        + ", ".join(
+            f"{w} run(s) {_num(acc[f'piton_c{w}_steps_per_txn'])}" for w in args.concurrency
+        )
+    )
+    print(
+        f"floor row: {notes['floor_row_bytes']} bytes (piton wrote "
+        f"{notes['piton_journal_bytes_per_commit']:.0f} journal bytes per commit request, "
+        f"{notes['piton_journal_bytes_per_entry']:.0f} per entry)"
+    )
+    if notes["wal_warm_up"]:
+        print(
+            "WAL warm-up, until each WAL stopped growing: "
+            + ", ".join(f"{v} {k}" for k, v in notes["wal_warm_up"].items())
+        )
+    done, total = notes["piton_runs_completed"]
+    print(f"piton runs completed in the store: {done} of {total}")
+    if "dbos_api" in notes:
+        cal = notes["dbos_api_calibration_us_per_step"]
+        how = "given by --dbos-api" if args.dbos_api != "auto" else "the faster in the warm-up"
+        print(
+            f"DBOS API: {notes['dbos_api']} ({how}: sync {cal['sync']:.0f} us/step, "
+            f"async {cal['async']:.0f} us/step)"
+        )
+        sql = notes["dbos_statements_per_run"]
+        audit = notes["dbos_audit"]
+        print(
+            f"DBOS, one audited run of {STEPS} steps: {sql.get('COMMIT', 0)} COMMITs, "
+            f"{sql.get('BEGIN', 0)} BEGINs, {sql.get('INSERT', 0)} INSERTs, "
+            f"{sql.get('SELECT', 0)} SELECTs, {sql.get('UPDATE', 0)} UPDATEs; "
+            f"{audit['step_rows']} step rows in operation_outputs"
+        )
+        for name in ("dbos", "dbos-wal"):
+            if f"{name}_journal" in notes:
+                cp = notes[f"{name}_checkpoints"]
+                print(
+                    f"{name}: {notes[f'{name}_journal']}; {cp['step_rows']} step checkpoints "
+                    f"for {cp['workflows_succeeded']} workflows"
+                )
+    elif args.no_dbos:
+        print(f"DBOS: not measured ({notes.get('dbos_skipped', '--no-dbos')})")
+    high, low = args.concurrency[-1], args.concurrency[0]
+    for system in ("piton", *summary["dbos"]):
+        gains = [
+            f"{w} runs {_ratio(ratios.get(f'{system}_c{w}_over_c{low}'))}"
+            for w in args.concurrency[1:]
+        ]
+        print(f"{system} throughput over {low} run(s): " + ", ".join(gains))
+    print(
+        f"piton durable step / in-memory step: {_ratio(ratios['piton_durable_over_memory'])}; "
+        f"piton per write transaction / floor: {_ratio(ratios['piton_txn_over_floor'])}"
+    )
+    goals = summary["goals"]
+    lines = [
+        (
+            f"piton durable step / floor commit  <= {GOAL_FLOOR:g}x",
+            ratios["piton_step_over_floor"],
+            goals["piton_step_over_floor_at_most_2"],
+        ),
+    ]
+    labels = {"dbos": "DBOS step", "dbos-wal": "DBOS (WAL) step"}
+    for name in ("dbos", "dbos-wal"):
+        key = f"{name}_over_piton_at_least_3"
+        if key in goals:
+            lines.append(
+                (
+                    f"{labels[name]} / piton durable step  >= {GOAL_DBOS:g}x",
+                    ratios[f"{name}_over_piton"],
+                    goals[key],
+                )
+            )
+    lines.append(
+        (
+            f"piton {high}-run / {low}-run throughput  >= {GOAL_SCALE:g}x",
+            ratios["piton_scale"],
+            goals["piton_scale_at_least_5"],
+        )
+    )
+    print()
+    for text, value, ok in lines:
+        print(f"goal: {text:<44} {_ratio(value):>8}  {_pf(ok)}")
+    for name in ("dbos", "dbos-wal"):
+        if f"{name}_scale" in ratios:
+            print(
+                f"(for comparison: {name} {high}-run / {low}-run throughput "
+                f"{_ratio(ratios[f'{name}_scale'])})"
+            )
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _pf(ok: bool | None) -> str:
+    return "-" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--repeat", type=int, default=None, help="repetitions (default 5, quick 2)")
+    p.add_argument("--quick", action="store_true", help="a smoke test of about 20 s")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="1 repetition of tiny workloads: checks that it runs, measures nothing (for tests)",
+    )
+    p.add_argument("--json", metavar="PATH", help="also write machine info and figures as JSON")
+    p.add_argument(
+        "--dir",
+        metavar="DIR",
+        help="make the temporary directory for the databases here (default: .bench-tmp/ in "
+        "the repository, i.e. the repository's disk)",
+    )
+    p.add_argument(
+        "--concurrency",
+        default="1,10,100",
+        help="concurrent runs, comma-separated, ascending (default 1,10,100)",
+    )
+    p.add_argument("--no-dbos", action="store_true", help="leave DBOS out")
+    p.add_argument(
+        "--dbos-api",
+        choices=["auto", "sync", "async"],
+        default="auto",
+        help="DBOS API to time (default auto: the faster one in the warm-up)",
+    )
+    args = p.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 1 if args.smoke else 2 if args.quick else 5
+    if args.repeat < 1:
+        p.error("--repeat must be >= 1")
+    try:
+        args.concurrency = [int(x) for x in args.concurrency.split(",") if x.strip()]
+    except ValueError:
+        p.error("--concurrency takes integers, e.g. 1,10,100")
+    if not args.concurrency or sorted(args.concurrency) != args.concurrency:
+        p.error("--concurrency takes ascending integers, e.g. 1,10,100")
+    if args.concurrency[0] < 1:
+        p.error("--concurrency levels must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    skipped = None if args.no_dbos else dbos_available()
+    if skipped is not None:
+        args.no_dbos = True
+    info = machine_info(("piton", "dbos", "SQLAlchemy", "pydantic"))
+    info["sqlite"] = sqlite3.sqlite_version
+    parent = Path(args.dir) if args.dir else ROOT / ".bench-tmp"
+    parent.mkdir(parents=True, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(prefix="durable-", dir=parent))
+    info["databases in"] = f"{directory} (deleted at the end)"
+    print_machine(info)
+    if skipped is not None:
+        print(f"DBOS is not importable ({skipped}); it is left out")
+    print()
+    try:
+        res = asyncio.run(measure(args, directory))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        if not args.dir:
+            try:
+                parent.rmdir()  # only if nothing else is in it
+            except OSError:
+                pass
+    if skipped is not None:
+        res.notes["dbos_skipped"] = f"not importable: {skipped}"
+    dbos_names = [] if args.no_dbos else ["dbos", "dbos-wal"]
+    summary = summarize(res, args, dbos_names)
+    summary["load_average_at_end"] = load_average()
+    print_report(summary, res, args)
+    print(f"\nload average at the end: {summary['load_average_at_end']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "machine": info,
+                    "args": vars(args),
+                    **summary,
+                    "notes": res.notes,
+                    "repetitions": res.reps,
+                },
+                f,
+                indent=2,
+            )
+            f.write("\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
