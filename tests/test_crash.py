@@ -156,3 +156,17 @@ def test_crash_between_commit_and_memory_update(
     repeats = len(lines) - len(set(lines))
     assert repeats <= in_flight, (after, in_flight, Counter(lines))
     assert lines[: len(before)] == before
+
+
+def test_two_processes_starting_one_run_id_run_it_once(
+    tmp_path: Path, reference: tuple[Any, set[str]]
+) -> None:
+    """Both try to create the run; the loser follows it and returns the same result."""
+    expected_result, expected_lines = reference
+    db, effects = tmp_path / "runs.db", tmp_path / "effects.txt"
+    procs = [_spawn("run", db, "shared", effects) for _ in range(2)]
+    results = [json.loads(_finish(proc, timeout=60)) for proc in procs]
+    assert results == [expected_result, expected_result]
+    lines = _lines(effects)
+    assert len(lines) == len(set(lines)), Counter(lines)  # every step body ran once
+    assert set(lines) == expected_lines

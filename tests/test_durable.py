@@ -245,6 +245,25 @@ async def test_caller_timing_out_leaves_the_run_going(tmp_path: Path) -> None:
     assert await asyncio.wait_for(handler, 10) == "yes"
 
 
+async def test_two_callers_starting_one_run_id_run_it_once(tmp_path: Path) -> None:
+    """Both create the run at once; one wins, the other attaches and gets the same result."""
+    calls = 0
+
+    class Once(Workflow):
+        @step
+        async def only(self, ev: StartEvent, ctx: Context) -> StopEvent:
+            nonlocal calls
+            calls += 1
+            await asyncio.sleep(0.05)
+            return StopEvent(result=ev.n)
+
+    first = Once(store=SqliteStore(tmp_path / "runs.db")).run(run_id="same", n=1)
+    second = Once(store=SqliteStore(tmp_path / "runs.db")).run(run_id="same", n=2)
+    results = await asyncio.wait_for(asyncio.gather(first, second), 15)
+    assert results in ([1, 1], [2, 2])
+    assert calls == 1
+
+
 # -- recovery by a Worker -----------------------------------------------------------------
 
 OWNER_MODULE = textwrap.dedent(

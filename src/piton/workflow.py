@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sys
 import uuid
@@ -31,6 +32,13 @@ class Compiled:
 
     specs: dict[str, StepSpec]
     graph: Graph
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """What a durable run stores to recognise the code it was written with."""
+        from ._runtime.restore import fingerprint
+
+        return fingerprint(self.graph)
 
 
 class Workflow:

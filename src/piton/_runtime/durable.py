@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from piton._core import inputs as i
 from piton._core.state import COMPLETED, RunState
-from piton._runtime.restore import fingerprint, rebuild
+from piton._runtime.restore import rebuild
 from piton._runtime.runner import Runner
 from piton.errors import (
     ContextSerdeError,
@@ -91,6 +91,7 @@ class DurableRun(Runner):
         self.commits = 0
         self.snapshot_due = False
         self.holding = False  # no parking while a resume feeds its inbox
+        self.creating: RunRecord | None = None  # a new run: the first commit creates it
 
     # -- feeding: encode first, so a value that cannot be stored fails where it was made ----
 
@@ -207,7 +208,13 @@ class DurableRun(Runner):
             request = _merge(batch)
             request.seq = self.seq
             try:
-                await self.store.commit(request)
+                if self.creating is not None:
+                    record, self.creating = self.creating, None
+                    if not await self._create(record, request):
+                        self._lost(_AlreadyCreated())
+                        return
+                else:
+                    await self.store.commit(request)
             except (StoreError, PitonError) as exc:
                 self._lost(exc)
                 return
@@ -222,6 +229,18 @@ class DurableRun(Runner):
                 self._settle("parked")
             elif request.status in ("completed", "failed", "cancelled", "timed_out"):
                 self._settle("finished")
+
+    async def _create(self, record: RunRecord, request: CommitRequest) -> bool:
+        """Create the run with the first commit's entries; False if the run_id is taken."""
+        plain = request.status == "running" and not (
+            request.release or request.result or request.error or request.inbox_done
+        )
+        if not plain:  # e.g. a run that ends in its first commit: create, then commit
+            if not await self.store.create(record, [], []):
+                return False
+            await self.store.commit(request)
+            return True
+        return await self.store.create(record, request.entries, request.stream)
 
     def _finish(self, cmd: i.Finish) -> None:
         self.done = True
@@ -256,6 +275,10 @@ class DurableRun(Runner):
     def stop(self) -> None:
         """Let go of the run without recording anything (the process is going away)."""
         self._lost(asyncio.CancelledError())
+
+
+class _AlreadyCreated(Exception):
+    """Another process created the run first."""
 
 
 def _merge(batch: list[CommitRequest]) -> CommitRequest:
@@ -388,38 +411,16 @@ class RunDriver:
                 del self.store.live[self.run_id]
 
     async def _attach_and_run(self) -> str:
-        store, now = self.store, time.time()
+        store = self.store
+        if self.start_event is not None:
+            start_event, self.start_event = self.start_event, None  # one attempt to create
+            with contextlib.suppress(_AlreadyCreated):
+                return await self._create_and_run(start_event)
         record = await store.get(self.run_id)
         if record is None:
-            if self.start_event is None:
-                from piton.errors import RunNotFound
+            from piton.errors import RunNotFound
 
-                raise RunNotFound(f"No run '{self.run_id}' in {store.url}.")
-            fp = fingerprint(self.compiled.graph)
-            start = self.ser.dumps(
-                self.start_event, f"start event {type(self.start_event).__name__}"
-            )
-            created = await store.create(
-                RunRecord(
-                    run_id=self.run_id,
-                    workflow=self.compiled.graph.workflow,
-                    status="running",
-                    fingerprint=fp,
-                    owner=store.owner,
-                    epoch=1,
-                    lease_until=now + store.lease,
-                    start=start,
-                ),
-                [],
-                [],
-            )
-            if created:
-                state = self.workflow._new_state(self.run_id, values=self._initial_values())
-                return await self._execute(
-                    state, epoch=1, seq=0, begin=i.Begin(now, self.start_event)
-                )
-            record = await store.get(self.run_id)
-            assert record is not None
+            raise RunNotFound(f"No run '{self.run_id}' in {store.url}.")
         if record.workflow != self.compiled.graph.workflow:
             raise WorkflowRuntimeError(
                 f"Run '{self.run_id}' belongs to workflow '{record.workflow}', not "
@@ -446,6 +447,28 @@ class RunDriver:
             loaded=loaded,
         )
 
+    async def _create_and_run(self, start_event: Event) -> str:
+        """A new run: its record and its first commit (the Begin entry) in one transaction.
+
+        Raises ``_AlreadyCreated`` when the run_id is taken; the caller then attaches to it.
+        """
+        store, now = self.store, time.time()
+        start = self.ser.dumps(start_event, f"start event {type(start_event).__name__}")
+        record = RunRecord(
+            run_id=self.run_id,
+            workflow=self.compiled.graph.workflow,
+            status="running",
+            fingerprint=self.compiled.fingerprint,
+            owner=store.owner,
+            epoch=1,
+            lease_until=now + store.lease,
+            start=start,
+        )
+        state = self.workflow._new_state(self.run_id, values=self._initial_values())
+        return await self._execute(
+            state, epoch=1, seq=0, begin=i.Begin(now, start_event), create=record
+        )
+
     def _initial_values(self) -> Any:
         values = self.ctx._detached_values
         if values is None and self.ctx._state is not None:
@@ -457,9 +480,17 @@ class RunDriver:
         return value if isinstance(value, Event) else Event(unreadable=value)
 
     async def _execute(
-        self, state: RunState, *, epoch: int, seq: int, begin: i.Begin, loaded: Loaded | None = None
+        self,
+        state: RunState,
+        *,
+        epoch: int,
+        seq: int,
+        begin: i.Begin,
+        loaded: Loaded | None = None,
+        create: RunRecord | None = None,
     ) -> str:
         run = DurableRun(self, state, epoch=epoch, seq=seq)
+        run.creating = create
         self.run = run
         self.store.live[self.run_id] = self
         self.handler._runner = self
@@ -468,9 +499,9 @@ class RunDriver:
             run.snapshot_due = loaded is not None  # compact on every resume
             run.holding = True
             run.feed(begin)
-            if run._queue:
-                run._queue[0].fingerprint = fingerprint(self.compiled.graph)
             if loaded is not None:
+                if run._queue and loaded.record.fingerprint != self.compiled.fingerprint:
+                    run._queue[0].fingerprint = self.compiled.fingerprint  # resumed by new code
                 self._take_inbox(run, loaded.inbox)
             run.holding = False
             run.maybe_park()

@@ -255,6 +255,8 @@ class Writer:
         except sqlite3.Error as exc:
             return [(job, None, self._translate(exc)) for job in jobs]
         outcomes: list[Outcome] = []
+        if len(jobs) == 1:  # alone in its transaction: no savepoint needed
+            return self._run_single_write(conn, jobs[0])
         for job in jobs:
             assert job.op is not None
             try:
@@ -283,6 +285,22 @@ class Writer:
         self.transactions += 1
         self.commits += sum(1 for job, _, exc in outcomes if job.is_commit and exc is None)
         return outcomes
+
+    def _run_single_write(self, conn: sqlite3.Connection, job: _Job) -> list[Outcome]:
+        assert job.op is not None
+        try:
+            result = job.op(conn)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            self._rollback()
+            if isinstance(exc, sqlite3.Error):
+                return [(job, None, self._translate(exc))]
+            if isinstance(exc, Exception):
+                return [(job, None, exc)]
+            raise
+        self.transactions += 1
+        self.commits += job.is_commit
+        return [(job, result, None)]
 
     def _run_reads(self, jobs: list[_Job]) -> list[Outcome]:
         if not jobs:

@@ -85,6 +85,11 @@ class CommitRequest:
     release: bool = False  # give up ownership (parked runs, finished runs)
 
 
+# The runs this process is driving, per database (see Store.identity): two store objects
+# on one database must not both drive a run, since they share the process's owner id.
+_LIVE: dict[str, dict[str, Any]] = {}
+
+
 class Store(ABC):
     """A place where runs are kept. Create one, ``await store.open()``, share it."""
 
@@ -92,8 +97,17 @@ class Store(ABC):
     lease: float = 15.0  # seconds a claim lasts without renewal
 
     def __init__(self) -> None:
-        self.live: dict[str, Any] = {}  # run_id -> Runner executing it in this process
         self.owner = process_owner()
+
+    @property
+    def identity(self) -> str:
+        """Names the database: store objects with one identity share their live runs."""
+        return f"{type(self).__name__}@{id(self)}"
+
+    @property
+    def live(self) -> dict[str, Any]:
+        """run_id -> the RunDriver driving it in this process, whichever store object it used."""
+        return _LIVE.setdefault(self.identity, {})
 
     @abstractmethod
     async def open(self) -> None: ...

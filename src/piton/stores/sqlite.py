@@ -62,6 +62,7 @@ class SqliteStore(Store):
             )
         self.busy_timeout = float(busy_timeout)
         self.url = f"sqlite:///{self.path}"
+        self._identity = "sqlite:" + os.path.realpath(self.path)
         self._ops = SqliteOps(self.path, self.url, self.owner)
         self._writer: Writer | None = None
         self._ready = False
@@ -100,6 +101,10 @@ class SqliteStore(Store):
         return store
 
     # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def identity(self) -> str:
+        return self._identity
 
     async def open(self) -> None:
         """Start the database thread, create or migrate the schema. Idempotent."""
