@@ -26,7 +26,11 @@ from piton import (
     step,
 )
 from piton._runtime.worker import Worker
-from piton.errors import ContextSerdeError, IncompatibleWorkflowChange
+from piton.errors import (
+    ContextSerdeError,
+    IncompatibleWorkflowChange,
+    WorkflowConfigurationError,
+)
 from piton.stores.sqlite import SqliteStore
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -185,7 +189,9 @@ class Half2(Event):
     n: int
 
 
-async def test_a_step_starts_only_after_its_input_is_committed(tmp_path: Path) -> None:
+async def test_strict_durability_starts_a_step_only_after_its_input_is_committed(
+    tmp_path: Path,
+) -> None:
     """Each step looks in the database (its own connection) for the commit that queued it."""
     import sqlite3
 
@@ -212,8 +218,10 @@ async def test_a_step_starts_only_after_its_input_is_committed(tmp_path: Path) -
             seen.append(committed_steps())
             return StopEvent(result=ev.n)
 
-    assert await Chain(store=_url(tmp_path)).run(run_id="c1") == 2
+    assert await Chain(store=_url(tmp_path), durability="strict").run(run_id="c1") == 2
     assert seen == [0, 1, 2]
+    with pytest.raises(WorkflowConfigurationError, match="durability"):
+        Chain(store=_url(tmp_path), durability="eventual")
 
 
 async def test_caller_timing_out_leaves_the_run_going(tmp_path: Path) -> None:
@@ -302,7 +310,7 @@ async def test_worker_resumes_an_abandoned_run(
         f"sys.path[:0] = [{SRC!r}, {str(tmp_path)!r}]\n"
         "from owner_mod import Slow\n"
         "async def main():\n"
-        "    await Slow(store=sys.argv[1]).run(run_id='abandoned', n=5)\n"
+        "    await Slow(store=sys.argv[1], durability='strict').run(run_id='abandoned', n=5)\n"
         "asyncio.run(main())\n"
     )
     proc = subprocess.Popen(  # noqa: ASYNC220 - a real process, killed below

@@ -25,6 +25,8 @@ from .handler import WorkflowHandler
 from .resource import ResourceManager
 from .stores.base import Store, open_store
 
+DURABILITY = ("fast", "strict")
+
 
 @dataclass(frozen=True)
 class Compiled:
@@ -56,6 +58,7 @@ class Workflow:
     _num_concurrent_runs: int | None = None
     _store_arg: Store | None = None
     _snapshot_every: int = 100
+    _durability: str = "fast"
     verbose: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -70,6 +73,7 @@ class Workflow:
         num_concurrent_runs: int | None = None,
         store: Store | str | None = None,
         snapshot_every: int = 100,
+        durability: str = "fast",
     ) -> None:
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
@@ -96,8 +100,15 @@ class Workflow:
             raise WorkflowConfigurationError(
                 f"snapshot_every must be an integer >= 1, got {snapshot_every!r}."
             )
+        if durability not in DURABILITY:
+            raise WorkflowConfigurationError(
+                f"durability must be one of {', '.join(map(repr, DURABILITY))}, got "
+                f"{durability!r}. 'fast': a step may start while the commit of its input is "
+                "on its way to disk; 'strict': it starts only once that commit is durable."
+            )
         self._num_concurrent_runs = num_concurrent_runs
         self._snapshot_every = snapshot_every
+        self._durability = durability
         self._store_arg = open_store(store) if store is not None else None
         self._compiled()
 

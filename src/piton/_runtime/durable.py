@@ -80,8 +80,9 @@ class DurableRun(Runner):
         self._encoded: list[str] = []
         self._stream_out: list[str] = []
         self._queue: list[CommitRequest] = []
-        # steps whose input is in a commit not yet durable, by position in _queue:
-        # a step never starts before the commit that made it runnable has landed
+        # durability="strict": steps whose input is in a commit not yet durable, by
+        # position in _queue; a step never starts before the commit that made it runnable
+        self.strict = driver.workflow._durability == "strict"
         self._held: list[list[i.RunStep]] = []
         self._committer: asyncio.Task[None] | None = None
         self._final: i.Finish | None = None
@@ -137,9 +138,10 @@ class DurableRun(Runner):
         super()._publish(cmd)
 
     def _run_step(self, cmd: i.RunStep) -> None:
-        if self._held:
+        # a new run's first steps wait for its creation: the run_id may be taken
+        if self._held and (self.strict or self.creating is not None):
             self._held[-1].append(cmd)
-        else:  # its input is already durable (a restore replays committed entries)
+        else:
             super()._run_step(cmd)
 
     def _cancel_step(self, cmd: i.CancelStep) -> None:
@@ -181,9 +183,6 @@ class DurableRun(Runner):
             last.release = True
         if self.inbox_done:
             last.inbox_done, self.inbox_done = self.inbox_done, []
-        if self.snapshot_due and not self._encoded:
-            last.snapshot = json.dumps(encode_run(self.state, self.ser, keep_running=True))
-            self.snapshot_due = False
         if self._committer is None or self._committer.done():
             self._committer = self.loop.create_task(self._drain())
 
@@ -207,6 +206,10 @@ class DurableRun(Runner):
             held, self._held = self._held, []
             request = _merge(batch)
             request.seq = self.seq
+            if self.snapshot_due and not self._encoded and not self.state.finished:
+                # the state now is the state after the batch's last entry: it covers them all
+                request.snapshot = json.dumps(encode_run(self.state, self.ser, keep_running=True))
+                self.snapshot_due = False
             try:
                 if self.creating is not None:
                     record, self.creating = self.creating, None
@@ -233,7 +236,11 @@ class DurableRun(Runner):
     async def _create(self, record: RunRecord, request: CommitRequest) -> bool:
         """Create the run with the first commit's entries; False if the run_id is taken."""
         plain = request.status == "running" and not (
-            request.release or request.result or request.error or request.inbox_done
+            request.release
+            or request.result
+            or request.error
+            or request.inbox_done
+            or request.snapshot
         )
         if not plain:  # e.g. a run that ends in its first commit: create, then commit
             if not await self.store.create(record, [], []):
