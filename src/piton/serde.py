@@ -75,6 +75,10 @@ class TypeResolver:
         return None
 
 
+_PLAIN = frozenset({str, int, float, bool})
+_TYPE_KEYS: dict[type[Any], str] = {}  # type_key per class, as encoding runs per step
+
+
 class JsonSerializer:
     """Encodes values as JSON trees; refuses what JSON cannot hold, naming where it was."""
 
@@ -85,6 +89,8 @@ class JsonSerializer:
             return value
         if isinstance(value, float):
             return value
+        if isinstance(value, BaseModel):  # events and state models: the usual case
+            return self._encode_model(value, where)
         if isinstance(value, list):
             return [self.encode(v, f"{where}[{n}]") for n, v in enumerate(value)]
         if isinstance(value, dict):
@@ -101,8 +107,6 @@ class JsonSerializer:
             return {TAG: "tuple", "items": [self.encode(v, where) for v in value]}
         if isinstance(value, set | frozenset):
             return {TAG: "set", "items": [self.encode(v, where) for v in value]}
-        if isinstance(value, BaseModel):
-            return self._encode_model(value, where)
         if isinstance(value, bytes):
             return {TAG: "bytes", "b64": base64.b64encode(value).decode()}
         if isinstance(value, _dt.datetime):
@@ -116,14 +120,17 @@ class JsonSerializer:
         return self._fallback(value, where)
 
     def _encode_model(self, model: BaseModel, where: str) -> Any:
-        fields = {name: getattr(model, name) for name in type(model).model_fields}
+        cls = type(model)
+        declared = cls.model_fields
+        fields = {name: getattr(model, name) for name in declared}
         if model.__pydantic_extra__:
             fields.update(model.__pydantic_extra__)
-        name = type(model).__name__
-        declared = type(model).model_fields
         data: dict[str, Any] = {}
         for k, v in fields.items():
-            at = f"{where}.{k}" if where != "value" else f"{name}.{k}"
+            if v is None or type(v) in _PLAIN:  # the common case, kept cheap
+                data[k] = v
+                continue
+            at = f"{where}.{k}" if where != "value" else f"{cls.__name__}.{k}"
             try:
                 data[k] = self.encode(v, at)
             except ContextSerdeError as exc:
@@ -135,7 +142,10 @@ class JsonSerializer:
                     data[k] = model.model_dump(mode="json", include={k})[k]
                 except Exception:  # noqa: BLE001 - pydantic cannot either: report ours
                     raise exc from None
-        return {TAG: "model", "type": type_key(type(model)), "data": data}
+        key = _TYPE_KEYS.get(cls)
+        if key is None:
+            key = _TYPE_KEYS[cls] = type_key(cls)
+        return {TAG: "model", "type": key, "data": data}
 
     def _fallback(self, value: Any, where: str) -> Any:
         raise ContextSerdeError(
@@ -434,27 +444,37 @@ def _where(item: Any, name: str) -> str:
     return name
 
 
+_INPUT_FIELDS: dict[type[Any], tuple[str, ...]] = {}
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def encode_input(item: Any, s: JsonSerializer) -> str:
     """One reducer input as a journal entry (JSON text)."""
-    tree: dict[str, Any] = {"k": type(item).__name__}
-    for f in fields(item):
-        value = getattr(item, f.name)
-        if f.name == "event_type":
-            tree[f.name] = None if value is None else type_key(value)
-        elif f.name == "expected":
-            tree[f.name] = [[type_key(t), n] for t, n in expected_runs(value)]
-        elif f.name == "error":
-            tree[f.name] = s.encode_error(value)
-        elif f.name == "sends":
-            tree[f.name] = [
+    cls = type(item)
+    names = _INPUT_FIELDS.get(cls)
+    if names is None:
+        names = _INPUT_FIELDS[cls] = tuple(f.name for f in fields(item))
+    tree: dict[str, Any] = {"k": cls.__name__}
+    for name in names:
+        value = getattr(item, name)
+        if value is None or type(value) in _PLAIN:
+            tree[name] = value
+        elif name == "event_type":
+            tree[name] = type_key(value)
+        elif name == "expected":
+            tree[name] = [[type_key(t), n] for t, n in expected_runs(value)]
+        elif name == "error":
+            tree[name] = s.encode_error(value)
+        elif name == "sends":
+            tree[name] = [
                 [n, s.encode(ev, f"sent event {type(ev).__name__}"), target]
                 for n, ev, target in value
             ]
-        elif value is None or isinstance(value, str | int | float | bool):
-            tree[f.name] = value
+        elif isinstance(value, str | int | float | bool):
+            tree[name] = value
         else:
-            tree[f.name] = s.encode(value, _where(item, f.name))
-    return json.dumps(tree, separators=(",", ":"))
+            tree[name] = s.encode(value, _where(item, name))
+    return _dumps(tree)
 
 
 def decode_input(text: str, s: JsonSerializer, types: TypeResolver) -> Any:
