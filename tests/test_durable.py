@@ -371,6 +371,55 @@ async def test_worker_logs_a_run_it_cannot_load_and_goes_on(
     await store.close()
 
 
+async def test_retry_backoff_parks_and_a_worker_retries_with_the_stored_count(
+    tmp_path: Path,
+) -> None:
+    from piton.retry import retry_policy, stop_after_attempt, wait_fixed
+
+    attempts: list[int] = []
+
+    class Flaky(Workflow):
+        @step(retry_policy=retry_policy(wait=wait_fixed(0.8), stop=stop_after_attempt(3)))
+        async def call(self, ev: StartEvent, ctx: Context) -> StopEvent:
+            attempts.append(ctx.retry_info().retry_number)
+            if len(attempts) == 1:
+                raise Boom("transient")
+            return StopEvent(result="ok")
+
+    store = SqliteStore(tmp_path / "runs.db")
+    started = time.time()
+    handler = Flaky(store=store).run(run_id="rb")
+    record = await _wait_status(store, "rb", {"parked"})
+    assert record.wake_at is not None and record.wake_at >= started + 0.8
+    await _stop_listening(handler)  # the process that failed goes away during the back-off
+    async with Worker(store, workflows=[Flaky], poll_interval=0.1):
+        record = await _wait_status(store, "rb", {"completed"})
+    assert time.time() >= started + 0.8
+    assert attempts == [0, 1]  # the retry knew it was the first retry
+
+
+async def test_waiter_timeout_is_rearmed_after_the_process_goes_away(tmp_path: Path) -> None:
+    from piton import WorkflowTimeoutError
+
+    class Ask(Workflow):
+        @step
+        async def ask(self, ev: StartEvent, ctx: Context) -> StopEvent:
+            try:
+                await ctx.wait_for_event(HumanResponseEvent, timeout=0.8)
+            except WorkflowTimeoutError:
+                return StopEvent(result="nobody answered")
+            return StopEvent(result="answered")
+
+    store = SqliteStore(tmp_path / "runs.db")
+    handler = Ask(store=store).run(run_id="wt")
+    record = await _wait_status(store, "wt", {"parked"})
+    assert record.wake_at is not None
+    await _stop_listening(handler)
+    async with Worker(store, workflows=[Ask], poll_interval=0.1):
+        await _wait_status(store, "wt", {"completed"})
+    assert await Ask(store=store).run(run_id="wt") == "nobody answered"
+
+
 # -- bad data, code changes ----------------------------------------------------------------
 
 
