@@ -488,6 +488,27 @@ async def test_reattached_handler_replays_the_stored_stream(tmp_path: Path) -> N
     assert events[-1].result == 3
 
 
+async def test_a_failed_runs_replayed_stream_ends_with_its_failure(tmp_path: Path) -> None:
+    from piton import WorkflowFailedEvent
+
+    class Fails(Workflow):
+        @step
+        async def a(self, ev: StartEvent, ctx: Context) -> StopEvent:
+            ctx.write_event_to_stream(Mid(n=1))
+            raise Boom("broken for good")
+
+    with pytest.raises(Boom):
+        await Fails(store=_url(tmp_path)).run(run_id="f1")
+    again = Fails(store=SqliteStore(tmp_path / "runs.db")).run(run_id="f1")
+    events = [ev async for ev in again.stream_events()]
+    with pytest.raises(Boom, match="broken for good"):
+        await again
+    assert isinstance(events[0], Mid)
+    last = events[-1]
+    assert isinstance(last, WorkflowFailedEvent) and last.step_name == "a"
+    assert isinstance(last.exception, Boom)
+
+
 async def test_stream_resumes_after_a_cursor_then_follows_live(tmp_path: Path) -> None:
     class Talk(Workflow):
         @step

@@ -16,6 +16,7 @@ from piton import (
     StopEvent,
     Workflow,
     WorkflowCancelledByUser,
+    WorkflowCancelledEvent,
     WorkflowHandler,
     WorkflowRuntimeError,
     step,
@@ -203,9 +204,10 @@ async def test_cancel_run_stops_the_run_and_its_steps() -> None:
         await handler
     await asyncio.wait_for(cancelled.wait(), 1)
     assert handler.done()
-    # the stream of a cancelled run ends instead of hanging
+    # the stream of a cancelled run ends, with a WorkflowCancelledEvent, as in llama
     events = await asyncio.wait_for(_drain(handler), 1)
-    assert not any(isinstance(ev, StopEvent) for ev in events)
+    assert type(events[-1]) is WorkflowCancelledEvent
+    assert not any(type(ev) is StopEvent for ev in events)
 
 
 async def _drain(handler: WorkflowHandler) -> list[Event]:
@@ -348,3 +350,57 @@ async def test_running_a_context_twice_at_once_is_refused() -> None:
     with pytest.raises(WorkflowRuntimeError, match="already running"):
         w.run(ctx=handler.ctx)
     await handler
+
+
+async def test_a_failure_closes_the_stream_with_a_workflow_failed_event() -> None:
+    from piton import WorkflowFailedEvent, retry_policy
+    from piton.retry import stop_after_attempt, wait_fixed
+
+    class Broken(Exception):
+        pass
+
+    class W(Workflow):
+        @step(retry_policy=retry_policy(wait=wait_fixed(0), stop=stop_after_attempt(3)))
+        async def bad(self, ev: StartEvent, ctx: Context) -> StopEvent:
+            ctx.write_event_to_stream(Progress(pct=1))
+            raise Broken("no luck")
+
+    handler = W().run()
+    events = await asyncio.wait_for(_drain(handler), 5)
+    with pytest.raises(Broken):
+        await handler
+    last = events[-1]
+    assert isinstance(last, WorkflowFailedEvent) and handler.get_stop_event() is last
+    assert last.step_name == "bad" and last.attempts == 3
+    assert isinstance(last.exception, Broken) and last.elapsed_seconds is not None
+    assert [type(ev) for ev in events] == [Progress, WorkflowFailedEvent]
+
+
+async def test_a_timeout_closes_the_stream_with_a_workflow_timed_out_event() -> None:
+    from piton import WorkflowTimedOutEvent, WorkflowTimeoutError
+
+    class W(Workflow):
+        @step
+        async def slow(self, ev: StartEvent, ctx: Context) -> StopEvent:
+            await asyncio.sleep(10)
+            return StopEvent()
+
+    handler = W(timeout=0.2).run()
+    events = await asyncio.wait_for(_drain(handler), 5)
+    with pytest.raises(WorkflowTimeoutError):
+        await handler
+    assert isinstance(events[-1], WorkflowTimedOutEvent)
+    assert events[-1].timeout == 0.2 and events[-1].active_steps == ["slow"]
+
+
+async def test_get_stop_event_of_a_completed_run_is_its_stop_event() -> None:
+    class W(Workflow):
+        @step
+        async def ok(self, ev: StartEvent, ctx: Context) -> StopEvent:
+            return StopEvent(result=5)
+
+    handler = W().run()
+    assert handler.get_stop_event() is None
+    assert await handler == 5
+    stop = handler.get_stop_event()
+    assert type(stop) is StopEvent and stop.result == 5

@@ -58,7 +58,16 @@ from piton._core.state import (
     RunState,
     WaitTimedOut,
 )
-from piton.events import Event, HumanResponseEvent, InputRequiredEvent, StartEvent, StopEvent
+from piton.events import (
+    Event,
+    HumanResponseEvent,
+    InputRequiredEvent,
+    StartEvent,
+    StopEvent,
+    WorkflowCancelledEvent,
+    WorkflowFailedEvent,
+    WorkflowTimedOutEvent,
+)
 from piton.retry import (
     ConstantDelayRetryPolicy,
     retry_policy,
@@ -342,6 +351,11 @@ class ReducerMachine(RuleBasedStateMachine):
             self.armed[cmd.timer_id] = cmd.deadline
         elif isinstance(cmd, i.DisarmTimer):
             assert self.armed.pop(cmd.timer_id, None) is not None, f"disarmed unarmed {cmd}"
+        elif isinstance(cmd, i.Publish) and isinstance(
+            cmd.event, WorkflowFailedEvent | WorkflowTimedOutEvent | WorkflowCancelledEvent
+        ):  # a failure's closing event: once, just before the Finish
+            assert not self.finishes and "closing" not in self.published, cmd
+            self.published.add("closing")
         elif isinstance(cmd, i.Publish):
             tag = tag_of(cmd.event)
             assert tag not in self.published, f"{tag} published twice"

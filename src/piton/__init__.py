@@ -23,6 +23,9 @@ from .events import HumanResponseEvent as HumanResponseEvent
 from .events import InputRequiredEvent as InputRequiredEvent
 from .events import StartEvent as StartEvent
 from .events import StopEvent as StopEvent
+from .events import WorkflowCancelledEvent as WorkflowCancelledEvent
+from .events import WorkflowFailedEvent as WorkflowFailedEvent
+from .events import WorkflowTimedOutEvent as WorkflowTimedOutEvent
 from .handler import WorkflowHandler as WorkflowHandler
 from .resource import Resource as Resource
 from .retry import ConstantDelayRetryPolicy as ConstantDelayRetryPolicy
@@ -63,9 +66,12 @@ __all__ = [
     "Worker",
     "Workflow",
     "WorkflowCancelledByUser",
+    "WorkflowCancelledEvent",
     "WorkflowConfigurationError",
+    "WorkflowFailedEvent",
     "WorkflowHandler",
     "WorkflowRuntimeError",
+    "WorkflowTimedOutEvent",
     "WorkflowTimeoutError",
     "WorkflowValidationError",
     "retry_policy",

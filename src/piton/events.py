@@ -81,6 +81,29 @@ class StopEvent(Event):
         super().__init__(result=result, **kwargs)
 
 
+class WorkflowFailedEvent(StopEvent):
+    """Published last on the stream when a step fails for good (no retry left).
+
+    ``await handler`` raises ``exception``, the step's own error.
+    """
+
+    step_name: str = ""
+    exception: Any = None
+    attempts: int | None = None
+    elapsed_seconds: float | None = None
+
+
+class WorkflowTimedOutEvent(StopEvent):
+    """Published last on the stream when the run's timeout passes."""
+
+    timeout: float | None = None
+    active_steps: list[str] = []
+
+
+class WorkflowCancelledEvent(StopEvent):
+    """Published last on the stream when the run is cancelled (``handler.cancel_run()``)."""
+
+
 class InputRequiredEvent(Event):
     """Published to the stream when a step needs a human; needs no consumer."""
 
@@ -89,4 +112,13 @@ class HumanResponseEvent(Event):
     """A human's answer, sent into a run with ``handler.send_event(...)``."""
 
 
-__all__ = ["Event", "HumanResponseEvent", "InputRequiredEvent", "StartEvent", "StopEvent"]
+__all__ = [
+    "Event",
+    "HumanResponseEvent",
+    "InputRequiredEvent",
+    "StartEvent",
+    "StopEvent",
+    "WorkflowCancelledEvent",
+    "WorkflowFailedEvent",
+    "WorkflowTimedOutEvent",
+]

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Generator
 from typing import TYPE_CHECKING, Any
 
 from .errors import WorkflowRuntimeError
-from .events import Event
+from .events import Event, StopEvent
 
 if TYPE_CHECKING:
     from ._runtime.durable import RunDriver
@@ -72,6 +72,16 @@ class WorkflowHandler(asyncio.Future[Any]):
             await asyncio.sleep(0)
         async for ev in self._live().events(cursor):
             yield ev
+
+    def get_stop_event(self) -> StopEvent | None:
+        """The event that closed the run's stream, once it is done: its ``StopEvent``, or a
+        ``WorkflowFailedEvent`` / ``WorkflowTimedOutEvent`` / ``WorkflowCancelledEvent``."""
+        if not self.done() or self._runner is None:
+            return None
+        for ev in reversed(self._runner.stream):
+            if isinstance(ev, StopEvent):
+                return ev
+        return None
 
     def send_event(self, event: Event, step: str | None = None) -> Awaitable[None]:
         """Send ``event`` into the run. It is sent at once; awaiting waits until it is stored."""

@@ -16,7 +16,13 @@ from itertools import groupby
 from typing import Any
 
 from piton.errors import WorkflowCancelledByUser, WorkflowTimeoutError
-from piton.events import InputRequiredEvent, StopEvent
+from piton.events import (
+    InputRequiredEvent,
+    StopEvent,
+    WorkflowCancelledEvent,
+    WorkflowFailedEvent,
+    WorkflowTimedOutEvent,
+)
 
 from . import inputs as i
 from .inputs import Command
@@ -233,7 +239,14 @@ def _step_failed(state: RunState, inp: i.StepFailed, cmds: Cmds) -> None:
     attempt = ex.attempt
     delay = _retry_delay(state, attempt, inp) if inp.retryable else None
     if delay is None:
-        _finish(state, FAILED, cmds, error=inp.error)
+        first = attempt.first_at if attempt.first_at is not None else inp.at
+        failed = WorkflowFailedEvent(
+            step_name=attempt.step,
+            exception=inp.error,
+            attempts=attempt.retry_number + 1,
+            elapsed_seconds=inp.at - first,
+        )
+        _finish(state, FAILED, cmds, error=inp.error, stop=failed)
         return
     retry = Attempt(
         step=attempt.step,
@@ -391,6 +404,7 @@ def _timer_fired(state: RunState, inp: i.TimerFired, cmds: Cmds) -> None:
     if state.deadlines.pop(inp.timer_id, None) is None:
         return  # disarmed meanwhile
     if inp.timer_id == RUN_TIMER:
+        active = sorted({ex.attempt.step for ex in state.running.values()})
         _finish(
             state,
             TIMED_OUT,
@@ -399,6 +413,7 @@ def _timer_fired(state: RunState, inp: i.TimerFired, cmds: Cmds) -> None:
                 f"Run '{state.run_id}' of workflow '{state.graph.workflow}' timed out after "
                 f"{state.timeout} seconds. Pass a larger timeout= (or None) to the workflow."
             ),
+            stop=WorkflowTimedOutEvent(timeout=state.timeout, active_steps=active),
         )
         return
     retry = state.delayed.pop(inp.timer_id, None)
@@ -423,6 +438,7 @@ def _cancel(state: RunState, inp: i.Cancel, cmds: Cmds) -> None:
         CANCELLED,
         cmds,
         error=WorkflowCancelledByUser(f"Run '{state.run_id}' was cancelled by the user."),
+        stop=WorkflowCancelledEvent(),
     )
 
 
@@ -433,7 +449,9 @@ def _finish(
     *,
     result: Any = None,
     error: BaseException | None = None,
+    stop: StopEvent | None = None,
 ) -> None:
+    """End the run; ``stop`` (a failure's StopEvent) is published last on the stream."""
     state.status = status
     state.result = result
     state.error = error
@@ -448,6 +466,8 @@ def _finish(
     state.delayed.clear()
     state.deadlines.clear()
     state.delivered.clear()
+    if stop is not None:
+        cmds.append(i.Publish(stop))
     cmds.append(i.Finish(status, result, error))
 
 
