@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -589,8 +590,13 @@ async def test_prune_removes_old_finished_runs(tmp_path: Path) -> None:
     await _wait_status(store, "parked", {"parked"})
     await _stop_listening(parked)
     assert await store.prune(3600) == 0  # nothing is that old
+    assert await store.prune(timedelta(days=30)) == 0
+    with pytest.raises(WorkflowConfigurationError, match="negative"):
+        await store.prune(-1)
+    with pytest.raises(WorkflowConfigurationError, match="timedelta"):
+        await store.prune("30d")  # type: ignore[arg-type]
     await asyncio.sleep(0.2)
-    assert await store.prune(0.1) == 1
+    assert await store.prune(timedelta(seconds=0.1)) == 1
     assert await store.get("old") is None
     record = await store.get("parked")
     assert record is not None and record.status == "parked"

@@ -23,6 +23,7 @@ import socket
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlparse
 
@@ -150,8 +151,9 @@ class Store(ABC):
     ) -> list[RunRecord]: ...
 
     @abstractmethod
-    async def prune(self, older_than: float) -> int:
-        """Delete finished runs that finished more than ``older_than`` seconds ago."""
+    async def prune(self, older_than: float | timedelta) -> int:
+        """Delete finished runs that finished more than ``older_than`` ago (seconds or a
+        ``timedelta``); return how many. Unfinished runs are never pruned."""
 
     async def __aenter__(self) -> Store:
         await self.open()
@@ -201,6 +203,23 @@ def owner_is_dead(owner: str | None) -> bool:
             return False
         return not os.path.exists("/proc")  # alive, but /proc unreadable: trust kill()
     return start != parts[2]
+
+
+def age_in_seconds(older_than: float | timedelta) -> float:
+    """``prune``'s argument as seconds, refusing what cannot be an age."""
+    if isinstance(older_than, timedelta):
+        seconds = older_than.total_seconds()
+    elif isinstance(older_than, int | float) and not isinstance(older_than, bool):
+        seconds = float(older_than)
+    else:
+        raise WorkflowConfigurationError(
+            f"prune(older_than={older_than!r}): give seconds or a datetime.timedelta."
+        )
+    if not seconds >= 0:
+        raise WorkflowConfigurationError(
+            f"prune(older_than={older_than!r}): an age cannot be negative."
+        )
+    return seconds
 
 
 def may_claim(record: RunRecord, owner: str, now: float) -> bool:

@@ -8,9 +8,18 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import replace
+from datetime import timedelta
 
 from piton.errors import LeaseLost, RunNotFound
-from piton.stores.base import CommitRequest, Loaded, RunRecord, Store, is_runnable, may_claim
+from piton.stores.base import (
+    CommitRequest,
+    Loaded,
+    RunRecord,
+    Store,
+    age_in_seconds,
+    is_runnable,
+    may_claim,
+)
 
 
 class MemoryStore(Store):
@@ -152,8 +161,8 @@ class MemoryStore(Store):
         rows.sort(key=lambda r: r.created_at, reverse=True)
         return rows[:limit]
 
-    async def prune(self, older_than: float) -> int:
-        cutoff = time.time() - older_than
+    async def prune(self, older_than: float | timedelta) -> int:
+        cutoff = time.time() - age_in_seconds(older_than)
         doomed = [
             r.run_id
             for r in self._runs.values()

@@ -21,13 +21,14 @@ import asyncio
 import os
 import weakref
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from piton.errors import StoreError, WorkflowConfigurationError
 from piton.stores._sqlite_ops import SqliteOps
 from piton.stores._sqlite_thread import Op, Writer, migrations
-from piton.stores.base import CommitRequest, Loaded, RunRecord, Store
+from piton.stores.base import CommitRequest, Loaded, RunRecord, Store, age_in_seconds
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -242,8 +243,9 @@ class SqliteStore(Store):
         )
         return result
 
-    async def prune(self, older_than: float) -> int:
-        result: int = await self._call(lambda c: self._ops.prune(c, older_than), write=True)
+    async def prune(self, older_than: float | timedelta) -> int:
+        seconds = age_in_seconds(older_than)
+        result: int = await self._call(lambda c: self._ops.prune(c, seconds), write=True)
         return result
 
 
