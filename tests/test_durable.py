@@ -273,6 +273,47 @@ async def test_two_callers_starting_one_run_id_run_it_once(tmp_path: Path) -> No
     assert calls == 1
 
 
+async def test_an_event_delivered_by_another_process_reaches_a_running_run(
+    tmp_path: Path,
+) -> None:
+    """The run is busy (not parked), so the event waits in its inbox until the owner's
+    lease keeper picks it up, once."""
+    from piton.serde import JsonSerializer
+
+    answers: list[str] = []
+
+    class Busy(Workflow):
+        @step
+        async def grind(self, ev: StartEvent, ctx: Context) -> Mid:
+            await asyncio.sleep(3)
+            return Mid(n=0)
+
+        @step
+        async def ask(self, ev: StartEvent, ctx: Context) -> StopEvent:
+            answer = await ctx.wait_for_event(HumanResponseEvent)
+            answers.append(answer.response)
+            return StopEvent(result=answer.response)
+
+        @step
+        async def after(self, ev: Mid, ctx: Context) -> None:
+            return None
+
+    store = SqliteStore(tmp_path / "runs.db")
+    started = time.monotonic()
+    handler = Busy(store=store).run(run_id="busy")
+    await _wait_status(store, "busy", {"running"})
+    await asyncio.sleep(0.2)
+    other = SqliteStore(tmp_path / "runs.db")  # stands for another process's connection
+    text = JsonSerializer().dumps(HumanResponseEvent(response="hi"), "event")
+    await other.deliver("busy", text, None)
+    assert await asyncio.wait_for(handler, 10) == "hi"
+    assert time.monotonic() - started < 2.5  # not after the busy step
+    assert answers == ["hi"]
+    record = await other.get("busy")
+    assert record is not None and record.inbox == 0
+    await other.close()
+
+
 # -- recovery by a Worker -----------------------------------------------------------------
 
 OWNER_MODULE = textwrap.dedent(

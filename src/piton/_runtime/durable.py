@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import time
+import weakref
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -88,7 +89,8 @@ class DurableRun(Runner):
         self._final: i.Finish | None = None
         self.parked = False
         self.outcome: asyncio.Future[str] = self.loop.create_future()
-        self.inbox_done: list[int] = []
+        self.inbox_done: list[int] = []  # taken, their removal not yet in a commit
+        self.inbox_taken: set[int] = set()  # every message this run took, committed or not
         self.commits = 0
         self.snapshot_due = False
         self.holding = False  # no parking while a resume feeds its inbox
@@ -501,7 +503,8 @@ class RunDriver:
         self.run = run
         self.store.live[self.run_id] = self
         self.handler._runner = self
-        renewer = self.loop.create_task(self._renew(run))
+        keeper = _LeaseKeeper.of(self.store, self.loop)
+        keeper.runs[self.run_id] = self
         try:
             run.snapshot_due = loaded is not None  # compact on every resume
             run.holding = True
@@ -514,7 +517,8 @@ class RunDriver:
             run.maybe_park()
             return await run.outcome
         finally:
-            renewer.cancel()
+            if keeper.runs.get(self.run_id) is self:
+                del keeper.runs[self.run_id]
             if run.outcome.done() and not run.outcome.cancelled():
                 self.ctx._state = run.state
                 self.ctx._runner = None
@@ -522,6 +526,9 @@ class RunDriver:
     def _take_inbox(self, run: DurableRun, inbox: list[tuple[int, str, str | None]]) -> None:
         types = TypeResolver(self.compiled.graph.event_types)
         for msg_id, text, step in inbox:
+            if msg_id in run.inbox_taken:
+                continue  # taken already; its removal is on its way to the store
+            run.inbox_taken.add(msg_id)
             run.inbox_done.append(msg_id)
             payload = json.loads(text)
             if isinstance(payload, dict) and payload.get("__piton_cancel__"):
@@ -534,25 +541,6 @@ class RunDriver:
                 continue
         if run.inbox_done and not run._queue and not run.done:
             run.feed(i.Checkpoint(time.time(), ""))  # commits the inbox removal
-
-    async def _renew(self, run: DurableRun) -> None:
-        interval = min(self.store.lease / 3, 0.5)
-        while not run.done and not run.parked:
-            await asyncio.sleep(interval)
-            try:
-                lost = await self.store.renew(
-                    [(self.run_id, run.epoch)], self.store.owner, self.store.lease
-                )
-                if lost:
-                    run._lost(LeaseLost(f"Run '{self.run_id}' was taken over by another process."))
-                    return
-                record = await self.store.get(self.run_id)
-                if record is not None and record.inbox > 0 and not run.done and not run.parked:
-                    loaded = await self.store.load(self.run_id)
-                    fresh = [m for m in loaded.inbox if m[0] not in run.inbox_done]
-                    self._take_inbox(run, fresh)
-            except StoreError:
-                continue
 
     async def _replay_finished(self, record: RunRecord) -> None:
         loaded = await self.store.load(self.run_id)
@@ -594,6 +582,63 @@ class RunDriver:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
+
+
+class _LeaseKeeper:
+    """Renews the leases of every run one store object drives on one loop, in one call.
+
+    It also looks for events another process put in a running run's inbox. One keeper
+    per (store, loop) instead of a task per run: a renewal costs one store call for all.
+    """
+
+    _keepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, _LeaseKeeper]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+        self.store = store
+        self.runs: dict[str, RunDriver] = {}
+        self.task = loop.create_task(self._loop())
+
+    @classmethod
+    def of(cls, store: Store, loop: asyncio.AbstractEventLoop) -> _LeaseKeeper:
+        keepers = cls._keepers.setdefault(loop, {})
+        keeper = keepers.get(id(store))
+        if keeper is None or keeper.store is not store or keeper.task.done():
+            keeper = keepers[id(store)] = cls(store, loop)
+        return keeper
+
+    async def _loop(self) -> None:
+        store = self.store
+        interval = min(store.lease / 3, 0.5)
+        idle = 0
+        while idle < 10:  # a keeper with nothing to keep ends after a few rounds
+            await asyncio.sleep(interval)
+            active = [
+                (driver, driver.run)
+                for driver in list(self.runs.values())
+                if driver.run is not None and not driver.run.done and not driver.run.parked
+            ]
+            idle = 0 if active else idle + 1
+            if active:
+                with contextlib.suppress(StoreError):
+                    await self._renew(active)
+
+    async def _renew(self, active: list[tuple[RunDriver, DurableRun]]) -> None:
+        store = self.store
+        lost = set(
+            await store.renew(
+                [(d.run_id, run.epoch) for d, run in active], store.owner, store.lease
+            )
+        )
+        for driver, run in active:
+            if driver.run_id in lost:
+                run._lost(LeaseLost(f"Run '{driver.run_id}' was taken over by another process."))
+        records = await asyncio.gather(*(store.get(d.run_id) for d, _ in active))
+        for (driver, run), record in zip(active, records, strict=True):
+            if record is not None and record.inbox > 0 and not run.done and not run.parked:
+                loaded = await store.load(driver.run_id)
+                driver._take_inbox(run, loaded.inbox)
 
 
 def _done_future(loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
