@@ -390,6 +390,7 @@ class RunDriver:
     def listener_gone(self) -> None:
         """The handler was cancelled: finish or park the run, then let it go (never cancel it)."""
         self.stay = False
+        self._wake.set()
 
     def cancel(self) -> asyncio.Future[None]:
         run = self.run
@@ -408,6 +409,8 @@ class RunDriver:
                 if outcome == "finished" or not self.stay or self.handler.done():
                     return
                 await self._wait_for_wake()
+                if not self.stay or self.handler.done():
+                    return  # the caller stopped listening: leave the run parked
         except asyncio.CancelledError:
             if self.run is not None:
                 self.run.stop()
@@ -501,6 +504,7 @@ class RunDriver:
         run = DurableRun(self, state, epoch=epoch, seq=seq)
         run.creating = create
         self.run = run
+        self._notify_stream()  # a listener that came before the run follows it now
         self.store.live[self.run_id] = self
         self.handler._runner = self
         keeper = _LeaseKeeper.of(self.store, self.loop)

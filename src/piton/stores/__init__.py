@@ -5,6 +5,8 @@
 the ``piton[postgres]`` and ``piton[redis]`` extras.
 """
 
+from typing import Any
+
 from piton.stores.base import CommitRequest as CommitRequest
 from piton.stores.base import Loaded as Loaded
 from piton.stores.base import RunRecord as RunRecord
@@ -13,10 +15,21 @@ from piton.stores.base import open_store as open_store
 from piton.stores.memory import MemoryStore as MemoryStore
 from piton.stores.sqlite import SqliteStore as SqliteStore
 
+
+def __getattr__(name: str) -> Any:
+    """``PostgresStore`` is imported on first use: psycopg is an optional dependency."""
+    if name == "PostgresStore":
+        from piton.stores.postgres import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module 'piton.stores' has no attribute {name!r}")
+
+
 __all__ = [
     "CommitRequest",
     "Loaded",
     "MemoryStore",
+    "PostgresStore",
     "RunRecord",
     "SqliteStore",
     "Store",

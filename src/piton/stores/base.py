@@ -263,12 +263,12 @@ def open_store(url: str | Store) -> Store:
         return MemoryStore()
     if scheme in ("postgres", "postgresql"):
         try:
-            from .postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
+            from .postgres import PostgresStore
         except ImportError as exc:
             raise WorkflowConfigurationError(
                 f"Store URL {url!r} needs the Postgres backend: pip install 'piton[postgres]'."
             ) from exc
-        return PostgresStore(url)  # type: ignore[no-any-return,unused-ignore]
+        return PostgresStore(url)
     if scheme in ("redis", "rediss"):
         try:
             from .redis import RedisStore  # type: ignore[import-not-found,unused-ignore]

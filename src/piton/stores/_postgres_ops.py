@@ -1,0 +1,461 @@
+"""The SQL of each Store operation for PostgresStore.
+
+Each method takes a connection whose ``search_path`` is the store's schema. The writer
+runs the write methods inside a transaction (or a savepoint of one) it opened; the read
+methods run on a pooled connection in autocommit mode. A write that fails its checks
+raises before it has written anything.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import fields, replace
+from typing import Any, TypeAlias
+
+import psycopg
+
+from piton.errors import JournalCorrupted, LeaseLost, RunNotFound
+from piton.stores.base import (
+    FINAL_STATUSES,
+    CommitRequest,
+    Loaded,
+    RunRecord,
+    is_runnable,
+    may_claim,
+    owner_is_dead,
+)
+
+Conn: TypeAlias = psycopg.AsyncConnection[tuple[Any, ...]]
+
+_COLUMNS = tuple(f.name for f in fields(RunRecord))
+_COLUMN_LIST = ", ".join(f'"{name}"' for name in _COLUMNS)
+_SELECT_RUN = f"SELECT {_COLUMN_LIST} FROM runs"
+_FINAL = ", ".join(f"'{status}'" for status in sorted(FINAL_STATUSES))
+
+# A new run with its first entries and stream events, in one statement.
+_CREATE = f"""
+WITH created AS (
+    INSERT INTO runs ({_COLUMN_LIST}) VALUES ({", ".join(["%s"] * len(_COLUMNS))})
+    ON CONFLICT (run_id) DO NOTHING
+    RETURNING run_id
+), entries AS (
+    INSERT INTO journal (run_id, seq, entry)
+    SELECT created.run_id, e.n, e.entry
+    FROM created, unnest(%s::text[]) WITH ORDINALITY AS e(entry, n)
+), events AS (
+    INSERT INTO stream (run_id, seq, event)
+    SELECT created.run_id, e.n, e.event
+    FROM created, unnest(%s::text[]) WITH ORDINALITY AS e(event, n)
+)
+SELECT count(*) FROM created
+"""
+
+# The common commit, for a whole batch at once: runs that are running, at the expected
+# epoch and seq, advance; their entries and events are appended. Returns the runs that
+# advanced; a request whose run did not is retried alone by commit(), which says why.
+_COMMIT_PLAIN = """
+WITH req AS (
+    SELECT * FROM unnest(%(ids)s::text[], %(epochs)s::bigint[], %(seqs)s::bigint[],
+                         %(new_seqs)s::bigint[]) AS r(run_id, epoch, seq, new_seq)
+), won AS (
+    UPDATE runs SET seq = req.new_seq, updated_at = %(now)s
+    FROM req
+    WHERE runs.run_id = req.run_id AND runs.epoch = req.epoch AND runs.seq = req.seq
+      AND runs.owner IS NOT NULL AND runs.status = 'running'
+    RETURNING runs.run_id
+), entries AS (
+    INSERT INTO journal (run_id, seq, entry)
+    SELECT e.run_id, e.seq, e.entry
+    FROM unnest(%(entry_ids)s::text[], %(entry_seqs)s::bigint[], %(entries)s::text[])
+         AS e(run_id, seq, entry)
+    JOIN won USING (run_id)
+), events AS (
+    INSERT INTO stream (run_id, seq, event)
+    SELECT e.run_id,
+           COALESCE((SELECT max(s.seq) FROM stream s WHERE s.run_id = e.run_id), 0) + e.n,
+           e.event
+    FROM unnest(%(event_ids)s::text[], %(event_ns)s::bigint[], %(events)s::text[])
+         AS e(run_id, n, event)
+    JOIN won USING (run_id)
+)
+SELECT run_id FROM won
+"""
+
+# Any other commit, once _check_commit has locked the run's row and checked the request.
+# A snapshot covers this commit's entries: they are not stored, older ones are deleted.
+_COMMIT = """
+WITH entries AS (
+    INSERT INTO journal (run_id, seq, entry)
+    SELECT %(run_id)s, %(seq)s + e.n, e.entry
+    FROM unnest(%(entries)s::text[]) WITH ORDINALITY AS e(entry, n)
+    WHERE %(snapshot)s::text IS NULL
+), events AS (
+    INSERT INTO stream (run_id, seq, event)
+    SELECT %(run_id)s,
+           (SELECT COALESCE(max(seq), 0) FROM stream WHERE run_id = %(run_id)s) + e.n,
+           e.event
+    FROM unnest(%(events)s::text[]) WITH ORDINALITY AS e(event, n)
+), taken AS (
+    DELETE FROM inbox WHERE run_id = %(run_id)s AND id = ANY(%(inbox_done)s::bigint[])
+    RETURNING id
+), snapshot AS (
+    INSERT INTO snapshots (run_id, seq, snapshot)
+    SELECT %(run_id)s, %(new_seq)s, %(snapshot)s::text WHERE %(snapshot)s::text IS NOT NULL
+    ON CONFLICT (run_id) DO UPDATE SET seq = excluded.seq, snapshot = excluded.snapshot
+), compacted AS (
+    DELETE FROM journal
+    WHERE run_id = %(run_id)s AND seq <= %(new_seq)s AND %(snapshot)s::text IS NOT NULL
+)
+UPDATE runs SET
+    seq = %(new_seq)s,
+    updated_at = %(now)s,
+    status = %(status)s,
+    wake_at = %(wake_at)s,
+    fingerprint = COALESCE(%(fingerprint)s, fingerprint),
+    result = COALESCE(%(result)s, result),
+    error = COALESCE(%(error)s, error),
+    inbox = (SELECT count(*) FROM inbox WHERE run_id = %(run_id)s) - (SELECT count(*) FROM taken),
+    finished_at = CASE WHEN %(final)s THEN %(now)s ELSE finished_at END,
+    owner = CASE WHEN %(release)s THEN NULL ELSE owner END,
+    lease_until = CASE WHEN %(release)s THEN NULL ELSE lease_until END
+WHERE run_id = %(run_id)s
+"""
+
+_RENEW = """
+UPDATE runs SET lease_until = %s
+FROM unnest(%s::text[], %s::bigint[]) AS r(run_id, epoch)
+WHERE runs.run_id = r.run_id AND runs.epoch = r.epoch AND runs.owner = %s
+RETURNING runs.run_id
+"""
+
+# The run row is updated first: it is locked before the inbox row exists, so a commit
+# that holds the run's lock sees every delivered event or none being delivered.
+_DELIVER = """
+WITH target AS (UPDATE runs SET inbox = inbox + 1 WHERE run_id = %s RETURNING run_id)
+INSERT INTO inbox (run_id, event, step, created_at)
+SELECT run_id, %s, %s, %s FROM target
+RETURNING id
+"""
+
+# Everything load() returns besides the run's row, as raw bytes: a row that is not
+# valid UTF-8 (possible in a SQL_ASCII database) names itself instead of failing the query.
+_LOAD = """
+SELECT 0 AS part, seq AS n, textsend(snapshot) AS body, NULL::text AS step
+FROM snapshots WHERE run_id = %(run_id)s
+UNION ALL
+SELECT 1, seq, textsend(entry), NULL FROM journal
+WHERE run_id = %(run_id)s
+  AND seq > COALESCE((SELECT seq FROM snapshots WHERE run_id = %(run_id)s), 0)
+UNION ALL
+SELECT 2, seq, textsend(event), NULL FROM stream WHERE run_id = %(run_id)s
+UNION ALL
+SELECT 3, id, textsend(event), step FROM inbox WHERE run_id = %(run_id)s
+ORDER BY part, n
+"""
+
+# Same-host owners holding an unexpired lease: whether they are alive is asked of /proc.
+_LOCAL_OWNERS = """
+SELECT DISTINCT owner FROM runs
+WHERE workflow = ANY(%(workflows)s::text[]) AND status = 'running'
+  AND (starts_with(owner, %(host)s) OR owner = '') AND owner <> %(me)s
+  AND (lease_until IS NULL OR lease_until >= %(now)s)
+"""
+
+# base.is_runnable() in SQL, given the same-host owners found dead.
+_RUNNABLE = f"""
+{_SELECT_RUN}
+WHERE workflow = ANY(%(workflows)s::text[])
+  AND status IN ('queued', 'running', 'parked') AND (
+       status = 'queued'
+    OR (status = 'parked' AND (inbox > 0 OR wake_at <= %(now)s))
+    OR (status = 'running' AND (owner IS NULL OR lease_until < %(now)s
+                                OR owner = ANY(%(dead)s::text[])))
+  )
+ORDER BY created_at
+LIMIT %(limit)s
+"""
+
+# Finished runs past the cutoff, every row of them, in one statement. A run another
+# transaction is changing right now is left for the next prune.
+_PRUNE = f"""
+WITH doomed AS (
+    SELECT run_id FROM runs
+    WHERE finished_at IS NOT NULL AND finished_at < %s AND status IN ({_FINAL})
+    FOR UPDATE SKIP LOCKED
+), journal_rows AS (
+    DELETE FROM journal WHERE run_id IN (SELECT run_id FROM doomed)
+), snapshot_rows AS (
+    DELETE FROM snapshots WHERE run_id IN (SELECT run_id FROM doomed)
+), stream_rows AS (
+    DELETE FROM stream WHERE run_id IN (SELECT run_id FROM doomed)
+), inbox_rows AS (
+    DELETE FROM inbox WHERE run_id IN (SELECT run_id FROM doomed)
+), run_rows AS (
+    DELETE FROM runs WHERE run_id IN (SELECT run_id FROM doomed) RETURNING 1
+)
+SELECT count(*) FROM run_rows
+"""
+
+
+def is_plain(r: CommitRequest) -> bool:
+    """A commit that changes nothing on the run's row but its seq: the batched fast path."""
+    return (
+        r.status == "running"
+        and not r.release
+        and r.result is None
+        and r.error is None
+        and r.wake_at is None
+        and r.fingerprint is None
+        and r.snapshot is None
+        and not r.inbox_done
+    )
+
+
+class PostgresOps:
+    """The Store operations as SQL; ``where`` names the store in error messages."""
+
+    def __init__(self, url: str, where: str, owner: str) -> None:
+        self.url, self.where, self.owner = url, where, owner
+        self.host_prefix = socket.gethostname() + "/"
+
+    def _missing(self, run_id: str) -> RunNotFound:
+        return RunNotFound(f"No run '{run_id}' in {self.url}.")
+
+    # -- writes: the writer runs them in its transaction ----------------------------------
+
+    async def create(
+        self, conn: Conn, record: RunRecord, entries: list[str], stream: list[str]
+    ) -> bool:
+        now = time.time()
+        record = replace(record, seq=len(entries), inbox=0, created_at=now, updated_at=now)
+        values = [getattr(record, name) for name in _COLUMNS]
+        cursor = await conn.execute(_CREATE, [*values, entries, stream])
+        row = await cursor.fetchone()
+        return bool(row and row[0])
+
+    async def claim(self, conn: Conn, run_id: str, owner: str, lease: float) -> int | None:
+        # SKIP LOCKED: a row locked right now is being committed or claimed by a process
+        # at work on the run; the claim gives way at once instead of queueing behind it
+        cursor = await conn.execute(
+            f"{_SELECT_RUN} WHERE run_id = %s FOR UPDATE SKIP LOCKED", [run_id]
+        )
+        row = await cursor.fetchone()
+        if row is None:
+            exists = await (
+                await conn.execute("SELECT 1 FROM runs WHERE run_id = %s", [run_id])
+            ).fetchone()
+            if exists is None:
+                raise self._missing(run_id)
+            return None
+        record = RunRecord(*row)
+        now = time.time()
+        if not may_claim(record, owner, now):
+            return None
+        epoch = record.epoch + 1
+        await conn.execute(
+            "UPDATE runs SET owner = %s, epoch = %s, lease_until = %s, status = 'running', "
+            "updated_at = %s WHERE run_id = %s",
+            [owner, epoch, now + lease, now, run_id],
+        )
+        return epoch
+
+    async def commit_plain(self, conn: Conn, requests: list[CommitRequest]) -> set[str]:
+        """Apply plain requests (``is_plain``, one per run) in one statement; return the
+        ids of the runs that advanced."""
+        params: dict[str, Any] = {
+            "ids": [],
+            "epochs": [],
+            "seqs": [],
+            "new_seqs": [],
+            "entry_ids": [],
+            "entry_seqs": [],
+            "entries": [],
+            "event_ids": [],
+            "event_ns": [],
+            "events": [],
+            "now": time.time(),
+        }
+        for r in requests:
+            params["ids"].append(r.run_id)
+            params["epochs"].append(r.epoch)
+            params["seqs"].append(r.seq)
+            params["new_seqs"].append(r.seq + len(r.entries))
+            for seq, entry in enumerate(r.entries, start=r.seq + 1):
+                params["entry_ids"].append(r.run_id)
+                params["entry_seqs"].append(seq)
+                params["entries"].append(entry)
+            for n, event in enumerate(r.stream, start=1):
+                params["event_ids"].append(r.run_id)
+                params["event_ns"].append(n)
+                params["events"].append(event)
+        cursor = await conn.execute(_COMMIT_PLAIN, params)
+        return {row[0] for row in await cursor.fetchall()}
+
+    async def commit(self, conn: Conn, r: CommitRequest) -> None:
+        await self._check_commit(conn, r)
+        new_seq = r.seq + len(r.entries)
+        await conn.execute(
+            _COMMIT,
+            {
+                "run_id": r.run_id,
+                "seq": r.seq,
+                "new_seq": new_seq,
+                "entries": r.entries,
+                "events": r.stream,
+                "inbox_done": r.inbox_done,
+                "snapshot": r.snapshot,
+                "now": time.time(),
+                "status": r.status,
+                "wake_at": r.wake_at,
+                "fingerprint": r.fingerprint,
+                "result": r.result,
+                "error": r.error,
+                "final": r.status in FINAL_STATUSES,
+                "release": r.release or r.status in FINAL_STATUSES,
+            },
+        )
+
+    async def _check_commit(self, conn: Conn, r: CommitRequest) -> None:
+        """Lock the run's row and check the request's epoch and seq against it."""
+        cursor = await conn.execute(
+            "SELECT epoch, owner, seq FROM runs WHERE run_id = %s FOR UPDATE", [r.run_id]
+        )
+        row = await cursor.fetchone()
+        if row is None:
+            raise self._missing(r.run_id)
+        epoch, owner, seq = row
+        if epoch != r.epoch:
+            raise LeaseLost(
+                f"Run '{r.run_id}' is now owned by another process (epoch {epoch}, ours "
+                f"{r.epoch}); this process stops working on it."
+            )
+        if owner is None:
+            raise LeaseLost(
+                f"Run '{r.run_id}' was released (parked or finished) at epoch {epoch}; claim it "
+                "again before committing."
+            )
+        if seq != r.seq:
+            raise LeaseLost(f"Run '{r.run_id}' journal is at seq {seq}, expected {r.seq}.")
+
+    async def renew(
+        self, conn: Conn, runs: list[tuple[str, int]], owner: str, lease: float
+    ) -> list[str]:
+        cursor = await conn.execute(
+            _RENEW,
+            [time.time() + lease, [run_id for run_id, _ in runs], [e for _, e in runs], owner],
+        )
+        renewed = {row[0] for row in await cursor.fetchall()}
+        return [run_id for run_id, _ in runs if run_id not in renewed]
+
+    async def deliver(self, conn: Conn, run_id: str, event: str, step: str | None) -> None:
+        cursor = await conn.execute(_DELIVER, [run_id, event, step, time.time()])
+        if await cursor.fetchone() is None:
+            raise self._missing(run_id)
+
+    # -- reads: a pooled connection in autocommit mode --------------------------------------
+
+    async def get(self, conn: Conn, run_id: str) -> RunRecord | None:
+        cursor = await conn.execute(f"{_SELECT_RUN} WHERE run_id = %s", [run_id])
+        row = await cursor.fetchone()
+        return None if row is None else RunRecord(*row)
+
+    async def load(self, conn: Conn, run_id: str) -> Loaded:
+        # one snapshot of the database for the row and the rest: a commit that compacts the
+        # journal meanwhile cannot make the journal look cut short
+        await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            record = await self.get(conn, run_id)
+            if record is None:
+                raise self._missing(run_id)
+            cursor = conn.cursor(binary=True)
+            await cursor.execute(_LOAD, {"run_id": run_id})
+            rows = await cursor.fetchall()
+        finally:
+            if conn.info.transaction_status in (
+                psycopg.pq.TransactionStatus.INTRANS,
+                psycopg.pq.TransactionStatus.INERROR,
+            ):
+                await conn.execute("ROLLBACK")
+        return self._loaded(record, rows)
+
+    def _loaded(self, record: RunRecord, rows: list[tuple[Any, ...]]) -> Loaded:
+        run_id = record.run_id
+        snapshot: str | None = None
+        snap_seq = 0
+        entries: list[tuple[int, str]] = []
+        stream: list[str] = []
+        inbox: list[tuple[int, str, str | None]] = []
+        for part, n, body, step in rows:
+            if part == 0:
+                snap_seq = n
+                snapshot = self._text(body, run_id, f"the snapshot at seq {n}")
+            elif part == 1:
+                expected = (entries[-1][0] if entries else snap_seq) + 1
+                if n != expected:
+                    raise self._damaged(run_id, f"journal entry seq {expected} is missing")
+                entries.append((n, self._text(body, run_id, f"journal entry seq {n}")))
+            elif part == 2:
+                stream.append(self._text(body, run_id, f"stream event {n}"))
+            else:
+                inbox.append((n, self._text(body, run_id, f"inbox event {n}"), step))
+        last = entries[-1][0] if entries else snap_seq
+        if last < record.seq:
+            raise self._damaged(run_id, f"journal entry seq {last + 1} is missing")
+        if last > record.seq:
+            raise self._damaged(run_id, f"the journal goes on past the run's seq {record.seq}")
+        return Loaded(record, snapshot, snap_seq, entries, stream, inbox)
+
+    def _text(self, body: bytes | None, run_id: str, what: str) -> str:
+        if body is None:
+            raise self._damaged(run_id, f"{what} is NULL")
+        try:
+            return bytes(body).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise self._damaged(
+                run_id, f"{what} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+            ) from exc
+
+    def _damaged(self, run_id: str, what: str) -> JournalCorrupted:
+        return JournalCorrupted(
+            f"Run '{run_id}' cannot be loaded from {self.where}: {what}. Other runs are not "
+            "affected. Restore the database from a backup, or prune or delete this run."
+        )
+
+    async def runnable(
+        self, conn: Conn, workflows: list[str], now: float, limit: int
+    ) -> list[RunRecord]:
+        if not workflows or limit <= 0:
+            return []
+        args: dict[str, Any] = {
+            "workflows": workflows,
+            "now": now,
+            "host": self.host_prefix,
+            "me": self.owner,
+        }
+        cursor = await conn.execute(_LOCAL_OWNERS, args)
+        owners = [row[0] for row in await cursor.fetchall()]
+        dead = [owner for owner in owners if owner_is_dead(owner)]
+        cursor = await conn.execute(_RUNNABLE, {**args, "dead": dead, "limit": limit})
+        records = [RunRecord(*row) for row in await cursor.fetchall()]
+        return [record for record in records if is_runnable(record, now)]
+
+    async def list_runs(
+        self, conn: Conn, status: str | None, workflow: str | None, limit: int
+    ) -> list[RunRecord]:
+        where, args = [], []
+        if status is not None:
+            where.append("status = %s")
+            args.append(status)
+        if workflow is not None:
+            where.append("workflow = %s")
+            args.append(workflow)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        sql = f"{_SELECT_RUN}{clause} ORDER BY created_at DESC LIMIT %s"
+        cursor = await conn.execute(sql, [*args, max(limit, 0)])
+        return [RunRecord(*row) for row in await cursor.fetchall()]
+
+    async def prune(self, conn: Conn, older_than: float) -> int:
+        cursor = await conn.execute(_PRUNE, [time.time() - older_than])
+        row = await cursor.fetchone()
+        return int(row[0]) if row else 0

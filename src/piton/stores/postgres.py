@@ -1,0 +1,351 @@
+"""PostgresStore: durable runs in PostgreSQL, on psycopg 3's asyncio API.
+
+``PostgresStore("postgresql://user@host/db")`` or ``postgresql://...?schema=name`` keeps
+runs in the tables of one schema (default ``piton``), so several applications, or tests,
+can share a database. Several processes on several machines can share one schema: that
+is how workers scale out (DESIGN.md section 4).
+
+Connections. A store opens, per event loop, one connection for writes and a small pool
+(``pool_size``, default 4) for reads and ``prune``, all in autocommit mode, opened when
+first needed and kept while idle. Not psycopg_pool: its pool runs background tasks and
+threads bound to the loop that opened it, while ``run_sync`` runs each call on a fresh
+loop; what piton needs (a semaphore and a list of idle connections, dropped with their
+loop) is a few lines, and needs no extra dependency. Every wait is an ``await`` on a
+non-blocking socket; nothing blocks the loop.
+
+Group commit. All writes go to the writer, which runs whatever queued while it was busy
+as one batch: the plain commits (a running run appending entries) in ONE statement,
+``UPDATE runs ... FROM unnest(...) WHERE epoch = .. AND seq = .. RETURNING`` chained to
+multi-row inserts of their entries and stream events; every other write in one
+transaction, a savepoint each, so a request that fails (``LeaseLost``) changes nothing
+and does not disturb the others. A deadlock with another process reruns the batch.
+
+Fencing. A commit's epoch and expected seq are checked in the statement (or, for other
+commits, under the row lock of ``SELECT ... FOR UPDATE``) that appends its entries: a
+process that lost its lease cannot write. ``claim`` reads the run's row with
+``FOR UPDATE SKIP LOCKED``: a run whose row another transaction is changing right now is
+being worked on, so the claim gives way at once (returns None) instead of queueing;
+``prune`` skips such runs too. ``runnable`` is a plain read: the claim decides.
+
+Times are the client's ``time.time()``, as in every store: lease expiry compares clocks
+across machines, so keep them in sync (NTP) and leases well above the skew.
+
+The schema lives in numbered files under ``migrations/postgres/``, applied under an
+advisory lock and recorded in the table ``piton_schema``; a schema from a newer piton is
+refused. Errors from psycopg leave as ``StoreUnavailable`` (server down or restarting,
+lock timeout, out of resources) or ``StoreError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import weakref
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from piton.errors import StoreError, WorkflowConfigurationError
+from piton.stores.base import CommitRequest, Loaded, RunRecord, Store, age_in_seconds
+
+try:
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from piton.stores._postgres_engine import (
+        Connector,
+        Engine,
+        Op,
+        WriteJob,
+        migrate,
+        migrations,
+    )
+    from piton.stores._postgres_ops import PostgresOps
+except ImportError as exc:  # the `postgres` extra is not installed
+    if not (exc.name or "").startswith("psycopg"):
+        raise
+    _MISSING: ImportError | None = exc
+else:
+    _MISSING = None
+
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_OPTIONS = ("schema", "pool_size", "lock_timeout")  # piton's own URL options; the rest is libpq's
+
+
+class PostgresStore(Store):
+    """Runs kept in a PostgreSQL schema. ``PostgresStore("postgresql://host/db")``.
+
+    ``schema`` (or ``?schema=`` in the URL; default ``piton``) is created if missing.
+    ``lease`` is how long (seconds) a claim lasts without renewal. ``pool_size`` is how
+    many connections serve reads, besides the one that writes. ``lock_timeout`` is how long
+    (seconds) a write waits for a row another transaction holds before failing with
+    ``StoreUnavailable``. Other query parameters are passed to libpq (``sslmode``,
+    ``connect_timeout``, ``application_name``, ...).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        lease: float = 15.0,
+        pool_size: int | None = None,
+        lock_timeout: float | None = None,
+    ) -> None:
+        if _MISSING is not None:
+            raise WorkflowConfigurationError(
+                f"PostgresStore ({_redact(url)!r}) needs psycopg 3: pip install "
+                f"'piton[postgres]' ({_MISSING})."
+            ) from _MISSING
+        super().__init__()
+        conninfo, options, libpq = _parse_url(url)
+        self.schema = _option(url, "schema", schema, options, str, "piton")
+        self.pool_size = _option(url, "pool_size", pool_size, options, int, 4)
+        self.lock_timeout = _option(url, "lock_timeout", lock_timeout, options, float, 10.0)
+        if not _SCHEMA_NAME.match(self.schema):
+            raise WorkflowConfigurationError(
+                f"PostgresStore(schema={self.schema!r}): use letters, digits and underscores, "
+                "starting with a letter or underscore, at most 63 characters."
+            )
+        if not self.pool_size >= 1:
+            raise WorkflowConfigurationError(
+                f"PostgresStore(pool_size={self.pool_size!r}): give at least 1 connection."
+            )
+        if not self.lock_timeout > 0:
+            raise WorkflowConfigurationError(
+                f"PostgresStore(lock_timeout={self.lock_timeout!r}): give seconds > 0."
+            )
+        if not (isinstance(lease, int | float) and lease > 0):
+            raise WorkflowConfigurationError(f"PostgresStore(lease={lease!r}): give seconds > 0.")
+        self.lease = float(lease)
+        self.url = _redact(url)  # a password never reaches a message or a log
+        named = "" if "schema" in options else f" (schema '{self.schema}')"
+        where = f"PostgreSQL store '{self.url}'{named}"
+        host = libpq.get("host") or libpq.get("hostaddr") or "localhost"
+        dbname = libpq.get("dbname") or libpq.get("user") or ""
+        self._identity = (
+            f"postgresql://{host}:{libpq.get('port') or 5432}/{dbname}?schema={self.schema}"
+        )
+        defaults: dict[str, str | int] = {"connect_timeout": 10, "application_name": "piton"}
+        conninfo = make_conninfo(
+            conninfo, **{key: value for key, value in defaults.items() if key not in libpq}
+        )
+        self._connector = Connector(conninfo, self.schema, self.lock_timeout, where)
+        self._ops = PostgresOps(self.url, where, self.owner)
+        self._engines: dict[asyncio.AbstractEventLoop, Engine] = {}
+        self._retired = [0, 0]  # transactions, commits of engines closed so far
+        self._ready = False
+        self._closed = False
+        # a store nobody closed: close its connections when it is collected, or at exit
+        self._finalizer = weakref.finalize(self, _abandon_all, self._engines)
+
+    @property
+    def identity(self) -> str:
+        """Host, port, database and schema: store objects on one schema share live runs."""
+        return self._identity
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, create or migrate the schema. Idempotent."""
+        if self._ready:
+            return
+        self._closed = False
+        schema, where = self.schema, self._connector.where
+        await self._engine().pool.run(lambda conn: migrate(conn, schema, where))
+        self._ready = True
+
+    async def close(self) -> None:
+        """Finish the queued writes and close every connection. ``open()`` starts again."""
+        self._closed, self._ready = True, False
+        loop = asyncio.get_running_loop()
+        for engine_loop, engine in list(self._engines.items()):
+            self._retire(engine_loop)
+            if engine_loop is loop:
+                await engine.aclose()
+            elif engine_loop.is_closed() or not engine_loop.is_running():
+                engine.abandon()
+            else:  # a loop running in another thread: close its connections there
+                engine_loop.call_soon_threadsafe(engine.abandon)
+
+    def _engine(self) -> Engine:
+        loop = asyncio.get_running_loop()
+        engine = self._engines.get(loop)
+        if engine is None:
+            for old in [old for old in self._engines if old.is_closed()]:
+                self._retire(old).abandon()  # run_sync's loops: each one ends for good
+            engine = Engine(self._connector, self.pool_size, self._ops.commit_plain)
+            self._engines[loop] = engine
+        return engine
+
+    def _retire(self, loop: asyncio.AbstractEventLoop) -> Engine:
+        engine = self._engines.pop(loop)
+        self._retired[0] += engine.writer.transactions
+        self._retired[1] += engine.writer.commits
+        return engine
+
+    @property
+    def transactions(self) -> int:
+        """Write transactions committed so far (a group commit counts once)."""
+        return self._retired[0] + sum(e.writer.transactions for e in self._engines.values())
+
+    @property
+    def commits(self) -> int:
+        """``commit`` requests applied so far."""
+        return self._retired[1] + sum(e.writer.commits for e in self._engines.values())
+
+    async def _ready_engine(self) -> Engine:
+        if not self._ready:
+            if self._closed:
+                raise StoreError(
+                    f"{self._connector.where} is closed; call `await store.open()` to use it again."
+                )
+            await self.open()
+        return self._engine()
+
+    async def _read(self, op: Op) -> Any:
+        return await (await self._ready_engine()).pool.run(op)
+
+    async def _write(
+        self, op: Op, *, run_id: str | None = None, request: CommitRequest | None = None
+    ) -> Any:
+        engine = await self._ready_engine()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        engine.writer.submit(WriteJob(op, future, run_id, request))
+        return await future
+
+    # -- the Store protocol ---------------------------------------------------------------
+
+    async def create(self, record: RunRecord, entries: list[str], stream: list[str]) -> bool:
+        record, entries, stream = replace(record), list(entries), list(stream)
+        result: bool = await self._write(
+            lambda c: self._ops.create(c, record, entries, stream), run_id=record.run_id
+        )
+        return result
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        result: RunRecord | None = await self._read(lambda c: self._ops.get(c, run_id))
+        return result
+
+    async def claim(self, run_id: str, owner: str, lease: float) -> int | None:
+        result: int | None = await self._write(
+            lambda c: self._ops.claim(c, run_id, owner, lease), run_id=run_id
+        )
+        return result
+
+    async def load(self, run_id: str) -> Loaded:
+        result: Loaded = await self._read(lambda c: self._ops.load(c, run_id))
+        return result
+
+    async def commit(self, request: CommitRequest) -> None:
+        # the writer reads ``request`` before this returns: callers must not change it meanwhile
+        await self._write(
+            lambda c: self._ops.commit(c, request), run_id=request.run_id, request=request
+        )
+
+    async def renew(self, run_ids: list[tuple[str, int]], owner: str, lease: float) -> list[str]:
+        runs = list(run_ids)
+        result: list[str] = await self._write(lambda c: self._ops.renew(c, runs, owner, lease))
+        return result
+
+    async def deliver(self, run_id: str, event: str, step: str | None = None) -> None:
+        await self._write(lambda c: self._ops.deliver(c, run_id, event, step), run_id=run_id)
+
+    async def runnable(self, workflows: list[str], now: float, limit: int = 100) -> list[RunRecord]:
+        names = list(workflows)
+        result: list[RunRecord] = await self._read(
+            lambda c: self._ops.runnable(c, names, now, limit)
+        )
+        return result
+
+    async def list_runs(
+        self, *, status: str | None = None, workflow: str | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        result: list[RunRecord] = await self._read(
+            lambda c: self._ops.list_runs(c, status, workflow, limit)
+        )
+        return result
+
+    async def prune(self, older_than: float | timedelta) -> int:
+        seconds = age_in_seconds(older_than)
+        result: int = await self._read(lambda c: self._ops.prune(c, seconds))
+        return result
+
+
+def _abandon_all(engines: dict[asyncio.AbstractEventLoop, Engine]) -> None:
+    for engine in engines.values():
+        engine.abandon()
+    engines.clear()
+
+
+# --- the URL ----------------------------------------------------------------------------------
+
+
+def _redact(url: str) -> str:
+    """The URL with its password replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
+
+
+def _parse_url(url: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """(libpq connection string, piton's options, the libpq parameters it sets)."""
+    try:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError as exc:
+        raise WorkflowConfigurationError(
+            f"Store URL {_redact(url)!r} is not a URL ({exc})."
+        ) from exc
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise WorkflowConfigurationError(
+            f"Store URL {_redact(url)!r} is not a PostgreSQL URL: use "
+            "postgresql://user@host:port/database?schema=name."
+        )
+    options = {key: value for key, value in query if key in _OPTIONS}
+    rest = [(key, value) for key, value in query if key not in _OPTIONS]
+    conninfo = urlunsplit(parts._replace(query=urlencode(rest)))
+    try:
+        libpq = conninfo_to_dict(conninfo)
+    except ProgrammingError as exc:
+        raise WorkflowConfigurationError(
+            f"Store URL {_redact(url)!r}: {exc}. piton's own options are "
+            f"{', '.join(_OPTIONS)}; the others go to libpq."
+        ) from exc
+    return conninfo, options, libpq
+
+
+def _option(
+    url: str,
+    name: str,
+    given: Any,
+    options: dict[str, str],
+    kind: type[Any],
+    default: Any,
+) -> Any:
+    """An option from the keyword argument or the URL (both: they must agree), else the default."""
+    if name in options:
+        try:
+            value = kind(options[name])
+        except ValueError:
+            raise WorkflowConfigurationError(
+                f"Store URL {_redact(url)!r}: {name}={options[name]!r} is not a {kind.__name__}."
+            ) from None
+        if given is not None and given != value:
+            raise WorkflowConfigurationError(
+                f"PostgresStore({name}={given!r}) disagrees with {name}={options[name]} in the "
+                "URL; give it once."
+            )
+        return value
+    return default if given is None else given
+
+
+__all__ = ["PostgresStore", "migrations"]
