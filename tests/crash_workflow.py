@@ -1,5 +1,7 @@
 """A durable workflow for tests/test_crash.py, run as a subprocess and killed with SIGKILL.
 
+DB is a SQLite file or a store URL (postgresql://..., redis://...).
+
     python crash_workflow.py run  DB RUN_ID SIDE_EFFECTS   # start or resume; prints the result
     python crash_workflow.py park DB RUN_ID SIDE_EFFECTS   # start a run that parks; prints "parked"
     python crash_workflow.py send DB RUN_ID SIDE_EFFECTS   # wake the parked run; prints the result
@@ -145,7 +147,7 @@ class ParkFlow(Workflow):
 
 
 async def main(mode: str, db: str, run_id: str) -> None:
-    url = "sqlite:///" + db
+    url = db if "://" in db else "sqlite:///" + db  # a store URL, or a SQLite file
     if mode == "run":
         result = await CrashFlow(store=url).run(run_id=run_id)
         print(json.dumps(result), flush=True)

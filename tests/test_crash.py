@@ -28,7 +28,9 @@ import crash_workflow as cw  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-def _spawn(mode: str, db: Path, run_id: str, effects: Path, **env: str) -> subprocess.Popen[str]:
+def _spawn(
+    mode: str, db: Path | str, run_id: str, effects: Path, **env: str
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, str(SCRIPT), mode, str(db), run_id, str(effects)],
         stdout=subprocess.PIPE,
@@ -73,9 +75,30 @@ TRIALS = int(os.environ.get("PITON_CRASH_TRIALS") or 8)
 def test_random_kills_resume_to_the_same_result(
     seed: int, tmp_path: Path, reference: tuple[Any, set[str]]
 ) -> None:
+    _random_kills(seed, str(tmp_path / "runs.db"), tmp_path / "effects.txt", reference)
+
+
+@pytest.mark.parametrize("seed", [101, 102, 103])
+def test_random_kills_on_postgres(
+    seed: int, tmp_path: Path, postgres_url: str, reference: tuple[Any, set[str]]
+) -> None:
+    import psycopg
+    from psycopg import sql
+
+    schema = f"piton_crash_{seed}_{os.getpid()}"
+    try:
+        target = f"{postgres_url}?schema={schema}"
+        _random_kills(seed, target, tmp_path / "effects.txt", reference)
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def _random_kills(seed: int, db: str, effects: Path, reference: tuple[Any, set[str]]) -> None:
+    """Kill the run 2-3 times at random moments, then let it finish; compare with the reference."""
     expected_result, expected_lines = reference
     rng = random.Random(seed)
-    db, effects, run_id = tmp_path / "runs.db", tmp_path / "effects.txt", f"trial-{seed}"
+    run_id = f"trial-{seed}"
     kills = rng.randint(2, 3)
     for n in range(kills):
         proc = _spawn("run", db, run_id, effects)
