@@ -505,6 +505,45 @@ async def test_resume_without_waiting_step_is_incompatible(tmp_path: Path) -> No
         await asyncio.wait_for(h2, 10)
 
 
+class Extra(Event):
+    n: int
+
+
+async def test_resume_with_new_steps_and_changed_bodies_works(tmp_path: Path) -> None:
+    class Grow(Workflow):
+        @step
+        async def ask(self, ev: StartEvent, ctx: Context) -> Mid:
+            answer = await ctx.wait_for_event(HumanResponseEvent)
+            return Mid(n=len(answer.response))
+
+        @step
+        async def done(self, ev: Mid, ctx: Context) -> StopEvent:
+            return StopEvent(result=ev.n)
+
+    store = SqliteStore(tmp_path / "runs.db")
+    handler = Grow(store=store).run(run_id="grow")
+    await _wait_status(store, "grow", {"parked"})
+    await _stop_listening(handler)
+
+    class Grow(Workflow):  # type: ignore[no-redef]  # a deploy: new bodies, a new step
+        @step
+        async def ask(self, ev: StartEvent, ctx: Context) -> Mid:
+            answer = await ctx.wait_for_event(HumanResponseEvent)
+            return Mid(n=10 * len(answer.response))
+
+        @step
+        async def done(self, ev: Mid, ctx: Context) -> Extra:
+            return Extra(n=ev.n + 1)
+
+        @step
+        async def extra(self, ev: Extra, ctx: Context) -> StopEvent:
+            return StopEvent(result=f"new code: {ev.n}")
+
+    h2 = Grow(store=SqliteStore(tmp_path / "runs.db")).run(run_id="grow")
+    await h2.send_event(HumanResponseEvent(response="yes"))
+    assert await asyncio.wait_for(h2, 10) == "new code: 31"
+
+
 # -- durable stream, compaction, pruning -----------------------------------------------------
 
 
