@@ -544,6 +544,65 @@ async def test_resume_with_new_steps_and_changed_bodies_works(tmp_path: Path) ->
     assert await asyncio.wait_for(h2, 10) == "new code: 31"
 
 
+EVOLVE_V1 = textwrap.dedent(
+    """
+    import asyncio, sys
+    from piton import Context, Event, HumanResponseEvent, StartEvent, StopEvent, Workflow, step
+
+    class Gone(Event):
+        n: int
+
+    class Evolve(Workflow):
+        @step
+        async def start(self, ev: StartEvent, ctx: Context) -> Gone:
+            return Gone(n=1)
+
+        @step
+        async def use(self, ev: Gone, ctx: Context) -> StopEvent:
+            answer = await ctx.wait_for_event(HumanResponseEvent)
+            return StopEvent(result=answer.response)
+
+    async def main():
+        store = sys.argv[1]
+        handler = Evolve(store=store).run(run_id="evolve")
+        reader = Evolve(store=store).store
+        while getattr(await reader.get("evolve"), "status", None) != "parked":
+            await asyncio.sleep(0.02)
+        print("parked", flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_resume_without_a_needed_event_type_names_it(tmp_path: Path) -> None:
+    """Run by a process whose code had event type Gone; resumed by code without it."""
+    (tmp_path / "evolve_v1.py").write_text(EVOLVE_V1)
+    script = f"import sys; sys.path[:0] = [{SRC!r}, {str(tmp_path)!r}]; import evolve_v1"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, _url(tmp_path), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    assert out.decode().strip() == "parked"
+
+    class Other(Event):
+        n: int
+
+    class Evolve(Workflow):
+        @step
+        async def start(self, ev: StartEvent, ctx: Context) -> Other:
+            return Other(n=1)
+
+        @step
+        async def use(self, ev: Other, ctx: Context) -> StopEvent:
+            return StopEvent(result="new")
+
+    handler = Evolve(store=_url(tmp_path)).run(run_id="evolve")
+    await handler.send_event(HumanResponseEvent(response="late"))
+    with pytest.raises(IncompatibleWorkflowChange, match="evolve_v1.Gone"):
+        await asyncio.wait_for(handler, 10)
+
+
 # -- durable stream, compaction, pruning -----------------------------------------------------
 
 
