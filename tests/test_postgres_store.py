@@ -476,3 +476,36 @@ async def test_durable_workflow_on_postgres(url: str) -> None:
         for workflow in made:
             assert workflow.store is not None
             await workflow.store.close()
+
+
+async def test_a_worker_is_woken_by_notify_not_by_its_poll(url: str) -> None:
+    """An event delivered from another connection wakes an idle worker at once, although
+    it would poll only every 30 s."""
+    from piton import Worker
+    from piton.serde import JsonSerializer
+
+    owner = Approve(store=url)
+    first = owner.run(run_id="notify-1")
+    assert owner.store is not None
+    deadline = time.monotonic() + 5
+    while getattr(await owner.store.get("notify-1"), "status", None) != "parked":
+        assert time.monotonic() < deadline, "the run never parked"
+        await asyncio.sleep(0.01)
+    first.cancel()  # nobody listens any more: the run stays parked in the store
+
+    worker_store = PostgresStore(url)
+    sender = PostgresStore(url)
+    try:
+        async with Worker(worker_store, workflows=[Approve], poll_interval=30) as worker:
+            await asyncio.sleep(0.3)  # the worker's first poll found nothing; it now waits
+            started = time.monotonic()
+            text = JsonSerializer().dumps(HumanResponseEvent(response="now"), "event")
+            await sender.deliver("notify-1", text)
+            while getattr(await sender.get("notify-1"), "status", None) != "completed":
+                assert time.monotonic() - started < 5, "the worker was not woken"
+                await asyncio.sleep(0.02)
+            assert worker.poll_interval == 30
+        assert await Approve(store=url).run(run_id="notify-1") == "answer: now"
+    finally:
+        for store in (worker_store, sender, owner.store):
+            await store.close()

@@ -584,8 +584,19 @@ class RunDriver:
             if record.status == "parked" and record.wake_at is not None:
                 timeout = min(timeout, max(record.wake_at - now, 0.0))
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await self._sleep_until_woken(timeout)
+
+    async def _sleep_until_woken(self, timeout: float) -> None:
+        """Until this process sends the run something, the store says another process did,
+        or ``timeout`` passes."""
+        woken = self.loop.create_task(self._wake.wait())
+        told = self.loop.create_task(self.store.wait_for_work(timeout))
+        told.add_done_callback(_ignore_failure)  # a store that cannot listen: we poll anyway
+        try:
+            await asyncio.wait({woken, told}, timeout=timeout, return_when="FIRST_COMPLETED")
+        finally:
+            woken.cancel()
+            told.cancel()
 
 
 class _LeaseKeeper:
@@ -643,6 +654,11 @@ class _LeaseKeeper:
             if record is not None and record.inbox > 0 and not run.done and not run.parked:
                 loaded = await store.load(driver.run_id)
                 driver._take_inbox(run, loaded.inbox)
+
+
+def _ignore_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _done_future(loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:

@@ -89,7 +89,10 @@ class Worker:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.poll_interval)
+            try:  # woken early when the store can tell (a delivered event)
+                await self.store.wait_for_work(self.poll_interval)
+            except Exception:  # noqa: BLE001 - the store is down: poll again later
+                await asyncio.sleep(self.poll_interval)
             with contextlib.suppress(Exception):
                 await self.poll()
 

@@ -351,19 +351,74 @@ def _check(exc: psycopg.Error, conn: Conn) -> None:
         raise _Retry(exc) from exc
 
 
-class Engine:
-    """What a store uses on one event loop: the writer and the read pool."""
+class Listener:
+    """One connection that LISTENs on the schema's channel and wakes whoever waits.
 
-    def __init__(self, connector: Connector, pool_size: int, fast_commit: FastCommit) -> None:
+    Opened by the first ``wait``; if it breaks, waiters fall back to their timeout and the
+    next ``wait`` opens it again.
+    """
+
+    def __init__(self, connector: Connector, channel: str) -> None:
+        self.connector = connector
+        self.channel = channel
+        self.waiters: set[asyncio.Future[None]] = set()
+        self.task: asyncio.Task[None] | None = None
+        self.conn: Conn | None = None
+
+    async def wait(self, timeout: float) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._listen())
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.add(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self.waiters.discard(waiter)
+
+    async def _listen(self) -> None:
+        try:
+            self.conn = conn = await self.connector.connect()
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+            async for _ in conn.notifies():
+                waiters, self.waiters = self.waiters, set()
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+        except (psycopg.Error, StoreError):
+            pass  # the server went away: waiters time out and poll, the next wait reconnects
+        finally:
+            if self.conn is not None:
+                discard(self.conn)
+                self.conn = None
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self.conn is not None:
+            discard(self.conn)
+            self.conn = None
+
+
+class Engine:
+    """What a store uses on one event loop: the writer, the read pool, the listener."""
+
+    def __init__(
+        self, connector: Connector, pool_size: int, fast_commit: FastCommit, channel: str
+    ) -> None:
         self.writer = Writer(connector, fast_commit)
         self.pool = Pool(connector, pool_size)
+        self.listener = Listener(connector, channel)
 
     async def aclose(self) -> None:
+        self.listener.close()
         self.pool.close()
         await self.writer.aclose()
 
     def abandon(self) -> None:
         """Close every connection now: the loop is gone, or so is the store."""
+        self.listener.close()
         self.pool.close()
         self.writer.abandon()
 

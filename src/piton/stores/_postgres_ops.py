@@ -215,8 +215,9 @@ def is_plain(r: CommitRequest) -> bool:
 class PostgresOps:
     """The Store operations as SQL; ``where`` names the store in error messages."""
 
-    def __init__(self, url: str, where: str, owner: str) -> None:
+    def __init__(self, url: str, where: str, owner: str, channel: str = "") -> None:
         self.url, self.where, self.owner = url, where, owner
+        self.channel = channel  # NOTIFY channel of the schema: work for a waiting worker
         self.host_prefix = socket.gethostname() + "/"
 
     def _missing(self, run_id: str) -> RunNotFound:
@@ -352,6 +353,8 @@ class PostgresOps:
         cursor = await conn.execute(_DELIVER, [run_id, event, step, time.time()])
         if await cursor.fetchone() is None:
             raise self._missing(run_id)
+        if self.channel:  # sent when the transaction commits, to every LISTENing worker
+            await conn.execute("SELECT pg_notify(%s, %s)", [self.channel, run_id])
 
     # -- reads: a pooled connection in autocommit mode --------------------------------------
 

@@ -18,6 +18,7 @@ Rules every backend keeps (``piton.testing.check_store`` checks them):
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
@@ -149,6 +150,15 @@ class Store(ABC):
     async def list_runs(
         self, *, status: str | None = None, workflow: str | None = None, limit: int = 100
     ) -> list[RunRecord]: ...
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return once a run may need a worker (an event was delivered to it from another
+        process), or after ``timeout`` seconds.
+
+        Backends that can be told (PostgreSQL's LISTEN/NOTIFY) return early; this default
+        waits out the timeout, and the caller polls.
+        """
+        await asyncio.sleep(timeout)
 
     @abstractmethod
     async def prune(self, older_than: float | timedelta) -> int:

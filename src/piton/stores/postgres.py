@@ -39,6 +39,7 @@ lock timeout, out of resources) or ``StoreError``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import weakref
 from dataclasses import replace
@@ -132,7 +133,8 @@ class PostgresStore(Store):
             conninfo, **{key: value for key, value in defaults.items() if key not in libpq}
         )
         self._connector = Connector(conninfo, self.schema, self.lock_timeout, where)
-        self._ops = PostgresOps(self.url, where, self.owner)
+        self._channel = _channel(self.schema)
+        self._ops = PostgresOps(self.url, where, self.owner, self._channel)
         self._engines: dict[asyncio.AbstractEventLoop, Engine] = {}
         self._retired = [0, 0]  # transactions, commits of engines closed so far
         self._ready = False
@@ -175,7 +177,7 @@ class PostgresStore(Store):
         if engine is None:
             for old in [old for old in self._engines if old.is_closed()]:
                 self._retire(old).abandon()  # run_sync's loops: each one ends for good
-            engine = Engine(self._connector, self.pool_size, self._ops.commit_plain)
+            engine = Engine(self._connector, self.pool_size, self._ops.commit_plain, self._channel)
             self._engines[loop] = engine
         return engine
 
@@ -267,10 +269,24 @@ class PostgresStore(Store):
         )
         return result
 
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when an event is delivered to a run of this schema (LISTEN/NOTIFY, from
+        any process), or after ``timeout`` seconds."""
+        engine = await self._ready_engine()
+        await engine.listener.wait(timeout)
+
     async def prune(self, older_than: float | timedelta) -> int:
         seconds = age_in_seconds(older_than)
         result: int = await self._read(lambda c: self._ops.prune(c, seconds))
         return result
+
+
+def _channel(schema: str) -> str:
+    """The NOTIFY channel of a schema (an identifier of at most 63 bytes)."""
+    name = f"piton_{schema}"
+    if len(name) <= 63:
+        return name
+    return "piton_" + hashlib.sha1(schema.encode()).hexdigest()
 
 
 def _abandon_all(engines: dict[asyncio.AbstractEventLoop, Engine]) -> None:
