@@ -94,6 +94,23 @@ def test_random_kills_on_postgres(
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
+@pytest.mark.parametrize("seed", [201, 202, 203])
+def test_random_kills_on_redis(
+    seed: int, tmp_path: Path, redis_url: str, reference: tuple[Any, set[str]]
+) -> None:
+    import redis
+
+    prefix = f"piton_crash_{seed}_{os.getpid()}"
+    try:
+        _random_kills(seed, f"{redis_url}?prefix={prefix}", tmp_path / "effects.txt", reference)
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
 def _random_kills(seed: int, db: str, effects: Path, reference: tuple[Any, set[str]]) -> None:
     """Kill the run 2-3 times at random moments, then let it finish; compare with the reference."""
     expected_result, expected_lines = reference

@@ -421,3 +421,22 @@ async def test_full_disk_is_store_unavailable_and_loses_nothing(store: SqliteSto
     await on_db_thread(store, lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
     await store.commit(CommitRequest("r", 1, 2, ["x" * 200_000]))
     assert (await store.load("r")).record.seq == 3
+
+
+async def test_a_notice_that_found_no_waiter_is_kept_for_the_next_wait() -> None:
+    """A worker busy polling when an event is delivered polls again at once."""
+    from piton.stores._wakeups import Waiters
+
+    waiters = Waiters()
+    waiters.wake()  # nobody waits
+    started = time.monotonic()
+    await waiters.wait(5.0)
+    assert time.monotonic() - started < 1.0
+    started = time.monotonic()
+    await waiters.wait(0.1)  # the notice was used up
+    assert time.monotonic() - started >= 0.09
+    waiting = asyncio.create_task(waiters.wait(5.0))
+    await asyncio.sleep(0.01)
+    waiters.wake()
+    await asyncio.wait_for(waiting, 1.0)
+    assert not waiters.pending

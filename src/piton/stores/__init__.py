@@ -17,11 +17,16 @@ from piton.stores.sqlite import SqliteStore as SqliteStore
 
 
 def __getattr__(name: str) -> Any:
-    """``PostgresStore`` is imported on first use: psycopg is an optional dependency."""
+    """``PostgresStore`` and ``RedisStore`` are imported on first use: psycopg and redis-py
+    are optional dependencies."""
     if name == "PostgresStore":
         from piton.stores.postgres import PostgresStore
 
         return PostgresStore
+    if name == "RedisStore":
+        from piton.stores.redis import RedisStore
+
+        return RedisStore
     raise AttributeError(f"module 'piton.stores' has no attribute {name!r}")
 
 
@@ -30,6 +35,7 @@ __all__ = [
     "Loaded",
     "MemoryStore",
     "PostgresStore",
+    "RedisStore",
     "RunRecord",
     "SqliteStore",
     "Store",

@@ -25,6 +25,7 @@ from psycopg.pq import TransactionStatus
 
 from piton.errors import StoreError, StoreUnavailable
 from piton.stores._postgres_ops import Conn, is_plain
+from piton.stores._wakeups import Waiters
 from piton.stores.base import CommitRequest
 
 Op: TypeAlias = Callable[[Conn], Awaitable[Any]]
@@ -361,31 +362,22 @@ class Listener:
     def __init__(self, connector: Connector, channel: str) -> None:
         self.connector = connector
         self.channel = channel
-        self.waiters: set[asyncio.Future[None]] = set()
+        self.waiters = Waiters()
         self.task: asyncio.Task[None] | None = None
         self.conn: Conn | None = None
 
     async def wait(self, timeout: float) -> None:
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._listen())
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiters.add(waiter)
-        try:
-            await asyncio.wait_for(waiter, timeout)
-        except TimeoutError:
-            pass
-        finally:
-            self.waiters.discard(waiter)
+        await self.waiters.wait(timeout)
 
     async def _listen(self) -> None:
         try:
             self.conn = conn = await self.connector.connect()
             await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+            self.waiters.wake()  # what was delivered before we listened: look once
             async for _ in conn.notifies():
-                waiters, self.waiters = self.waiters, set()
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_result(None)
+                self.waiters.wake()
         except (psycopg.Error, StoreError):
             pass  # the server went away: waiters time out and poll, the next wait reconnects
         finally:

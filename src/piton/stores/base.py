@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 from piton.errors import WorkflowConfigurationError
 
@@ -215,6 +215,20 @@ def owner_is_dead(owner: str | None) -> bool:
     return start != parts[2]
 
 
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
+
+
 def age_in_seconds(older_than: float | timedelta) -> float:
     """``prune``'s argument as seconds, refusing what cannot be an age."""
     if isinstance(older_than, timedelta):
@@ -281,12 +295,12 @@ def open_store(url: str | Store) -> Store:
         return PostgresStore(url)
     if scheme in ("redis", "rediss"):
         try:
-            from .redis import RedisStore  # type: ignore[import-not-found,unused-ignore]
+            from .redis import RedisStore
         except ImportError as exc:
             raise WorkflowConfigurationError(
                 f"Store URL {url!r} needs the Redis backend: pip install 'piton[redis]'."
             ) from exc
-        return RedisStore(url)  # type: ignore[no-any-return,unused-ignore]
+        return RedisStore(url)
     raise WorkflowConfigurationError(
         f"Unknown store URL {url!r}. Use sqlite:///path.db, memory://, postgresql://... or redis://..."
     )

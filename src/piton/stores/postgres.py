@@ -48,7 +48,14 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from piton.errors import StoreError, WorkflowConfigurationError
-from piton.stores.base import CommitRequest, Loaded, RunRecord, Store, age_in_seconds
+from piton.stores.base import (
+    CommitRequest,
+    Loaded,
+    RunRecord,
+    Store,
+    age_in_seconds,
+    redact_url,
+)
 
 try:
     from psycopg import ProgrammingError
@@ -96,7 +103,7 @@ class PostgresStore(Store):
     ) -> None:
         if _MISSING is not None:
             raise WorkflowConfigurationError(
-                f"PostgresStore ({_redact(url)!r}) needs psycopg 3: pip install "
+                f"PostgresStore ({redact_url(url)!r}) needs psycopg 3: pip install "
                 f"'piton[postgres]' ({_MISSING})."
             ) from _MISSING
         super().__init__()
@@ -120,7 +127,7 @@ class PostgresStore(Store):
         if not (isinstance(lease, int | float) and lease > 0):
             raise WorkflowConfigurationError(f"PostgresStore(lease={lease!r}): give seconds > 0.")
         self.lease = float(lease)
-        self.url = _redact(url)  # a password never reaches a message or a log
+        self.url = redact_url(url)  # a password never reaches a message or a log
         named = "" if "schema" in options else f" (schema '{self.schema}')"
         where = f"PostgreSQL store '{self.url}'{named}"
         host = libpq.get("host") or libpq.get("hostaddr") or "localhost"
@@ -298,20 +305,6 @@ def _abandon_all(engines: dict[asyncio.AbstractEventLoop, Engine]) -> None:
 # --- the URL ----------------------------------------------------------------------------------
 
 
-def _redact(url: str) -> str:
-    """The URL with its password replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return url
-    if not password:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    name = user.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
-
-
 def _parse_url(url: str) -> tuple[str, dict[str, str], dict[str, Any]]:
     """(libpq connection string, piton's options, the libpq parameters it sets)."""
     try:
@@ -319,11 +312,11 @@ def _parse_url(url: str) -> tuple[str, dict[str, str], dict[str, Any]]:
         query = parse_qsl(parts.query, keep_blank_values=True)
     except ValueError as exc:
         raise WorkflowConfigurationError(
-            f"Store URL {_redact(url)!r} is not a URL ({exc})."
+            f"Store URL {redact_url(url)!r} is not a URL ({exc})."
         ) from exc
     if parts.scheme not in ("postgres", "postgresql"):
         raise WorkflowConfigurationError(
-            f"Store URL {_redact(url)!r} is not a PostgreSQL URL: use "
+            f"Store URL {redact_url(url)!r} is not a PostgreSQL URL: use "
             "postgresql://user@host:port/database?schema=name."
         )
     options = {key: value for key, value in query if key in _OPTIONS}
@@ -333,7 +326,7 @@ def _parse_url(url: str) -> tuple[str, dict[str, str], dict[str, Any]]:
         libpq = conninfo_to_dict(conninfo)
     except ProgrammingError as exc:
         raise WorkflowConfigurationError(
-            f"Store URL {_redact(url)!r}: {exc}. piton's own options are "
+            f"Store URL {redact_url(url)!r}: {exc}. piton's own options are "
             f"{', '.join(_OPTIONS)}; the others go to libpq."
         ) from exc
     return conninfo, options, libpq
@@ -353,7 +346,7 @@ def _option(
             value = kind(options[name])
         except ValueError:
             raise WorkflowConfigurationError(
-                f"Store URL {_redact(url)!r}: {name}={options[name]!r} is not a {kind.__name__}."
+                f"Store URL {redact_url(url)!r}: {name}={options[name]!r} is not a {kind.__name__}."
             ) from None
         if given is not None and given != value:
             raise WorkflowConfigurationError(

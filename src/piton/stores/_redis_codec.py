@@ -1,0 +1,218 @@
+"""How RedisStore writes runs into Redis values and reads them back.
+
+Script arguments are bytes (text encoded here, so text that cannot be stored fails only
+its own call, not the pipeline it would have joined); floats travel as ``repr`` (exact);
+an optional argument is ``''`` for None, else ``'='`` and the value. A run's hash holds
+its ``RunRecord`` fields as text, absent when None. ``Codec.loaded`` checks what ``load``
+read: a part that is damaged raises ``JournalCorrupted`` naming the run and the seq.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any, TypeAlias
+
+from piton.errors import JournalCorrupted, LeaseLost, RunNotFound, StoreError
+from piton.stores.base import FINAL_STATUSES, CommitRequest, Loaded, RunRecord
+
+Arg: TypeAlias = bytes | str | int | float
+
+FIELDS = tuple(f.name for f in fields(RunRecord))
+_INTS = frozenset({"epoch", "seq", "inbox"})
+_FLOATS = frozenset({"lease_until", "wake_at", "created_at", "updated_at", "finished_at"})
+# what load() reads, in order: the name of each part, for errors
+PARTS = (
+    "the run's hash",
+    "the snapshot",
+    "the journal",
+    "the stream",
+    "the inbox",
+    "the inbox's steps",
+)
+
+
+def encode_arg(value: Arg | None) -> Arg:
+    """A script argument: text as UTF-8, a float as its exact ``repr``, None as ``''``."""
+    if isinstance(value, str):
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise StoreError(
+                f"Text cannot be stored in Redis: it is not valid Unicode ({exc.reason} at "
+                f"position {exc.start})."
+            ) from exc
+    if isinstance(value, float):
+        return repr(value)
+    if value is None:
+        return b""
+    return value
+
+
+def opt(value: str | float | None) -> bytes | None:
+    """An optional script argument: None stays None (sent as ``''``), else ``'='`` + value."""
+    if value is None:
+        return None
+    text = repr(float(value)) if isinstance(value, int | float) else value
+    return b"=" + text.encode("utf-8")
+
+
+def encode_record(record: RunRecord) -> list[Arg]:
+    """The run's hash as field, value, field, value, ...; None fields are left out."""
+    out: list[Arg] = []
+    for name in FIELDS:
+        value = getattr(record, name)
+        if value is None:
+            continue
+        if name in _INTS:
+            value = int(value)
+        elif name in _FLOATS:
+            value = float(value)
+        out += [name, value]
+    return out
+
+
+def commit_args(r: CommitRequest, now: float) -> list[Arg | None]:
+    """The commit script's arguments after the prefix (see ``_redis_scripts.COMMIT``)."""
+    return [
+        r.run_id,
+        r.epoch,
+        r.seq,
+        r.seq + len(r.entries),
+        now,
+        r.status,
+        int(r.status in FINAL_STATUSES),
+        int(r.release),
+        opt(r.result),
+        opt(r.error),
+        opt(r.wake_at),
+        opt(r.fingerprint),
+        opt(r.snapshot),
+        len(r.entries),
+        len(r.stream),
+        len(r.inbox_done),
+        *r.entries,
+        *r.stream,
+        *r.inbox_done,
+    ]
+
+
+class Codec:
+    """Reads records and loads; ``where`` and ``url`` name the store in errors."""
+
+    def __init__(self, where: str, url: str) -> None:
+        self.where, self.url = where, url
+
+    def missing(self, run_id: str) -> RunNotFound:
+        return RunNotFound(f"No run '{run_id}' in {self.url}.")
+
+    def damaged(self, run_id: str, what: str) -> JournalCorrupted:
+        return JournalCorrupted(
+            f"Run '{run_id}' cannot be loaded from {self.where}: {what}. Other runs are not "
+            "affected. Restore the data from a backup, or prune or delete this run."
+        )
+
+    def text(self, value: bytes, run_id: str, what: str) -> str:
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise self.damaged(
+                run_id, f"{what} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+            ) from exc
+
+    def number(self, value: bytes | None, run_id: str, what: str) -> int:
+        try:
+            return int(value or b"")
+        except ValueError:
+            raise self.damaged(run_id, f"{what} is {value!r}, not a number") from None
+
+    def committed(self, r: CommitRequest, reply: list[bytes]) -> None:
+        """The commit script's reply: nothing, or why it wrote nothing."""
+        kind = bytes(reply[0]).decode()
+        if kind == "ok":
+            return
+        if kind == "missing":
+            raise self.missing(r.run_id)
+        value = bytes(reply[1]).decode("utf-8", "replace")
+        if kind == "damaged":
+            raise JournalCorrupted(
+                f"Run '{r.run_id}' cannot be committed to {self.where}: the key '{value}' holds "
+                "another type of value, so nothing was written. Other runs are not affected. "
+                "Restore the data from a backup, or prune or delete this run."
+            )
+        if kind == "epoch":
+            raise LeaseLost(
+                f"Run '{r.run_id}' is now owned by another process (epoch {value}, ours "
+                f"{r.epoch}); this process stops working on it."
+            )
+        if kind == "released":
+            raise LeaseLost(
+                f"Run '{r.run_id}' was released (parked or finished) at epoch {value}; claim "
+                "it again before committing."
+            )
+        raise LeaseLost(f"Run '{r.run_id}' journal is at seq {value}, expected {r.seq}.")
+
+    def record(self, run_id: str, raw: dict[Any, Any]) -> RunRecord:
+        """The run's hash as a RunRecord."""
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            name = bytes(key).decode("utf-8", "replace")
+            if name not in FIELDS:
+                continue
+            text = self.text(value, run_id, f"the run's field '{name}'")
+            try:
+                values[name] = (
+                    int(text) if name in _INTS else float(text) if name in _FLOATS else text
+                )
+            except ValueError:
+                raise self.damaged(
+                    run_id, f"the run's field '{name}' is {text!r}, not a number"
+                ) from None
+        missing = [name for name in ("run_id", "workflow", "status") if name not in values]
+        if missing:
+            raise self.damaged(run_id, f"the run's hash has no {', '.join(missing)}")
+        return RunRecord(**values)
+
+    def loaded(
+        self,
+        record: RunRecord,
+        snapshot: dict[bytes, bytes],
+        journal: dict[bytes, bytes],
+        stream: list[bytes],
+        inbox: dict[bytes, bytes],
+        steps: dict[bytes, bytes],
+    ) -> Loaded:
+        """What ``load`` read, checked: the journal must run from the snapshot to the run's seq."""
+        run_id = record.run_id
+        snap_seq, data = 0, None
+        if snapshot:
+            snap_seq = self.number(snapshot.get(b"seq"), run_id, "the snapshot's seq")
+            if b"data" not in snapshot:
+                raise self.damaged(run_id, f"the snapshot at seq {snap_seq} is empty")
+            data = self.text(snapshot[b"data"], run_id, f"the snapshot at seq {snap_seq}")
+        numbered = sorted(
+            (self.number(seq, run_id, "a journal entry's seq"), body)
+            for seq, body in journal.items()
+        )
+        entries: list[tuple[int, str]] = []
+        for seq, body in numbered:
+            if seq <= snap_seq:
+                continue  # covered by the snapshot
+            expected = (entries[-1][0] if entries else snap_seq) + 1
+            if seq != expected:
+                raise self.damaged(run_id, f"journal entry seq {expected} is missing")
+            entries.append((seq, self.text(body, run_id, f"journal entry seq {seq}")))
+        last = entries[-1][0] if entries else snap_seq
+        if last < record.seq:
+            raise self.damaged(run_id, f"journal entry seq {last + 1} is missing")
+        if last > record.seq:
+            raise self.damaged(run_id, f"the journal goes on past the run's seq {record.seq}")
+        events = [self.text(body, run_id, f"stream event {n}") for n, body in enumerate(stream)]
+        messages = []
+        for key, body in inbox.items():
+            n = self.number(key, run_id, "an inbox message id")
+            step = steps.get(key)
+            event = self.text(body, run_id, f"inbox event {n}")
+            name = None if step is None else self.text(step, run_id, f"inbox step {n}")
+            messages.append((n, event, name))
+        messages.sort(key=lambda m: m[0])
+        return Loaded(record, data, snap_seq, entries, events, messages)

@@ -1,0 +1,491 @@
+"""RedisStore: durable runs in Redis, on redis-py's asyncio client.
+
+``RedisStore("redis://host:6379/0")`` or ``redis://...?prefix=name`` keeps runs under keys
+that start with a prefix (default ``piton``), so several applications, or tests, can
+share a database. Several processes on several machines can share one prefix: that is
+how workers scale out (DESIGN.md section 4). Not for Redis Cluster: the scripts touch a
+run's keys and the shared indexes together, which a cluster would keep on other nodes.
+
+Durability is Redis's own: a run survives a Redis restart only as far as the server
+persists its data (``appendonly yes``; ``appendfsync always`` to lose nothing on a
+crash, ``everysec`` to lose at most a second). Run it with ``maxmemory-policy
+noeviction``: a server that evicts keys can drop a run's journal.
+
+Keys (``P`` is the prefix; a run id or workflow name ends a key, so no two collide):
+
+- ``P:schema``: the data model's version; data from a newer piton is refused.
+- ``P:run:<id>``: a hash, the run's ``RunRecord`` fields (a field that is None is absent).
+- ``P:journal:<id>``: a hash, journal seq -> entry, for the entries after the snapshot.
+- ``P:snapshot:<id>``: a hash, ``seq`` and ``data``; a commit with a snapshot replaces it
+  and empties the journal it covers.
+- ``P:stream:<id>``: a list, the events published to the run's stream.
+- ``P:inbox:<id>`` and ``P:inbox-step:<id>``: hashes, message id -> event and -> the step
+  it is addressed to; ids come from the counter ``P:inbox-id``, unique across runs.
+- Indexes, kept in step with each run's hash by the same script that changes it:
+  ``P:runs``, ``P:workflow:<w>``, ``P:status:<s>`` and ``P:workflow-status:<s>:<w>``
+  (sorted sets scored by created_at: ``list_runs`` reads one, newest first);
+  ``P:wake:<w>`` (parked runs by wake_at), ``P:mail:<w>`` (parked runs with an inbox),
+  ``P:lease:<w>`` (running runs by lease expiry), ``P:owned:<owner>`` and ``P:owners``
+  (who holds which running run): ``runnable`` reads those, never the whole keyspace;
+  ``P:finished`` (finished runs by finished_at) for ``prune``.
+
+Every write is one Lua script (``_redis_scripts``), so it is atomic: ``commit`` checks the
+epoch, owner and seq and then appends entries and stream events, takes inbox messages,
+writes the snapshot and changes the run's hash and indexes, or writes nothing and fails
+with ``LeaseLost``. ``claim`` reads the run first and asks /proc whether a same-host
+owner is dead; the script gets that verdict and takes the run only if its owner and
+epoch are still those that were read, under ``may_claim``'s rule. ``load`` reads the run,
+snapshot, journal, stream and inbox in one MULTI/EXEC round trip.
+
+Workers and the listeners of parked runs are woken by pub/sub: ``deliver`` publishes
+the run id on the channel ``P:work:<db>``, to which ``wait_for_work`` subscribes.
+
+Group commit: a store's writes on one event loop go through one writer, which sends the
+scripts queued while it was busy as one pipeline (see ``_redis_engine``). A store keeps
+one client per event loop, as ``run_sync`` runs each call on a fresh loop; each client
+is closed when its loop shuts down.
+
+Times are the client's ``time.time()``, as in every store: keep clocks in sync (NTP) and
+leases well above the skew. Errors from redis-py leave as ``StoreUnavailable`` (server
+down, loading, busy, out of memory, read-only replica, timeouts) or ``StoreError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any, TypeVar, cast
+
+from piton.errors import JournalCorrupted, StoreError, WorkflowConfigurationError
+from piton.stores._redis_codec import (
+    PARTS,
+    Arg,
+    Codec,
+    commit_args,
+    encode_arg,
+    encode_record,
+    opt,
+)
+from piton.stores.base import (
+    CommitRequest,
+    Loaded,
+    RunRecord,
+    Store,
+    age_in_seconds,
+    is_runnable,
+    owner_is_dead,
+    redact_url,
+)
+
+try:
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import RedisError
+
+    from piton.stores._redis_engine import (
+        CLIENT_DEFAULTS,
+        Decode,
+        Engine,
+        Job,
+        parse_store_url,
+        translate,
+    )
+except ImportError as exc:  # the `redis` extra is not installed
+    if not (exc.name or "").startswith("redis"):
+        raise
+    _MISSING: ImportError | None = exc
+else:
+    _MISSING = None
+
+SCHEMA_VERSION = 1  # the data model's version, kept in <prefix>:schema
+T = TypeVar("T")
+
+log = logging.getLogger("piton.stores.redis")
+
+_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+_PRUNE_BATCH = 500
+
+
+class RedisStore(Store):
+    """Runs kept in Redis under a key prefix. ``RedisStore("redis://host:6379/0")``.
+
+    ``prefix`` (or ``?prefix=`` in the URL; default ``piton``): letters, digits, ``_``,
+    ``-`` and ``.``. ``lease`` is how long (seconds) a claim lasts without renewal. Other
+    query parameters go to redis-py (``socket_timeout``, ``ssl_cert_reqs``, ...).
+    """
+
+    def __init__(self, url: str, *, prefix: str | None = None, lease: float = 15.0) -> None:
+        if _MISSING is not None:
+            raise WorkflowConfigurationError(
+                f"RedisStore ({redact_url(url)!r}) needs redis-py: pip install 'piton[redis]' "
+                f"({_MISSING})."
+            ) from _MISSING
+        super().__init__()
+        client_url, options, connect = parse_store_url(url)
+        if "prefix" in options and prefix is not None and prefix != options["prefix"]:
+            raise WorkflowConfigurationError(
+                f"RedisStore(prefix={prefix!r}) disagrees with prefix={options['prefix']} in "
+                "the URL; give it once."
+            )
+        self.prefix = options.get("prefix", prefix if prefix is not None else "piton")
+        if not _PREFIX.fullmatch(self.prefix):
+            raise WorkflowConfigurationError(
+                f"RedisStore(prefix={self.prefix!r}): use letters, digits, '_', '-' and '.', "
+                "at most 100 characters."
+            )
+        if not (isinstance(lease, int | float) and not isinstance(lease, bool) and lease > 0):
+            raise WorkflowConfigurationError(f"RedisStore(lease={lease!r}): give seconds > 0.")
+        self.lease = float(lease)
+        self.url = redact_url(url)  # a password never reaches a message or a log
+        named = "" if "prefix" in options else f" (prefix '{self.prefix}')"
+        self.where = f"Redis store '{self.url}'{named}"
+        self._codec = Codec(self.where, self.url)
+        self._identity = (
+            f"redis://{connect.get('host', 'localhost')}:{connect.get('port', 6379)}/"
+            f"{connect.get('db', 0)}?prefix={self.prefix}"
+        )
+        self._channel = f"{self.prefix}:work:{connect.get('db', 0)}"  # pub/sub spans databases
+        self._client_url = client_url
+        self._client_options = {
+            **{key: value for key, value in CLIENT_DEFAULTS.items() if key not in connect},
+            "retry": Retry(NoBackoff(), 0),  # never resend a write: it may have been applied
+        }
+        self._engines: dict[asyncio.AbstractEventLoop, Engine] = {}
+        self._retired = [0, 0]  # transactions, commits of engines closed so far
+        self._ready = False
+        self._closed = False
+
+    @property
+    def identity(self) -> str:
+        """Host, port, database and prefix: store objects on one prefix share live runs."""
+        return self._identity
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect and check the data model's version (written on first use). Idempotent."""
+        if self._ready:
+            return
+        self._closed = False
+        engine = await self._engine()
+        key = self._key("schema")
+        try:
+            pipe = engine.client.pipeline(transaction=False)
+            pipe.set(key, SCHEMA_VERSION, nx=True)
+            pipe.get(key)
+            _, found = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise translate(exc, self.where) from exc
+        try:
+            version = int(found)
+        except (TypeError, ValueError):
+            raise StoreError(
+                f"{self.where}: the key '{key}' holds {found!r}, not a piton schema version. "
+                "Give piton a prefix of its own: ?prefix=name in the URL."
+            ) from None
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.where}: the data under prefix '{self.prefix}' was written by a newer "
+                f"piton (schema version {version}; this piton knows up to {SCHEMA_VERSION}). "
+                "Upgrade piton (pip install -U 'piton[redis]') to open it."
+            )
+        self._ready = True
+
+    async def close(self) -> None:
+        """Finish the queued writes and close every connection. ``open()`` starts again."""
+        self._closed, self._ready = True, False
+        loop = asyncio.get_running_loop()
+        for engine_loop, engine in list(self._engines.items()):
+            if engine_loop is loop:
+                await engine.shutdown()
+            elif engine_loop.is_running():  # a loop running in another thread: close it there
+                asyncio.run_coroutine_threadsafe(engine.shutdown(), engine_loop)
+            else:  # a loop that ended; its connections closed with it
+                self._forget(engine)
+
+    async def _engine(self) -> Engine:
+        loop = asyncio.get_running_loop()
+        engine = self._engines.get(loop)
+        if engine is None:
+            for old in [old for old in self._engines if old.is_closed()]:
+                self._forget(self._engines[old])
+            engine = Engine(
+                self._client_url, self._client_options, self.where, self._channel, self._forget
+            )
+            self._engines[loop] = engine
+            await engine.start()
+        return engine
+
+    def _forget(self, engine: Engine) -> None:
+        for loop, known in list(self._engines.items()):
+            if known is engine:
+                del self._engines[loop]
+                self._retired[0] += engine.writer.transactions
+                self._retired[1] += engine.writer.commits
+
+    @property
+    def transactions(self) -> int:
+        """Round trips of writes so far (a group commit counts once)."""
+        return self._retired[0] + sum(e.writer.transactions for e in self._engines.values())
+
+    @property
+    def commits(self) -> int:
+        """``commit`` requests applied so far."""
+        return self._retired[1] + sum(e.writer.commits for e in self._engines.values())
+
+    async def _ready_engine(self) -> Engine:
+        if not self._ready:
+            if self._closed:
+                raise StoreError(
+                    f"{self.where} is closed; call `await store.open()` to use it again."
+                )
+            await self.open()
+        return await self._engine()
+
+    async def _read(self, op: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+        client = (await self._ready_engine()).client
+        try:
+            try:
+                return await op(client)
+            except RedisConnectionError:  # it died while idle (a server restart): once more
+                return await op(client)
+        except (RedisError, OSError) as exc:
+            raise translate(exc, self.where) from exc
+
+    async def _write(
+        self,
+        script: str,
+        keys: list[str],
+        args: Iterable[Arg | None],
+        decode: Decode,
+        *,
+        commit: bool = False,
+    ) -> Any:
+        engine = await self._ready_engine()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        encoded = [self.prefix.encode(), *(encode_arg(arg) for arg in args)]
+        names = [encode_arg(key) for key in keys]
+        engine.writer.submit(Job(script, names, encoded, decode, future, commit))
+        return await future
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    def _key(self, kind: str, name: str | None = None) -> str:
+        return f"{self.prefix}:{kind}" if name is None else f"{self.prefix}:{kind}:{name}"
+
+    def _run_keys(self, run_id: str) -> list[str]:
+        """run, journal, stream, inbox, inbox-step, snapshot: the keys of one run."""
+        kinds = ("run", "journal", "stream", "inbox", "inbox-step", "snapshot")
+        return [self._key(kind, run_id) for kind in kinds]
+
+    # -- the Store protocol -------------------------------------------------------------------
+
+    async def create(self, record: RunRecord, entries: list[str], stream: list[str]) -> bool:
+        now = time.time()
+        record = replace(record, seq=len(entries), inbox=0, created_at=now, updated_at=now)
+        encoded = encode_record(record)
+        args = [record.run_id, len(encoded), *encoded, len(entries), *entries, *stream]
+        keys = self._run_keys(record.run_id)
+        created: bool = await self._write("create", keys, args, lambda reply: reply == 1)
+        return created
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        raw = await self._read(lambda client: client.hgetall(self._key("run", run_id)))
+        return self._codec.record(run_id, raw) if raw else None
+
+    async def claim(self, run_id: str, owner: str, lease: float) -> int | None:
+        for _ in range(3):  # the run changed between the read and the script: look again
+            record = await self.get(run_id)
+            if record is None:
+                raise self._codec.missing(run_id)
+            now = time.time()
+            if record.finished:
+                return None
+            dead = False
+            if not (
+                record.owner is None
+                or record.owner == owner
+                or (record.lease_until is not None and record.lease_until < now)
+            ):
+                dead = owner_is_dead(record.owner)  # the script checks it is still the owner
+                if not dead:
+                    return None
+            args: list[Arg | None] = [
+                run_id,
+                owner,
+                record.epoch,
+                opt(record.owner),
+                int(dead),
+                now,
+                now + lease,
+            ]
+            reply = await self._write("claim", [self._key("run", run_id)], args, _claimed)
+            if reply == "missing":
+                raise self._codec.missing(run_id)
+            if reply != "changed":
+                result: int | None = reply
+                return result
+        return None
+
+    async def load(self, run_id: str) -> Loaded:
+        run, journal, stream, inbox, steps, snapshot = self._run_keys(run_id)
+
+        async def read(client: aioredis.Redis) -> list[Any]:
+            pipe = client.pipeline(transaction=True)  # MULTI/EXEC: one consistent view
+            pipe.hgetall(run)
+            pipe.hgetall(snapshot)
+            pipe.hgetall(journal)
+            pipe.lrange(stream, 0, -1)
+            pipe.hgetall(inbox)
+            pipe.hgetall(steps)
+            return await pipe.execute(raise_on_error=False)
+
+        replies = await self._read(read)
+        keys = (run, snapshot, journal, stream, inbox, steps)  # in the order of PARTS
+        for part, key, reply in zip(PARTS, keys, replies, strict=True):
+            if isinstance(reply, Exception):
+                if "WRONGTYPE" in str(reply):
+                    raise self._codec.damaged(
+                        run_id, f"{part} (key '{key}') holds another type of value"
+                    )
+                raise translate(reply, self.where)
+        raw, snapshot, journal, stream, inbox, steps = replies
+        if not raw:
+            raise self._codec.missing(run_id)
+        record = self._codec.record(run_id, raw)
+        return self._codec.loaded(record, snapshot, journal, stream, inbox, steps)
+
+    async def commit(self, request: CommitRequest) -> None:
+        args = commit_args(request, time.time())
+        decode = functools.partial(self._codec.committed, request)
+        await self._write("commit", self._run_keys(request.run_id), args, decode, commit=True)
+
+    async def renew(self, run_ids: list[tuple[str, int]], owner: str, lease: float) -> list[str]:
+        if not run_ids:
+            return []
+        args: list[Arg] = [owner, time.time() + lease]
+        for run_id, epoch in run_ids:
+            args += [run_id, epoch]
+        lost: list[str] = await self._write(
+            "renew", [], args, lambda reply: [item.decode() for item in reply]
+        )
+        return lost
+
+    async def deliver(self, run_id: str, event: str, step: str | None = None) -> None:
+        keys = [self._key(kind, run_id) for kind in ("run", "inbox", "inbox-step")]
+
+        def decode(reply: int) -> None:
+            if reply == 0:
+                raise self._codec.missing(run_id)
+
+        await self._write("deliver", keys, [run_id, event, opt(step), self._channel], decode)
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when an event is delivered to a run under this prefix (pub/sub, from any
+        process), or after ``timeout`` seconds."""
+        engine = await self._ready_engine()
+        await engine.listener.wait(timeout)
+
+    async def runnable(self, workflows: list[str], now: float, limit: int = 100) -> list[RunRecord]:
+        names = list(dict.fromkeys(workflows))
+        if not names or limit <= 0:
+            return []
+
+        async def candidates(client: aioredis.Redis) -> list[RunRecord]:
+            pipe = client.pipeline(transaction=False)
+            for name in names:
+                pipe.zrange(self._key("workflow-status", f"queued:{name}"), 0, limit - 1)
+                pipe.zrangebyscore(self._key("wake", name), "-inf", now, start=0, num=limit)
+                pipe.zrange(self._key("mail", name), 0, limit - 1)
+                pipe.zrangebyscore(self._key("lease", name), "-inf", f"({now!r}", 0, limit)
+            pipe.smembers(self._key("owners"))
+            *found, owners = await pipe.execute()
+            ids: dict[bytes, None] = {run_id: None for group in found for run_id in group}
+            dead = [o for o in owners if o != self.owner.encode() and _dead(o)]
+            if dead:
+                pipe = client.pipeline(transaction=False)
+                for owner in dead:
+                    pipe.smembers(self.prefix.encode() + b":owned:" + owner)
+                for group in await pipe.execute():
+                    ids.update(dict.fromkeys(sorted(group)))
+            return await self._records(client, list(ids))
+
+        records = await self._read(candidates)
+        wanted = set(names)
+        chosen = [r for r in records if r.workflow in wanted and is_runnable(r, now)]
+        chosen.sort(key=lambda r: r.created_at)
+        return chosen[:limit]
+
+    async def list_runs(
+        self, *, status: str | None = None, workflow: str | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        if limit <= 0:
+            return []
+        if status is not None and workflow is not None:
+            key = self._key("workflow-status", f"{status}:{workflow}")
+        elif status is not None:
+            key = self._key("status", status)
+        elif workflow is not None:
+            key = self._key("workflow", workflow)
+        else:
+            key = self._key("runs")
+
+        async def read(client: aioredis.Redis) -> list[RunRecord]:
+            ids = cast(list[bytes], await client.zrevrange(key, 0, limit - 1))
+            return await self._records(client, ids)
+
+        return await self._read(read)
+
+    async def prune(self, older_than: float | timedelta) -> int:
+        cutoff = time.time() - age_in_seconds(older_than)
+        total = 0
+        while True:  # in batches: a script holds the server while it runs
+            deleted: int
+            seen: int
+            deleted, seen = await self._write(
+                "prune", [], [cutoff, _PRUNE_BATCH], lambda reply: (int(reply[0]), int(reply[1]))
+            )
+            total += deleted
+            if seen < _PRUNE_BATCH:
+                return total
+
+    async def _records(self, client: aioredis.Redis, ids: list[bytes]) -> list[RunRecord]:
+        """The runs with these ids, in order; runs pruned meanwhile are left out, and so
+        (with a warning) are runs whose hash is damaged: ``get`` or ``load`` names them."""
+        if not ids:
+            return []
+        pipe = client.pipeline(transaction=False)
+        for run_id in ids:
+            pipe.hgetall(self.prefix.encode() + b":run:" + run_id)
+        records = []
+        for run_id, raw in zip(ids, await pipe.execute(), strict=True):
+            if not raw:
+                continue
+            name = run_id.decode("utf-8", "replace")
+            try:
+                records.append(self._codec.record(name, raw))
+            except JournalCorrupted as exc:
+                log.warning("%s", exc)
+        return records
+
+
+def _claimed(reply: list[Any]) -> int | str | None:
+    kind = bytes(reply[0]).decode()
+    if kind == "ok":
+        return int(reply[1])
+    return None if kind == "no" else kind
+
+
+def _dead(owner: bytes) -> bool:
+    return owner_is_dead(owner.decode("utf-8", "replace"))
+
+
+__all__ = ["SCHEMA_VERSION", "RedisStore"]

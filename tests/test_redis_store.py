@@ -1,0 +1,607 @@
+"""RedisStore: the conformance suite, then what only a shared server has: fencing between
+stores, group commit, the schema version, damaged keys, several event loops, an absent
+server, and a durable workflow end to end. Each test works under a fresh key prefix,
+whose keys are deleted afterwards; after each, the indexes are checked against the runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from piton import (
+    Context,
+    Event,
+    HumanResponseEvent,
+    InputRequiredEvent,
+    StartEvent,
+    StopEvent,
+    Worker,
+    Workflow,
+    step,
+)
+from piton.errors import (
+    JournalCorrupted,
+    LeaseLost,
+    StoreError,
+    StoreUnavailable,
+    WorkflowConfigurationError,
+)
+from piton.stores import RedisStore as LazyRedisStore
+from piton.stores.base import FINAL_STATUSES, CommitRequest, RunRecord, Store, open_store
+from piton.stores.redis import SCHEMA_VERSION, RedisStore
+from piton.testing import check_store
+
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    """A prefix nobody uses; every key under it is deleted afterwards."""
+    name = f"piton_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{name}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def url(redis_url: str, prefix: str) -> str:
+    return f"{redis_url}?prefix={prefix}"
+
+
+@pytest.fixture
+async def db(redis_url: str, prefix: str) -> AsyncIterator[aioredis.Redis]:
+    """A client of our own; at the end of the test, the indexes must match the runs."""
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await assert_indexes_match(client, prefix)
+    await client.aclose()
+
+
+@pytest.fixture
+async def store(url: str, db: aioredis.Redis) -> AsyncIterator[RedisStore]:
+    s = RedisStore(url)
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def new_run(store: Store, run_id: str, entries: tuple[str, ...] = ("e1",)) -> str:
+    record = RunRecord(run_id, "wf", "running", owner=store.owner, epoch=1)
+    assert await store.create(record, list(entries), [])
+    return run_id
+
+
+async def keys_of(db: aioredis.Redis, prefix: str, run_id: str) -> dict[bytes, Any]:
+    """Every key of one run, with its contents."""
+    found: dict[bytes, Any] = {}
+    for kind in ("run", "journal", "snapshot", "stream", "inbox", "inbox-step"):
+        key = f"{prefix}:{kind}:{run_id}".encode()
+        held = await db.type(key)
+        if held == b"hash":
+            found[key] = await db.hgetall(key)
+        elif held == b"list":
+            found[key] = await db.lrange(key, 0, -1)
+        elif held == b"string":
+            found[key] = await db.get(key)
+    return found
+
+
+async def assert_indexes_match(db: aioredis.Redis, prefix: str) -> None:
+    """The index keys hold exactly what the runs' hashes say they should (the rules of
+    ``_redis_scripts.index``, written again here as the test's oracle)."""
+    zsets: dict[str, dict[bytes, float]] = {}
+    sets: dict[str, set[bytes]] = {}
+
+    def z(key: str, member: bytes, score: float) -> None:
+        zsets.setdefault(key, {})[member] = score
+
+    async for key in db.scan_iter(match=f"{prefix}:run:*", count=1000):
+        run_id = key[len(prefix) + 5 :]
+        h = {k.decode(): v.decode() for k, v in (await db.hgetall(key)).items()}
+        w, s, created = h["workflow"], h["status"], float(h["created_at"])
+        for index in ("runs", f"workflow:{w}", f"status:{s}", f"workflow-status:{s}:{w}"):
+            z(index, run_id, created)
+        if s == "parked":
+            if "wake_at" in h:
+                z(f"wake:{w}", run_id, float(h["wake_at"]))
+            if int(h.get("inbox", "0")) > 0:
+                z(f"mail:{w}", run_id, created)
+        elif s == "running":
+            owner = h.get("owner")
+            lease = float(h.get("lease_until", "inf")) if owner is not None else float("-inf")
+            z(f"lease:{w}", run_id, lease)
+            if owner is not None:
+                sets.setdefault(f"owned:{owner}", set()).add(run_id)
+                sets.setdefault("owners", set()).add(owner.encode())
+        elif s in FINAL_STATUSES and "finished_at" in h:
+            z("finished", run_id, float(h["finished_at"]))
+    actual_z: dict[str, dict[bytes, float]] = {}
+    actual_s: dict[str, set[bytes]] = {}
+    async for key in db.scan_iter(match=f"{prefix}:*", count=1000):
+        name = key.decode()[len(prefix) + 1 :]
+        kind = await db.type(key)
+        if kind == b"zset":
+            actual_z[name] = dict(await db.zrange(key, 0, -1, withscores=True))
+        elif kind == b"set":
+            actual_s[name] = set(await db.smembers(key))
+    assert actual_z == zsets, "the sorted-set indexes do not match the runs"
+    assert actual_s == sets, "the owner indexes do not match the runs"
+
+
+# --- the conformance suite, URLs ----------------------------------------------------------------
+
+
+async def test_check_store(url: str, db: aioredis.Redis) -> None:
+    passed = await check_store(lambda: RedisStore(url))
+    assert "concurrent_commits" in passed and passed[-1] == "prune"
+
+
+def test_url_options_identity_and_redaction() -> None:
+    s = open_store("redis://app:s3cret@cache.example:6380/2?prefix=team_a&socket_timeout=5")
+    assert isinstance(s, RedisStore) and LazyRedisStore is RedisStore
+    assert (s.prefix, s.lease) == ("team_a", 15.0)
+    assert "s3cret" not in s.url and s.url.startswith("redis://app:***@cache.example:6380/")
+    assert s.identity == "redis://cache.example:6380/2?prefix=team_a"
+    same = RedisStore("rediss://bob@cache.example:6380/2", prefix="team_a", lease=3)
+    assert same.identity == s.identity and same.lease == 3.0, "one prefix: one identity"
+    assert RedisStore("redis://localhost").identity == "redis://localhost:6379/0?prefix=piton"
+    for bad, match in [
+        ("redis://h/0?prefix=a:b", "prefix"),
+        ("redis://h/0?prefix=", "prefix"),
+        ("redis://h/0?prefix=a&other=1", "other"),
+        ("redis://h/0?socket_timeout=soon", "socket_timeout"),
+        ("postgresql://h/d", "redis://"),
+    ]:
+        with pytest.raises(WorkflowConfigurationError, match=match):
+            RedisStore(bad)
+    with pytest.raises(WorkflowConfigurationError, match="disagrees"):
+        RedisStore("redis://h/0?prefix=a", prefix="b")
+    with pytest.raises(WorkflowConfigurationError, match="lease"):
+        RedisStore("redis://h/0", lease=0)
+
+
+def test_without_redis_py_the_store_asks_for_the_extra() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['redis'] = None\n"
+        "from piton.errors import WorkflowConfigurationError\n"
+        "from piton.stores.base import open_store\n"
+        "try:\n"
+        "    open_store('redis://localhost:6379/0')\n"
+        "except WorkflowConfigurationError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": SRC}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert "pip install 'piton[redis]'" in out.stdout, out.stdout + out.stderr
+
+
+async def test_unreachable_server_is_store_unavailable() -> None:
+    s = RedisStore("redis://127.0.0.1:1/0?prefix=nowhere")
+    with pytest.raises(StoreUnavailable, match="cannot be reached.*server is running") as info:
+        await s.get("r")
+    assert "127.0.0.1:1" in str(info.value)
+    assert pickle.loads(pickle.dumps(info.value)).args == info.value.args
+    await s.close()
+
+
+async def test_a_server_that_does_not_answer_is_store_unavailable() -> None:
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # reads the commands, answers nothing
+        writer.close()
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    s = RedisStore(f"redis://127.0.0.1:{port}/0?prefix=mute&socket_timeout=0.2")
+    try:
+        with pytest.raises(StoreUnavailable, match="did not answer in time.*socket_timeout"):
+            await s.get("r")
+    finally:
+        await s.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_connections_killed_by_the_server_are_replaced(url: str, db: aioredis.Redis) -> None:
+    name = f"piton_test_{uuid.uuid4().hex[:8]}"
+    s = RedisStore(f"{url}&client_name={name}")
+    try:
+        await new_run(s, "r")
+        assert await s.get("r") is not None
+        mine = [c["id"] for c in await db.client_list() if c.get("name") == name]
+        assert mine, "the store's connections carry its client_name"
+        for client_id in mine:
+            await db.client_kill_filter(_id=client_id)
+        assert await s.get("r") is not None  # a read is tried again on a fresh connection
+        await asyncio.sleep(0.05)  # the loop sees the other connections closed
+        await s.commit(CommitRequest("r", 1, 1, ["e2"]))  # the pool replaces them
+        assert (await s.load("r")).entries == [(1, "e1"), (2, "e2")]
+    finally:
+        await s.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "advice"),
+    [
+        (
+            redis.exceptions.BusyLoadingError("Redis is loading the dataset"),
+            StoreUnavailable,
+            "loading",
+        ),
+        (
+            redis.exceptions.ResponseError("BUSY Redis is busy running a script"),
+            StoreUnavailable,
+            "SCRIPT KILL",
+        ),
+        (
+            redis.exceptions.OutOfMemoryError("OOM command not allowed"),
+            StoreUnavailable,
+            "maxmemory",
+        ),
+        (
+            redis.exceptions.ResponseError("MISCONF Errors writing to disk"),
+            StoreUnavailable,
+            "disk",
+        ),
+        (redis.exceptions.ReadOnlyError("READONLY You can't write"), StoreUnavailable, "primary"),
+        (
+            redis.exceptions.TimeoutError("Timeout reading from socket"),
+            StoreUnavailable,
+            "socket_timeout",
+        ),
+        (redis.exceptions.ConnectionError("Connection reset by peer"), StoreUnavailable, "running"),
+        (
+            redis.exceptions.AuthenticationError("WRONGPASS invalid username"),
+            StoreError,
+            "password",
+        ),
+        (redis.exceptions.NoPermissionError("NOPERM no permissions"), StoreError, "ACL"),
+        (redis.exceptions.ResponseError("WRONGTYPE Operation against a key"), StoreError, "prefix"),
+        (redis.exceptions.ResponseError("ERR unknown command"), StoreError, "ERR unknown"),
+    ],
+)
+def test_redis_errors_become_piton_errors(error: Exception, kind: type, advice: str) -> None:
+    from piton.stores._redis_engine import translate
+
+    translated = translate(error, "Redis store 'redis://h/0'")
+    assert type(translated) is kind and translated.__cause__ is error
+    assert "Redis store 'redis://h/0'" in str(translated) and advice in str(translated)
+
+
+# --- the schema version -----------------------------------------------------------------------
+
+
+async def test_schema_version_is_written_and_a_newer_one_refused(
+    url: str, prefix: str, db: aioredis.Redis
+) -> None:
+    async with RedisStore(url) as s:
+        assert await s.get("r") is None
+    assert await db.get(f"{prefix}:schema") == str(SCHEMA_VERSION).encode()
+    await db.set(f"{prefix}:schema", SCHEMA_VERSION + 5)
+    s = RedisStore(url)
+    with pytest.raises(StoreError, match="newer piton.*[Uu]pgrade piton") as info:
+        await s.open()
+    assert f"schema version {SCHEMA_VERSION + 5}" in str(info.value)
+    assert f"knows up to {SCHEMA_VERSION}" in str(info.value) and prefix in str(info.value)
+    with pytest.raises(StoreError, match="newer piton"):  # and again: nothing was half-opened
+        await s.get("x")
+    await s.close()
+    assert [key async for key in db.scan_iter(match=f"{prefix}:*")] == [f"{prefix}:schema".encode()]
+
+
+# --- fencing and group commit ---------------------------------------------------------------
+
+
+async def test_two_stores_on_one_prefix_are_fenced(
+    url: str, prefix: str, db: aioredis.Redis
+) -> None:
+    a, b = RedisStore(url), RedisStore(url)
+    b.owner = "elsewhere.invalid/1/1"
+    await asyncio.gather(a.open(), b.open())
+    try:
+        assert a.identity == b.identity
+        await new_run(a, "r")
+        assert await b.claim("r", b.owner, 30.0) is None  # a holds it and is alive
+        await a.commit(CommitRequest("r", 1, 1, ["e2"], ["s1"], status="parked", release=True))
+        assert await b.claim("r", b.owner, 30.0) == 2
+        before = await keys_of(db, prefix, "r")
+        for late in (
+            CommitRequest("r", 1, 2, ["late"], ["late"]),
+            CommitRequest("r", 1, 2, ["late"], status="completed", result='"x"', snapshot="S"),
+        ):
+            with pytest.raises(LeaseLost, match="Run 'r'.*epoch 2, ours 1"):
+                await a.commit(late)
+        assert await keys_of(db, prefix, "r") == before, "a fenced commit wrote"
+        with pytest.raises(LeaseLost, match="Run 'r' journal is at seq 2, expected 1"):
+            await b.commit(CommitRequest("r", 2, 1, ["behind"]))
+        assert await keys_of(db, prefix, "r") == before, "a commit at the wrong seq wrote"
+        await b.commit(CommitRequest("r", 2, 2, ["e3"]))
+        assert [seq for seq, _ in (await a.load("r")).entries] == [1, 2, 3]
+    finally:
+        await asyncio.gather(a.close(), b.close())
+
+
+async def test_group_commit_pipelines_concurrent_commits(store: RedisStore) -> None:
+    runs = await asyncio.gather(*(new_run(store, f"r{i}") for i in range(50)))
+    transactions, commits = store.transactions, store.commits
+    await asyncio.gather(*(store.commit(CommitRequest(r, 1, 1, ["x" * 300], ["s"])) for r in runs))
+    assert store.commits - commits == 50
+    assert store.transactions - transactions <= 5, "50 concurrent commits should share round trips"
+    for run_id in runs[:3]:
+        loaded = await store.load(run_id)
+        assert loaded.entries == [(1, "e1"), (2, "x" * 300)] and loaded.stream == ["s"]
+
+
+async def test_a_fenced_commit_does_not_disturb_its_batch(store: RedisStore) -> None:
+    await new_run(store, "a")
+    await new_run(store, "b")
+    transactions = store.transactions
+    results = await asyncio.gather(  # queued together: one pipeline
+        store.commit(CommitRequest("a", 1, 1, ["a2"])),
+        store.commit(CommitRequest("b", 9, 1, ["stale epoch"])),
+        store.commit(CommitRequest("a", 1, 2, ["a3"])),  # chains on the first one
+        store.commit(CommitRequest("b", 1, 1, ["b2"], ["sb"], status="parked", wake_at=5.0)),
+        store.commit(CommitRequest("a", 1, 2, ["a3 again"])),  # seq already taken
+        store.commit(CommitRequest("missing", 1, 1, ["x"])),
+        return_exceptions=True,
+    )
+    assert store.transactions - transactions == 1, "the six commits should be one round trip"
+    assert [type(r).__name__ for r in results] == [
+        "NoneType",
+        "LeaseLost",
+        "NoneType",
+        "NoneType",
+        "LeaseLost",
+        "RunNotFound",
+    ]
+    assert (await store.load("a")).entries == [(1, "e1"), (2, "a2"), (3, "a3")]
+    loaded = await store.load("b")
+    assert loaded.entries == [(1, "e1"), (2, "b2")] and loaded.stream == ["sb"]
+    assert (loaded.record.status, loaded.record.wake_at) == ("parked", 5.0)
+
+
+async def test_lost_scripts_are_loaded_again(store: RedisStore, db: aioredis.Redis) -> None:
+    await new_run(store, "r")
+    await db.script_flush()  # as after a restart or a failover
+    await asyncio.gather(
+        store.commit(CommitRequest("r", 1, 1, ["e2"])), store.deliver("r", '{"x": 1}')
+    )
+    loaded = await store.load("r")
+    assert loaded.entries == [(1, "e1"), (2, "e2")] and len(loaded.inbox) == 1
+
+
+async def test_a_delivered_event_wakes_waiters_of_other_stores(url: str, store: RedisStore) -> None:
+    await new_run(store, "r")
+    other = RedisStore(url)
+    try:
+        # once subscribed, the listener wakes its waiters once (for what came before);
+        # after that, with nothing delivered, a wait lasts its whole timeout
+        await other.wait_for_work(2.0)
+        started = time.monotonic()
+        await other.wait_for_work(0.1)
+        assert time.monotonic() - started >= 0.09
+        waiting = asyncio.create_task(other.wait_for_work(10.0))
+        started = time.monotonic()
+        while not waiting.done():  # until its subscription is in place
+            await store.deliver("r", "{}")
+            await asyncio.wait({waiting}, timeout=0.05)
+        assert time.monotonic() - started < 2.0, "pub/sub did not wake the waiter"
+        assert (await store.get("r")) is not None
+    finally:
+        await other.close()
+
+
+def test_store_shared_across_event_loops(url: str, db: aioredis.Redis) -> None:
+    """``run_sync`` runs a fresh loop per call: one client per loop, closed with its loop."""
+    s = RedisStore(url)
+    asyncio.run(new_run(s, "r"))
+    assert asyncio.run(s.get("r")) is not None
+    asyncio.run(s.commit(CommitRequest("r", 1, 1, ["e2"])))
+    assert s.commits == 1
+
+    errors: list[BaseException] = []
+
+    def advance(run_id: str) -> None:  # two loops at once, in two threads
+        async def main() -> None:
+            await new_run(s, run_id)
+            for seq in range(1, 4):
+                await s.commit(CommitRequest(run_id, 1, seq, [f"e{seq + 1}"]))
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=advance, args=(f"t{n}",)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert s.commits == 7
+    assert [seq for seq, _ in asyncio.run(s.load("t1")).entries] == [1, 2, 3, 4]
+    asyncio.run(s.close())
+    gc.collect()  # an unclosed connection would warn here, and warnings are errors
+
+
+# --- failures ---------------------------------------------------------------------------------
+
+
+async def test_damaged_keys_fail_only_that_run(
+    store: RedisStore, db: aioredis.Redis, prefix: str
+) -> None:
+    for run_id in ("bad", "good", "gap", "ahead", "wrong", "snap"):
+        await new_run(store, run_id, ("e1", "e2", "e3"))
+    await db.hset(f"{prefix}:journal:bad", "2", b"\xff\xfe")
+    await db.hdel(f"{prefix}:journal:gap", "3")
+    await db.hset(f"{prefix}:journal:ahead", "4", "e4")
+    await db.delete(f"{prefix}:journal:wrong")
+    await db.set(f"{prefix}:journal:wrong", "not a hash")
+    await store.commit(CommitRequest("snap", 1, 3, ["e4"], snapshot="S4"))
+    await db.hset(f"{prefix}:snapshot:snap", "seq", "four")
+    with pytest.raises(
+        JournalCorrupted, match=r"Run 'bad'.*journal entry seq 2 is not valid UTF-8"
+    ):
+        await store.load("bad")
+    with pytest.raises(JournalCorrupted, match=r"Run 'gap'.*journal entry seq 3 is missing"):
+        await store.load("gap")
+    with pytest.raises(JournalCorrupted, match=r"Run 'ahead'.*past the run's seq 3"):
+        await store.load("ahead")
+    with pytest.raises(JournalCorrupted, match=r"Run 'wrong'.*the journal .*another type"):
+        await store.load("wrong")
+    with pytest.raises(JournalCorrupted, match=r"Run 'snap'.*snapshot's seq is b'four'"):
+        await store.load("snap")
+    assert (await store.load("good")).entries == [(1, "e1"), (2, "e2"), (3, "e3")]
+    assert (await store.get("bad")) is not None  # the run's hash itself is fine
+    await store.commit(CommitRequest("good", 1, 3, ["e4"]))  # the store goes on
+    await db.hset(f"{prefix}:run:bad", "epoch", "x")
+    with pytest.raises(JournalCorrupted, match=r"Run 'bad'.*field 'epoch' is 'x'"):
+        await store.get("bad")
+    listed = {r.run_id for r in await store.list_runs(workflow="wf")}
+    assert listed == {"good", "gap", "ahead", "wrong", "snap"}, "a damaged hash hides one run only"
+    await db.hset(f"{prefix}:run:bad", "epoch", "1")  # for the index check at teardown
+    before = await keys_of(db, prefix, "wrong")
+    with pytest.raises(JournalCorrupted, match=r"Run 'wrong' cannot be committed.*journal:wrong"):
+        await store.commit(CommitRequest("wrong", 1, 3, ["e4"], ["s"], status="completed"))
+    assert await keys_of(db, prefix, "wrong") == before, "a commit to a damaged run wrote"
+
+
+async def test_prune_deletes_every_key_of_old_runs(
+    store: RedisStore, db: aioredis.Redis, prefix: str
+) -> None:
+    await new_run(store, "old")
+    await store.deliver("old", "{}", "a_step")
+    await store.commit(
+        CommitRequest("old", 1, 1, ["e2"], ["s"], status="completed", snapshot="snap")
+    )
+    await new_run(store, "young")
+    await asyncio.sleep(0.05)
+    with pytest.raises(WorkflowConfigurationError, match="negative"):
+        await store.prune(-1)
+    assert await store.prune(timedelta(milliseconds=10)) == 1
+    assert await keys_of(db, prefix, "old") == {}
+    assert [r.run_id for r in await store.list_runs()] == ["young"]
+
+
+# --- a durable workflow end to end -------------------------------------------------------------
+
+calls: list[str] = []
+
+
+class Counted(Event):
+    n: int
+
+
+class Count(Workflow):
+    @step
+    async def start(self, ev: StartEvent) -> Counted:
+        calls.append("start")
+        return Counted(n=ev.n)
+
+    @step
+    async def double(self, ev: Counted, ctx: Context) -> StopEvent:
+        calls.append("double")
+        await ctx.store.set("last", ev.n)
+        return StopEvent(result=ev.n * 2)
+
+
+class Approve(Workflow):
+    @step
+    async def ask(self, ev: StartEvent, ctx: Context) -> StopEvent:
+        answer = await ctx.wait_for_event(
+            HumanResponseEvent, waiter_event=InputRequiredEvent(question="ship it?")
+        )
+        return StopEvent(result=f"answer: {answer.response}")
+
+
+async def test_durable_workflow_on_redis(url: str, db: aioredis.Redis) -> None:
+    made: list[Workflow] = []
+
+    def make(cls: type[Workflow]) -> Workflow:
+        made.append(cls(store=url))  # a store object of its own, from the URL
+        return made[-1]
+
+    try:
+        calls.clear()
+        assert await make(Count).run(run_id="count-1", n=21) == 42
+        assert calls == ["start", "double"]
+        calls.clear()
+        assert await make(Count).run(run_id="count-1") == 42 and calls == []  # stored result
+
+        first = make(Approve).run(run_id="approve-1")
+        async for ev in first.stream_events():
+            if isinstance(ev, InputRequiredEvent):
+                break
+        first.cancel()  # nobody listens: the run parks in the store and this handler lets go
+        probe = made[-1].store
+        assert isinstance(probe, RedisStore)
+        deadline = time.monotonic() + 5
+        while "approve-1" in probe.live or (await probe.get("approve-1")).status != "parked":
+            assert time.monotonic() < deadline, "the run never parked"
+            await asyncio.sleep(0.01)
+        record = await probe.get("approve-1")
+        assert record is not None and record.owner is None
+
+        later = make(Approve).run(run_id="approve-1")  # another store object attaches
+        await later.send_event(HumanResponseEvent(response="yes"))
+        assert await later == "answer: yes"
+        assert await make(Approve).run(run_id="approve-1") == "answer: yes"
+    finally:
+        for workflow in made:
+            assert workflow.store is not None
+            await workflow.store.close()
+
+
+class Nap(Workflow):
+    @step
+    async def nap(self, ev: StartEvent, ctx: Context) -> StopEvent:
+        await ctx.sleep(0.3)
+        return StopEvent(result="rested")
+
+
+async def test_a_worker_finishes_a_parked_run_nobody_listens_to(
+    url: str, db: aioredis.Redis
+) -> None:
+    napping = Nap(store=url)
+    probe = RedisStore(url)
+    try:
+        first = napping.run(run_id="nap-1")
+        deadline = time.monotonic() + 5
+        while (await probe.get("nap-1")) is None or "nap-1" not in probe.live:
+            assert time.monotonic() < deadline, "the run never started"
+            await asyncio.sleep(0.01)
+        first.cancel()  # the run parks with its deadline; no process holds it
+        while "nap-1" in probe.live or (await probe.get("nap-1")).status != "parked":
+            assert time.monotonic() < deadline, "the run never parked"
+            await asyncio.sleep(0.01)
+        async with Worker(url, workflows=[Nap], poll_interval=0.05):
+            while (await probe.get("nap-1")).status != "completed":
+                assert time.monotonic() < deadline, "the worker never finished the run"
+                await asyncio.sleep(0.02)
+        assert await Nap(store=probe).run(run_id="nap-1") == "rested"
+    finally:
+        assert napping.store is not None
+        await napping.store.close()
+        await probe.close()
