@@ -314,6 +314,26 @@ async def test_an_event_delivered_by_another_process_reaches_a_running_run(
     await other.close()
 
 
+async def test_no_lease_renewal_before_a_new_run_is_created(tmp_path: Path) -> None:
+    """A renewal that came while the creating commit was on its way found no row, and
+    the run failed with LeaseLost; the keeper now waits for the row."""
+
+    class SlowCreate(SqliteStore):
+        async def create(self, record: Any, entries: list[str], stream: list[str]) -> bool:
+            await asyncio.sleep(0.3)  # several renewal intervals
+            return await super().create(record, entries, stream)
+
+    class W(Workflow):
+        @step
+        async def a(self, ev: StartEvent, ctx: Context) -> StopEvent:
+            await asyncio.sleep(0.2)  # and renewals while it runs, once it exists
+            return StopEvent(result="ok")
+
+    store = SlowCreate(tmp_path / "runs.db")
+    store.lease = 0.15  # renewed every 0.05 s
+    assert await asyncio.wait_for(W(store=store).run(run_id="slow"), 10) == "ok"
+
+
 # -- recovery by a Worker -----------------------------------------------------------------
 
 OWNER_MODULE = textwrap.dedent(

@@ -95,6 +95,7 @@ class DurableRun(Runner):
         self.snapshot_due = False
         self.holding = False  # no parking while a resume feeds its inbox
         self.creating: RunRecord | None = None  # a new run: the first commit creates it
+        self.stored = True  # False until a new run's creation has landed: no lease to renew
 
     # -- feeding: encode first, so a value that cannot be stored fails where it was made ----
 
@@ -218,6 +219,7 @@ class DurableRun(Runner):
                     if not await self._create(record, request):
                         self._lost(_AlreadyCreated())
                         return
+                    self.stored = True
                 else:
                     await self.store.commit(request)
             except (StoreError, PitonError) as exc:
@@ -503,6 +505,7 @@ class RunDriver:
     ) -> str:
         run = DurableRun(self, state, epoch=epoch, seq=seq)
         run.creating = create
+        run.stored = create is None
         self.run = run
         self._notify_stream()  # a listener that came before the run follows it now
         self.store.live[self.run_id] = self
@@ -632,7 +635,10 @@ class _LeaseKeeper:
             active = [
                 (driver, driver.run)
                 for driver in list(self.runs.values())
-                if driver.run is not None and not driver.run.done and not driver.run.parked
+                if driver.run is not None
+                and driver.run.stored  # a run whose creation is in flight has no row yet
+                and not driver.run.done
+                and not driver.run.parked
             ]
             idle = 0 if active else idle + 1
             if active:
