@@ -204,22 +204,21 @@ class Writes:
     entry_bytes: int = 0
 
 
-class Piton:
-    def __init__(self, directory: Path) -> None:
-        self.path = directory / "piton.db"
-        self.store = SqliteStore(self.path)  # synchronous=FULL, WAL: the defaults
-        # one store (one file, one writer thread) for both modes, measured one at a time
+class Chains:
+    """The chain workflow for each durability mode on ``stores[mode]`` (a Store or a URL), and
+    in memory; subclasses say how to read the journal (bench/postgres.py has one for
+    PostgreSQL)."""
+
+    def __init__(self, stores: dict[str, Any]) -> None:
         self.durable = {
-            mode: Chain(timeout=None, store=self.store, durability=mode) for mode in MODES
+            mode: Chain(timeout=None, store=stores[mode], durability=mode) for mode in MODES
         }
         self.memory = Chain(timeout=None)
         self.ids = 0
 
     def _journal(self) -> tuple[int, int]:
-        with sqlite3.connect(self.path) as db:
-            count, size = db.execute("SELECT COUNT(*), SUM(LENGTH(entry)) FROM journal").fetchone()
-        db.close()
-        return count, size or 0
+        """(journal rows, their total size) in the store, read outside the timings."""
+        raise NotImplementedError
 
     def _run_id(self, tag: str) -> str:
         self.ids += 1
@@ -229,7 +228,8 @@ class Piton:
         self, mode: str, width: int, rounds: int, tag: str
     ) -> tuple[float, Writes]:
         """Seconds for ``rounds`` x ``width`` durable runs in ``mode``, ``width`` at a time."""
-        wf, store = self.durable[mode], self.store
+        wf = self.durable[mode]
+        store: Any = wf.store  # SqliteStore and PostgresStore count .transactions, .commits
         entries, size = self._journal()
         transactions, commits = store.transactions, store.commits
         gc.collect()
@@ -239,7 +239,11 @@ class Piton:
                 _check(await wf.run(run_id=self._run_id(tag)))
             else:
                 runs = [wf.run(run_id=self._run_id(tag)) for _ in range(width)]
-                for result in await asyncio.gather(*runs):
+                # every run ends before a failure is raised: none goes on behind the caller
+                results = await asyncio.gather(*runs, return_exceptions=True)
+                for result in results:
+                    if isinstance(result, BaseException):
+                        raise result
                     _check(result)
         seconds = time.perf_counter() - started
         now_entries, now_size = self._journal()
@@ -257,6 +261,20 @@ class Piton:
         for _ in range(runs):
             _check(await wf.run())
         return time.perf_counter() - started
+
+
+class Piton(Chains):
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "piton.db"
+        self.store = SqliteStore(self.path)  # synchronous=FULL, WAL: the defaults
+        # one store (one file, one writer thread) for both modes, measured one at a time
+        super().__init__({mode: self.store for mode in MODES})
+
+    def _journal(self) -> tuple[int, int]:
+        with sqlite3.connect(self.path) as db:
+            count, size = db.execute("SELECT COUNT(*), SUM(LENGTH(entry)) FROM journal").fetchone()
+        db.close()
+        return count, size or 0
 
     def completed(self) -> tuple[int, int]:
         """(runs completed, runs) in the store file."""
@@ -319,44 +337,28 @@ class DbosApp:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
 
-class Dbos:
-    """One DBOS system database: ``wal`` sets the file to WAL before DBOS opens it."""
+class DbosSystem:
+    """One DBOS system database, launched and destroyed by the benchmark; ``config()`` says
+    which (bench/postgres.py subclasses this for PostgreSQL)."""
 
-    def __init__(self, app: DbosApp, directory: Path, wal: bool) -> None:
+    def __init__(self, app: DbosApp, name: str) -> None:
         self.app = app
-        self.wal = wal
-        self.name = "dbos-wal" if wal else "dbos"
-        self.path = directory / f"{self.name}.sqlite"
+        self.name = name
         self.api = "sync"
         self.ids = 0
-        if wal:
-            with sqlite3.connect(self.path) as db:
-                db.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
-            db.close()
+
+    def config(self) -> dict[str, Any]:
+        raise NotImplementedError
 
     async def launch(self) -> None:
         DBOS = self.app.DBOS
-        DBOS(
-            config={
-                "name": "piton-bench",
-                "system_database_url": f"sqlite:///{self.path}",
-                "log_level": "WARNING",
-            }
-        )
+        DBOS(config={"name": "piton-bench", "log_level": "WARNING", **self.config()})
         await self.app.in_thread(DBOS.launch)
 
     async def destroy(self) -> None:
         await self.app.in_thread(self.app.DBOS.destroy)
         # DBOS's async API makes DBOS's executor the loop's default one; it is shut down now
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor())
-
-    def journal_mode(self) -> str:
-        with sqlite3.connect(self.path) as db:
-            mode = db.execute("PRAGMA journal_mode").fetchone()[0]
-            sync = db.execute("PRAGMA synchronous").fetchone()[0]
-        db.close()
-        names = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
-        return f"journal_mode={mode}, synchronous={names.get(sync, sync)} (SQLite's default)"
 
     def _run_id(self, tag: str) -> str:
         self.ids += 1
@@ -404,6 +406,30 @@ class Dbos:
             else:
                 await asyncio.gather(*(one(workflow_id) for workflow_id in batch))
         return time.perf_counter() - started
+
+
+class Dbos(DbosSystem):
+    """A SQLite system database: ``wal`` sets the file to WAL before DBOS opens it."""
+
+    def __init__(self, app: DbosApp, directory: Path, wal: bool) -> None:
+        super().__init__(app, "dbos-wal" if wal else "dbos")
+        self.wal = wal
+        self.path = directory / f"{self.name}.sqlite"
+        if wal:
+            with sqlite3.connect(self.path) as db:
+                db.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
+            db.close()
+
+    def config(self) -> dict[str, Any]:
+        return {"system_database_url": f"sqlite:///{self.path}"}
+
+    def journal_mode(self) -> str:
+        with sqlite3.connect(self.path) as db:
+            mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+            sync = db.execute("PRAGMA synchronous").fetchone()[0]
+        db.close()
+        names = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+        return f"journal_mode={mode}, synchronous={names.get(sync, sync)} (SQLite's default)"
 
     def checkpoints(self, workflow_id_prefix: str) -> tuple[int, int]:
         """(step rows in operation_outputs, finished workflows) for the ids with this prefix."""
@@ -500,6 +526,27 @@ async def settle_wal(path: Path, write: Callable[[], Awaitable[object]], limit: 
     return done
 
 
+async def pick_dbos_api(d: DbosSystem, args: argparse.Namespace, res: Results) -> str:
+    """DBOS's faster API on this machine (sync or async), unless ``--dbos-api`` gives one.
+
+    ``d`` is launched. Both APIs run alternately and the median cost per step of each is
+    recorded in ``res.notes``, with the choice.
+    """
+    await d.concurrent(1, 2, "warm", api="sync")
+    await d.concurrent(1, 2, "warm", api="async")
+    calibration: dict[str, list[float]] = {"sync": [], "async": []}
+    runs = 1 if args.smoke else 3 if args.quick else 6
+    for k in range(2):
+        for api in ("sync", "async") if k % 2 == 0 else ("async", "sync"):
+            seconds = await d.concurrent(1, runs, "calib", api=api)
+            calibration[api].append(seconds / (runs * STEPS) * 1e6)
+    us = {api: statistics.median(values) for api, values in calibration.items()}
+    res.notes["dbos_api_calibration_us_per_step"] = us
+    chosen: str = args.dbos_api if args.dbos_api != "auto" else min(us, key=lambda a: us[a])
+    res.notes["dbos_api"] = chosen
+    return chosen
+
+
 async def warm_up(
     floor: Floor, piton: Piton, dboses: list[Dbos], args: argparse.Namespace, res: Results
 ) -> None:
@@ -551,19 +598,7 @@ async def warm_up(
         steps, done = first.checkpoints("audit-")
         res.notes["dbos_audit"] = {"step_rows": steps, "workflows_succeeded": done}
         app.statements.clear()
-        # the API: DBOS's faster path on this machine, unless given
-        await first.concurrent(1, 2, "warm", api="sync")
-        await first.concurrent(1, 2, "warm", api="async")
-        calibration: dict[str, list[float]] = {"sync": [], "async": []}
-        runs = 1 if args.smoke else 3 if args.quick else 6
-        for k in range(2):
-            for api in ("sync", "async") if k % 2 == 0 else ("async", "sync"):
-                seconds = await first.concurrent(1, runs, "calib", api=api)
-                calibration[api].append(seconds / (runs * STEPS) * 1e6)
-        us = {api: statistics.median(values) for api, values in calibration.items()}
-        res.notes["dbos_api_calibration_us_per_step"] = us
-        api = args.dbos_api if args.dbos_api != "auto" else min(us, key=lambda a: us[a])
-        res.notes["dbos_api"] = api
+        api = await pick_dbos_api(first, args, res)
         for d in dboses:
             d.api = api
     finally:
