@@ -24,6 +24,7 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from piton.errors import StoreError, StoreUnavailable
+from piton.stores._batching import BatchWriter, copy_error
 from piton.stores._postgres_ops import Conn, is_plain
 from piton.stores._wakeups import Waiters
 from piton.stores.base import CommitRequest
@@ -149,27 +150,14 @@ class _Retry(Exception):
         self.error = error
 
 
-class Writer:
+class Writer(BatchWriter[WriteJob]):
     """Runs a store's writes on one connection, batching the jobs that queue up meanwhile."""
 
     def __init__(self, connector: Connector, fast_commit: FastCommit) -> None:
+        super().__init__(connector.where)
         self.connector = connector
-        self.where = connector.where
         self.fast_commit = fast_commit
-        self.pending: list[WriteJob] = []
-        self.task: asyncio.Task[None] | None = None
         self.conn: Conn | None = None
-        self.closed = False
-        self.transactions = 0  # write transactions committed
-        self.commits = 0  # CommitRequests applied
-
-    def submit(self, job: WriteJob) -> None:
-        if self.closed:
-            raise StoreError(f"{self.where} is closed; call `await store.open()`.")
-        self.pending.append(job)
-        if self.task is None:
-            loop = asyncio.get_running_loop()
-            self.task = loop.create_task(self._main(), name=f"piton writer for {self.where}")
 
     async def aclose(self) -> None:
         """Finish the queued jobs, then close the connection."""
@@ -182,42 +170,13 @@ class Writer:
         self.closed = True
         self.abandon_connection()
 
+    def _reset(self) -> None:
+        self.abandon_connection()
+
     def abandon_connection(self) -> None:
         conn, self.conn = self.conn, None
         if conn is not None:
             discard(conn)
-
-    async def _main(self) -> None:
-        batch: list[WriteJob] = []
-        try:
-            while self.pending:
-                batch, self.pending = self.pending, []
-                jobs = [job for job in batch if not job.future.done()]  # done: cancelled
-                try:
-                    outcomes = await self._run(jobs) if jobs else []
-                except Exception as bug:  # fail this batch, keep serving
-                    self.abandon_connection()
-                    outcomes = [(job, None, bug) for job in jobs]
-                for job, result, error in outcomes:
-                    if job.future.done():
-                        continue
-                    if error is not None:
-                        job.future.set_exception(error)
-                    else:
-                        job.future.set_result(result)
-        except BaseException as exc:  # cancelled: the loop is closing
-            self.abandon_connection()
-            failure = StoreUnavailable(
-                f"{self.where}: the write was interrupted ({type(exc).__name__}); it may or "
-                "may not have been committed. Load the run to see."
-            )
-            for job in batch + self.pending:
-                if not job.future.done():
-                    job.future.set_exception(_copy(failure))
-            self.pending = []
-            raise
-        finally:
-            self.task = None
 
     async def _connection(self) -> Conn:
         if self.conn is None or self.conn.closed:
@@ -229,7 +188,7 @@ class Writer:
         try:
             conn = await self._connection()
         except StoreError as exc:
-            return [(job, None, _copy(exc)) for job in jobs]
+            return [(job, None, copy_error(exc)) for job in jobs]
         fast, slow = _split(jobs)
         outcomes: list[Outcome] = []
         try:
@@ -243,7 +202,7 @@ class Writer:
         except psycopg.Error as exc:  # the connection failed: the batch's fate is unknown
             error = translate(exc, self.where)
             settled = {id(job) for job, _, _ in outcomes}
-            outcomes += [(job, None, _copy(error)) for job in jobs if id(job) not in settled]
+            outcomes += [(job, None, copy_error(error)) for job in jobs if id(job) not in settled]
         if self.conn is not None and not _reusable(self.conn):
             self.abandon_connection()
         return outcomes
@@ -273,7 +232,7 @@ class Writer:
                 error = retry.error
         assert error is not None
         failure = translate(error, self.where)
-        return [(job, None, _copy(failure)) for job in fast + slow]
+        return [(job, None, copy_error(failure)) for job in fast + slow]
 
     async def _alone(self, conn: Conn, job: WriteJob) -> list[Outcome]:
         try:
@@ -572,10 +531,3 @@ def translate(exc: BaseException, where: str) -> StoreError:
         error = StoreError(f"{where} failed: {type(exc).__name__}: {text}")
     error.__cause__ = exc
     return error
-
-
-def _copy(error: BaseException) -> BaseException:
-    """One exception object per waiting caller, so their tracebacks do not mix."""
-    copy = type(error)(*error.args)
-    copy.__cause__ = error.__cause__
-    return copy

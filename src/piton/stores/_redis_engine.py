@@ -45,6 +45,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from piton.errors import StoreError, StoreUnavailable, WorkflowConfigurationError
+from piton.stores._batching import BatchWriter, copy_error
 from piton.stores._redis_codec import Arg
 from piton.stores._redis_scripts import SCRIPTS
 from piton.stores._wakeups import Waiters
@@ -66,63 +67,20 @@ class Job:
     commit: bool = False  # a CommitRequest: counted in Writer.commits
 
 
-class Writer:
+class Writer(BatchWriter[Job]):
     """Runs a store's write scripts on one loop, pipelining the calls that queue up meanwhile."""
 
     def __init__(self, client: aioredis.Redis, where: str) -> None:
+        super().__init__(where)
         self.client = client
-        self.where = where
         self.scripts = {name: client.register_script(source) for name, source in SCRIPTS.items()}
         self.loaded = False  # SCRIPT LOAD sent on this loop's client
-        self.pending: list[Job] = []
-        self.task: asyncio.Task[None] | None = None
-        self.closed = False
-        self.transactions = 0  # pipelines of writes sent (a group commit counts once)
-        self.commits = 0  # CommitRequests applied
-
-    def submit(self, job: Job) -> None:
-        if self.closed:
-            raise StoreError(f"{self.where} is closed; call `await store.open()`.")
-        self.pending.append(job)
-        if self.task is None:
-            loop = asyncio.get_running_loop()
-            self.task = loop.create_task(self._main(), name=f"piton writer for {self.where}")
 
     async def aclose(self) -> None:
         """Finish the queued jobs; refuse new ones."""
         self.closed = True
         if self.task is not None:
             await asyncio.wait([self.task])
-
-    async def _main(self) -> None:
-        batch: list[Job] = []
-        try:
-            while self.pending:
-                batch, self.pending = self.pending, []
-                jobs = [job for job in batch if not job.future.done()]  # done: cancelled
-                try:
-                    outcomes = await self._run(jobs) if jobs else []
-                except Exception as bug:  # fail this batch, keep serving
-                    outcomes = [(job, None, bug) for job in jobs]
-                for job, result, error in outcomes:
-                    if job.future.done():
-                        continue
-                    if error is not None:
-                        job.future.set_exception(error)
-                    else:
-                        job.future.set_result(result)
-        except BaseException as exc:  # cancelled: the loop is closing
-            failure = StoreUnavailable(
-                f"{self.where}: the write was interrupted ({type(exc).__name__}); it may or "
-                "may not have been applied. Load the run to see."
-            )
-            for job in batch + self.pending:
-                if not job.future.done():
-                    job.future.set_exception(copy_error(failure))
-            self.pending = []
-            raise
-        finally:
-            self.task = None
 
     async def _run(self, jobs: list[Job]) -> list[Outcome]:
         try:
@@ -376,10 +334,3 @@ def translate(exc: BaseException, where: str, *, writing: bool = False) -> Store
         error = StoreError(f"{where} failed: {type(exc).__name__}: {text}")
     error.__cause__ = exc
     return error
-
-
-def copy_error(error: BaseException) -> BaseException:
-    """One exception object per waiting caller, so their tracebacks do not mix."""
-    copy = type(error)(*error.args)
-    copy.__cause__ = error.__cause__
-    return copy
