@@ -15,12 +15,13 @@ from typing import Any, TypeAlias
 
 import psycopg
 
-from piton.errors import JournalCorrupted, LeaseLost, RunNotFound
+from piton.errors import JournalCorrupted, RunNotFound
 from piton.stores.base import (
     FINAL_STATUSES,
     CommitRequest,
     Loaded,
     RunRecord,
+    check_fence,
     is_runnable,
     may_claim,
     owner_is_dead,
@@ -325,19 +326,7 @@ class PostgresOps:
         row = await cursor.fetchone()
         if row is None:
             raise self._missing(r.run_id)
-        epoch, owner, seq = row
-        if epoch != r.epoch:
-            raise LeaseLost(
-                f"Run '{r.run_id}' is now owned by another process (epoch {epoch}, ours "
-                f"{r.epoch}); this process stops working on it."
-            )
-        if owner is None:
-            raise LeaseLost(
-                f"Run '{r.run_id}' was released (parked or finished) at epoch {epoch}; claim it "
-                "again before committing."
-            )
-        if seq != r.seq:
-            raise LeaseLost(f"Run '{r.run_id}' journal is at seq {seq}, expected {r.seq}.")
+        check_fence(r, *row)
 
     async def renew(
         self, conn: Conn, runs: list[tuple[str, int]], owner: str, lease: float

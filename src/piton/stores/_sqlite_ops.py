@@ -9,12 +9,13 @@ import time
 from dataclasses import astuple, fields, replace
 from typing import Any
 
-from piton.errors import JournalCorrupted, LeaseLost, RunNotFound
+from piton.errors import JournalCorrupted, RunNotFound
 from piton.stores.base import (
     FINAL_STATUSES,
     CommitRequest,
     Loaded,
     RunRecord,
+    check_fence,
     is_runnable,
     may_claim,
 )
@@ -145,19 +146,7 @@ class SqliteOps:
         ).fetchone()
         if row is None:
             raise RunNotFound(f"No run '{r.run_id}' in {self.url}.")
-        epoch, owner, seq = row[:3]
-        if epoch != r.epoch:
-            raise LeaseLost(
-                f"Run '{r.run_id}' is now owned by another process (epoch {epoch}, ours "
-                f"{r.epoch}); this process stops working on it."
-            )
-        if owner is None:
-            raise LeaseLost(
-                f"Run '{r.run_id}' was released (parked or finished) at epoch {epoch}; claim it "
-                "again before committing."
-            )
-        if seq != r.seq:
-            raise LeaseLost(f"Run '{r.run_id}' journal is at seq {seq}, expected {r.seq}.")
+        check_fence(r, *row[:3])
         return tuple(row[3:])
 
     def _update_run(

@@ -28,7 +28,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlparse, urlsplit, urlunsplit
 
-from piton.errors import WorkflowConfigurationError
+from piton.errors import LeaseLost, WorkflowConfigurationError
 
 FINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "timed_out"})
 STATUSES = ("queued", "running", "parked", *sorted(FINAL_STATUSES))
@@ -244,6 +244,22 @@ def age_in_seconds(older_than: float | timedelta) -> float:
             f"prune(older_than={older_than!r}): an age cannot be negative."
         )
     return seconds
+
+
+def check_fence(r: CommitRequest, epoch: int, owner: str | None, seq: int) -> None:
+    """Raise ``LeaseLost`` unless ``r`` may commit to a run at ``epoch``/``owner``/``seq``."""
+    if epoch != r.epoch:
+        raise LeaseLost(
+            f"Run '{r.run_id}' is now owned by another process (epoch {epoch}, ours "
+            f"{r.epoch}); this process stops working on it."
+        )
+    if owner is None:
+        raise LeaseLost(
+            f"Run '{r.run_id}' was released (parked or finished) at epoch {epoch}; claim it "
+            "again before committing."
+        )
+    if seq != r.seq:
+        raise LeaseLost(f"Run '{r.run_id}' journal is at seq {seq}, expected {r.seq}.")
 
 
 def may_claim(record: RunRecord, owner: str, now: float) -> bool:

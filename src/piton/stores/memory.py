@@ -10,13 +10,14 @@ import time
 from dataclasses import replace
 from datetime import timedelta
 
-from piton.errors import LeaseLost, RunNotFound
+from piton.errors import RunNotFound
 from piton.stores.base import (
     CommitRequest,
     Loaded,
     RunRecord,
     Store,
     age_in_seconds,
+    check_fence,
     is_runnable,
     may_claim,
 )
@@ -84,15 +85,7 @@ class MemoryStore(Store):
 
     async def commit(self, request: CommitRequest) -> None:
         record = self._run(request.run_id)
-        if record.epoch != request.epoch or record.owner is None:
-            raise LeaseLost(
-                f"Run '{request.run_id}' is now owned by another process (epoch {record.epoch}, "
-                f"ours {request.epoch}); this process stops working on it."
-            )
-        if record.seq != request.seq:
-            raise LeaseLost(
-                f"Run '{request.run_id}' journal is at seq {record.seq}, expected {request.seq}."
-            )
+        check_fence(request, record.epoch, record.owner, record.seq)
         journal = self._journal[request.run_id]
         for n, entry in enumerate(request.entries, start=request.seq + 1):
             journal.append((n, entry))
