@@ -25,7 +25,7 @@ from psycopg.pq import TransactionStatus
 
 from piton.errors import StoreError, StoreUnavailable
 from piton.stores._batching import BatchWriter, copy_error
-from piton.stores._postgres_ops import Conn, is_plain
+from piton.stores._postgres_ops import Conn
 from piton.stores._wakeups import Waiters
 from piton.stores.base import CommitRequest
 
@@ -285,7 +285,7 @@ def _split(jobs: list[WriteJob]) -> tuple[list[WriteJob], list[WriteJob]]:
     """Plain commits that are the first job of the batch on their run; the rest, in order."""
     fast, slow, seen = [], [], set()
     for job in jobs:
-        if job.request is not None and job.run_id not in seen and is_plain(job.request):
+        if job.request is not None and job.run_id not in seen and job.request.plain:
             fast.append(job)
         else:
             slow.append(job)

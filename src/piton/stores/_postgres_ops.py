@@ -199,20 +199,6 @@ SELECT count(*) FROM run_rows
 """
 
 
-def is_plain(r: CommitRequest) -> bool:
-    """A commit that changes nothing on the run's row but its seq: the batched fast path."""
-    return (
-        r.status == "running"
-        and not r.release
-        and r.result is None
-        and r.error is None
-        and r.wake_at is None
-        and r.fingerprint is None
-        and r.snapshot is None
-        and not r.inbox_done
-    )
-
-
 class PostgresOps:
     """The Store operations as SQL; ``where`` names the store in error messages."""
 
@@ -263,7 +249,7 @@ class PostgresOps:
         return epoch
 
     async def commit_plain(self, conn: Conn, requests: list[CommitRequest]) -> set[str]:
-        """Apply plain requests (``is_plain``, one per run) in one statement; return the
+        """Apply plain requests (``CommitRequest.plain``, one per run) in one statement; return the
         ids of the runs that advanced."""
         params: dict[str, Any] = {
             "ids": [],

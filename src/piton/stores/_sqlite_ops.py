@@ -30,20 +30,6 @@ _INSERT_RUN = (
 _FINAL = ", ".join(f"'{status}'" for status in sorted(FINAL_STATUSES))
 
 
-def _is_plain(r: CommitRequest) -> bool:
-    """A commit that changes nothing on the run's row but its seq."""
-    return (
-        r.status == "running"
-        and not r.release
-        and r.result is None
-        and r.error is None
-        and r.wake_at is None
-        and r.fingerprint is None
-        and r.snapshot is None
-        and not r.inbox_done
-    )
-
-
 class SqliteOps:
     """Each method runs inside a transaction the writer opened, on the writer thread."""
 
@@ -94,7 +80,7 @@ class SqliteOps:
 
     def commit(self, conn: sqlite3.Connection, r: CommitRequest) -> None:
         run_id, new_seq = r.run_id, r.seq + len(r.entries)
-        if _is_plain(r):  # a step of a running run: fence, check and advance in one UPDATE
+        if r.plain:  # a step of a running run: fence, check and advance in one UPDATE
             advanced = conn.execute(
                 "UPDATE runs SET seq = ?, updated_at = ? WHERE run_id = ? AND epoch = ? AND "
                 "seq = ? AND owner IS NOT NULL AND status = 'running'",

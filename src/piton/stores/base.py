@@ -86,6 +86,20 @@ class CommitRequest:
     fingerprint: str | None = None
     release: bool = False  # give up ownership (parked runs, finished runs)
 
+    @property
+    def plain(self) -> bool:
+        """Changes nothing on the run's row but its seq: a store's cheap, batchable case."""
+        return (
+            self.status == "running"
+            and not self.release
+            and self.result is None
+            and self.error is None
+            and self.wake_at is None
+            and self.fingerprint is None
+            and self.snapshot is None
+            and not self.inbox_done
+        )
+
 
 # The runs this process is driving, per database (see Store.identity): two store objects
 # on one database must not both drive a run, since they share the process's owner id.
