@@ -334,6 +334,54 @@ async def test_no_lease_renewal_before_a_new_run_is_created(tmp_path: Path) -> N
     assert await asyncio.wait_for(W(store=store).run(run_id="slow"), 10) == "ok"
 
 
+@pytest.mark.parametrize("durability", ["fast", "strict"])
+async def test_a_process_that_lost_its_lease_stops_working_on_the_run(
+    tmp_path: Path, durability: str
+) -> None:
+    """Another process takes the run over (the lease ran out); the old owner's next
+    commit fails with LeaseLost, it stops, and nothing it did after is in the journal.
+    In fast mode the next step may already have started on the uncommitted event."""
+    import sqlite3
+
+    from piton.errors import LeaseLost
+
+    gate = asyncio.Event()
+    after: list[str] = []
+
+    class W(Workflow):
+        @step
+        async def long(self, ev: StartEvent, ctx: Context) -> Mid:
+            await gate.wait()
+            return Mid(n=1)
+
+        @step
+        async def next(self, ev: Mid, ctx: Context) -> StopEvent:
+            after.append("next")
+            return StopEvent(result="done")
+
+    store = SqliteStore(tmp_path / "runs.db")
+    handler = W(store=store, durability=durability).run(run_id="stolen")
+    await _wait_status(store, "stolen", {"running"})
+    await asyncio.sleep(0.1)
+    with contextlib.closing(sqlite3.connect(tmp_path / "runs.db")) as db, db:
+        db.execute("UPDATE runs SET lease_until = 0 WHERE run_id = 'stolen'")  # it ran out
+    thief = SqliteStore(tmp_path / "runs.db")
+    thief.owner = "elsewhere/1/1"  # a process on another machine
+    epoch = await thief.claim("stolen", thief.owner, 60)
+    assert epoch == 2
+    gate.set()
+    with pytest.raises(LeaseLost, match="stolen"):
+        await asyncio.wait_for(handler, 10)
+    await asyncio.sleep(0.2)
+    if durability == "strict":
+        assert after == []  # the old owner did not go on
+    record = await thief.get("stolen")
+    assert record is not None and record.owner == "elsewhere/1/1" and record.epoch == 2
+    loaded = await thief.load("stolen")
+    assert all('"StepDone"' not in entry for _, entry in loaded.entries)
+    await thief.close()
+
+
 # -- recovery by a Worker -----------------------------------------------------------------
 
 OWNER_MODULE = textwrap.dedent(
