@@ -94,8 +94,9 @@ class DurableRun(Runner):
         self.commits = 0
         self.snapshot_due = False
         self.holding = False  # no parking while a resume feeds its inbox
-        self.creating: RunRecord | None = None  # a new run: the first commit creates it
-        self.stored = True  # False until a new run's creation has landed: no lease to renew
+        # a new run: its first commit creates it; until that lands the run has no row (no
+        # lease to renew) and no step starts (the run_id may be another process's)
+        self.creating: RunRecord | None = None
 
     # -- feeding: encode first, so a value that cannot be stored fails where it was made ----
 
@@ -141,7 +142,6 @@ class DurableRun(Runner):
         super()._publish(cmd)
 
     def _run_step(self, cmd: i.RunStep) -> None:
-        # a new run's first steps wait for its creation: the run_id may be taken
         if self._held and (self.strict or self.creating is not None):
             self._held[-1].append(cmd)
         else:
@@ -215,11 +215,10 @@ class DurableRun(Runner):
                 self.snapshot_due = False
             try:
                 if self.creating is not None:
-                    record, self.creating = self.creating, None
-                    if not await self._create(record, request):
+                    if not await self._create(self.creating, request):
                         self._lost(_AlreadyCreated())
                         return
-                    self.stored = True
+                    self.creating = None
                 else:
                     await self.store.commit(request)
             except (StoreError, PitonError) as exc:
@@ -239,14 +238,7 @@ class DurableRun(Runner):
 
     async def _create(self, record: RunRecord, request: CommitRequest) -> bool:
         """Create the run with the first commit's entries; False if the run_id is taken."""
-        plain = request.status == "running" and not (
-            request.release
-            or request.result
-            or request.error
-            or request.inbox_done
-            or request.snapshot
-        )
-        if not plain:  # e.g. a run that ends in its first commit: create, then commit
+        if not request.plain:  # e.g. a run that ends in its first commit: create, then commit
             if not await self.store.create(record, [], []):
                 return False
             await self.store.commit(request)
@@ -505,7 +497,6 @@ class RunDriver:
     ) -> str:
         run = DurableRun(self, state, epoch=epoch, seq=seq)
         run.creating = create
-        run.stored = create is None
         self.run = run
         self._notify_stream()  # a listener that came before the run follows it now
         self.store.live[self.run_id] = self
@@ -636,7 +627,7 @@ class _LeaseKeeper:
                 (driver, driver.run)
                 for driver in list(self.runs.values())
                 if driver.run is not None
-                and driver.run.stored  # a run whose creation is in flight has no row yet
+                and driver.run.creating is None  # a run being created has no row yet
                 and not driver.run.done
                 and not driver.run.parked
             ]
