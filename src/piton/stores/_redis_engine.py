@@ -27,7 +27,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, TypeAlias
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, parse_url
@@ -49,7 +49,7 @@ from piton.stores._batching import BatchWriter, copy_error
 from piton.stores._redis_codec import Arg
 from piton.stores._redis_scripts import SCRIPTS
 from piton.stores._wakeups import Waiters
-from piton.stores.base import redact_url
+from piton.stores.base import redact_url, split_store_url
 
 Decode: TypeAlias = Callable[[Any], Any]
 Outcome: TypeAlias = tuple["Job", Any, BaseException | None]
@@ -223,21 +223,13 @@ CLIENT_DEFAULTS: dict[str, Any] = {
 
 def parse_store_url(url: str) -> tuple[str, dict[str, str], dict[str, Any]]:
     """(the URL for redis-py, piton's options, the connection arguments it sets)."""
-    try:
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-    except ValueError as exc:
-        raise WorkflowConfigurationError(
-            f"Store URL {redact_url(url)!r} is not a URL ({exc})."
-        ) from exc
-    if parts.scheme not in ("redis", "rediss"):
-        raise WorkflowConfigurationError(
-            f"Store URL {redact_url(url)!r} is not a Redis URL: use "
-            "redis://[user:password@]host:port/db?prefix=name (or rediss:// for TLS)."
-        )
-    options = {key: value for key, value in query if key in OPTIONS}
-    rest = [(key, value) for key, value in query if key not in OPTIONS]
-    client_url = urlunsplit(parts._replace(query=urlencode(rest)))
+    client_url, options = split_store_url(
+        url,
+        ("redis", "rediss"),
+        "a Redis URL: use redis://[user:password@]host:port/db?prefix=name (or rediss:// for TLS)",
+        OPTIONS,
+    )
+    rest = parse_qsl(urlsplit(client_url).query, keep_blank_values=True)
     try:
         connect: dict[str, Any] = dict(parse_url(client_url))
     except ValueError as exc:

@@ -23,10 +23,11 @@ import os
 import socket
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlparse, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlparse, urlsplit, urlunsplit
 
 from piton.errors import LeaseLost, WorkflowConfigurationError
 
@@ -241,6 +242,28 @@ def redact_url(url: str) -> str:
     user, _, host = parts.netloc.rpartition("@")
     name = user.partition(":")[0]
     return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
+
+
+def split_store_url(
+    url: str, schemes: tuple[str, ...], usage: str, own: Iterable[str]
+) -> tuple[str, dict[str, str]]:
+    """(``url`` without piton's own query options, those options), for a networked store.
+
+    ``schemes`` are the schemes the store takes; ``usage`` shows a right URL in the error.
+    """
+    try:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError as exc:
+        raise WorkflowConfigurationError(
+            f"Store URL {redact_url(url)!r} is not a URL ({exc})."
+        ) from exc
+    if parts.scheme not in schemes:
+        raise WorkflowConfigurationError(f"Store URL {redact_url(url)!r} is not {usage}.")
+    own = frozenset(own)
+    options = {key: value for key, value in query if key in own}
+    rest = [(key, value) for key, value in query if key not in own]
+    return urlunsplit(parts._replace(query=urlencode(rest))), options
 
 
 def age_in_seconds(older_than: float | timedelta) -> float:

@@ -45,7 +45,6 @@ import weakref
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from piton.errors import StoreError, WorkflowConfigurationError
 from piton.stores.base import (
@@ -55,6 +54,7 @@ from piton.stores.base import (
     Store,
     age_in_seconds,
     redact_url,
+    split_store_url,
 )
 
 try:
@@ -307,21 +307,12 @@ def _abandon_all(engines: dict[asyncio.AbstractEventLoop, Engine]) -> None:
 
 def _parse_url(url: str) -> tuple[str, dict[str, str], dict[str, Any]]:
     """(libpq connection string, piton's options, the libpq parameters it sets)."""
-    try:
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-    except ValueError as exc:
-        raise WorkflowConfigurationError(
-            f"Store URL {redact_url(url)!r} is not a URL ({exc})."
-        ) from exc
-    if parts.scheme not in ("postgres", "postgresql"):
-        raise WorkflowConfigurationError(
-            f"Store URL {redact_url(url)!r} is not a PostgreSQL URL: use "
-            "postgresql://user@host:port/database?schema=name."
-        )
-    options = {key: value for key, value in query if key in _OPTIONS}
-    rest = [(key, value) for key, value in query if key not in _OPTIONS]
-    conninfo = urlunsplit(parts._replace(query=urlencode(rest)))
+    conninfo, options = split_store_url(
+        url,
+        ("postgres", "postgresql"),
+        "a PostgreSQL URL: use postgresql://user@host:port/database?schema=name",
+        _OPTIONS,
+    )
     try:
         libpq = conninfo_to_dict(conninfo)
     except ProgrammingError as exc:
