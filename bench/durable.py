@@ -969,8 +969,8 @@ def _pf(ok: bool | None) -> str:
     return "-" if ok is None else ("PASS" if ok else "FAIL")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """The options every durable benchmark takes (this one and postgres.py)."""
     p.add_argument("--repeat", type=int, default=None, help="repetitions (default 5, quick 2)")
     p.add_argument("--quick", action="store_true", help="a smoke test of about 20 s")
     p.add_argument(
@@ -979,12 +979,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="1 repetition of tiny workloads: checks that it runs, measures nothing (for tests)",
     )
     p.add_argument("--json", metavar="PATH", help="also write machine info and figures as JSON")
-    p.add_argument(
-        "--dir",
-        metavar="DIR",
-        help="make the temporary directory for the databases here (default: .bench-tmp/ in "
-        "the repository, i.e. the repository's disk)",
-    )
     p.add_argument(
         "--concurrency",
         default="1,10,100",
@@ -997,7 +991,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="auto",
         help="DBOS API to time (default auto: the faster one in the warm-up)",
     )
-    args = p.parse_args(argv)
+
+
+def check_common_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fill in and check what add_common_args added (``p.error`` exits on a bad value)."""
     if args.repeat is None:
         args.repeat = 1 if args.smoke else 2 if args.quick else 5
     if args.repeat < 1:
@@ -1010,6 +1007,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--concurrency takes ascending integers, e.g. 1,10,100")
     if args.concurrency[0] < 1:
         p.error("--concurrency levels must be >= 1")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    add_common_args(p)
+    p.add_argument(
+        "--dir",
+        metavar="DIR",
+        help="make the temporary directory for the databases here (default: .bench-tmp/ in "
+        "the repository, i.e. the repository's disk)",
+    )
+    args = p.parse_args(argv)
+    check_common_args(p, args)
     return args
 
 

@@ -69,7 +69,9 @@ from durable import (
     _num,
     _pf,
     _ratio,
+    add_common_args,
     block_order,
+    check_common_args,
     dbos_available,
     pick_dbos_api,
 )
@@ -866,39 +868,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the database (default $PITON_BENCH_POSTGRES or "
         "postgresql://postgres@127.0.0.1:5432/test); scratch schemas are made in it and dropped",
     )
-    p.add_argument("--repeat", type=int, default=None, help="repetitions (default 5, quick 2)")
-    p.add_argument("--quick", action="store_true", help="a smoke test of about 20 s")
-    p.add_argument(
-        "--smoke",
-        action="store_true",
-        help="1 repetition of tiny workloads: checks that it runs, measures nothing (for tests)",
-    )
-    p.add_argument("--json", metavar="PATH", help="also write machine info and figures as JSON")
-    p.add_argument(
-        "--concurrency",
-        default="1,10,100",
-        help="concurrent runs, comma-separated, ascending (default 1,10,100)",
-    )
-    p.add_argument("--no-dbos", action="store_true", help="leave DBOS out")
-    p.add_argument(
-        "--dbos-api",
-        choices=["auto", "sync", "async"],
-        default="auto",
-        help="DBOS API to time (default auto: the faster one in the warm-up)",
-    )
+    add_common_args(p)
     args = p.parse_args(argv)
-    if args.repeat is None:
-        args.repeat = 1 if args.smoke else 2 if args.quick else 5
-    if args.repeat < 1:
-        p.error("--repeat must be >= 1")
-    try:
-        args.concurrency = [int(x) for x in args.concurrency.split(",") if x.strip()]
-    except ValueError:
-        p.error("--concurrency takes integers, e.g. 1,10,100")
-    if not args.concurrency or sorted(args.concurrency) != args.concurrency:
-        p.error("--concurrency takes ascending integers, e.g. 1,10,100")
-    if args.concurrency[0] < 1:
-        p.error("--concurrency levels must be >= 1")
+    check_common_args(p, args)
     if "schema" in dict(parse_qsl(urlsplit(args.url).query)):
         p.error("--url: leave ?schema= out; the benchmark makes its own scratch schemas")
     return args
