@@ -8,6 +8,9 @@ Every error derives from :class:`PitonError`::
     ├── WorkflowRuntimeError           something went wrong while a run was executing
     │   ├── WorkflowTimeoutError       the run (or a step) used up its time
     │   ├── WorkflowCancelledByUser    handler.cancel_run() was called
+    │   ├── EventNotAccepted           send_event() of an event type the workflow does not know
+    │   ├── TooManyPendingEvents       a run already keeps as many untaken events as it may
+    │   ├── RunStateMismatch           a rebuilt run disagrees with the store's record of it
     │   └── IncompatibleWorkflowChange the code no longer has a step/event the run needs
     ├── ContextSerdeError              a context/state/event could not be (de)serialized
     ├── StateKeyError                  ctx.store.get(path) found nothing (also KeyError, ValueError)
@@ -51,6 +54,19 @@ class WorkflowCancelledByUser(WorkflowRuntimeError):
     """The run was cancelled with ``handler.cancel_run()``."""
 
 
+class EventNotAccepted(WorkflowRuntimeError):
+    """``send_event`` of an event type that no step of the workflow consumes or waits for."""
+
+
+class TooManyPendingEvents(WorkflowRuntimeError):
+    """The run already keeps as many events that nothing has taken yet as it may
+    (``piton.MAX_PENDING_EVENTS``): the sender is refused instead of an event being dropped."""
+
+
+class RunStateMismatch(WorkflowRuntimeError):
+    """A run rebuilt from its journal disagrees with the store's record of it."""
+
+
 class IncompatibleWorkflowChange(WorkflowRuntimeError):
     """A stored run needs a step or event type the current code does not have."""
 
@@ -91,14 +107,17 @@ class JournalCorrupted(StoreError):
 
 __all__ = [
     "ContextSerdeError",
+    "EventNotAccepted",
     "IncompatibleWorkflowChange",
     "JournalCorrupted",
     "LeaseLost",
     "PitonError",
     "RunNotFound",
+    "RunStateMismatch",
     "StateKeyError",
     "StoreError",
     "StoreUnavailable",
+    "TooManyPendingEvents",
     "WorkflowCancelledByUser",
     "WorkflowConfigurationError",
     "WorkflowRuntimeError",

@@ -53,6 +53,9 @@ class RunRecord:
     updated_at: float = 0.0
     finished_at: float | None = None
     start: str | None = None  # the start event, for queued runs
+    # how many waiters (wait_for_event / ctx.sleep) the run had at its last non-plain
+    # commit; exact for parked runs, whose parking commit always writes it
+    waiters: int = 0
 
     @property
     def finished(self) -> bool:
@@ -86,6 +89,7 @@ class CommitRequest:
     snapshot: str | None = None  # covers every entry up to seq + len(entries)
     fingerprint: str | None = None
     release: bool = False  # give up ownership (parked runs, finished runs)
+    waiters: int = 0  # the run's waiters after this commit (written by non-plain commits)
 
     @property
     def plain(self) -> bool:
@@ -154,8 +158,14 @@ class Store(ABC):
         """Extend the leases of (run_id, epoch) pairs; return the ids whose lease was lost."""
 
     @abstractmethod
-    async def deliver(self, run_id: str, event: str, step: str | None = None) -> None:
-        """Put an event in the run's inbox."""
+    async def deliver(
+        self, run_id: str, event: str, step: str | None = None, *, limit: int | None = None
+    ) -> None:
+        """Put an event in the run's inbox.
+
+        With ``limit``, refuse (``TooManyPendingEvents`` naming the run and the limit) when the
+        inbox already holds ``limit`` events; the check and the insert are atomic.
+        """
 
     @abstractmethod
     async def runnable(self, workflows: list[str], now: float, limit: int = 100) -> list[RunRecord]:
@@ -165,6 +175,20 @@ class Store(ABC):
     async def list_runs(
         self, *, status: str | None = None, workflow: str | None = None, limit: int = 100
     ) -> list[RunRecord]: ...
+
+    async def release(self, runs: list[tuple[str, int]], owner: str) -> None:
+        """Hand back the leases of (run_id, epoch) pairs that ``owner`` holds at that epoch.
+
+        The run keeps its status; its owner and lease_until become NULL (epoch unchanged),
+        so any process may claim it at once. Pairs not held by ``owner`` at that epoch, and
+        finished runs, are left alone. Used when a process leaves (its loop ends, SIGTERM).
+        """
+        raise NotImplementedError
+
+    async def stuck(self, workflows: list[str] | None = None, limit: int = 100) -> list[RunRecord]:
+        """Runs that nothing will ever move on: not final, parked (held by no process),
+        with no inbox event, no wake-up deadline and no waiter. Should be empty."""
+        raise NotImplementedError
 
     async def wait_for_work(self, timeout: float) -> None:
         """Return once a run may need a worker (an event was delivered to it from another
