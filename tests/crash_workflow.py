@@ -172,4 +172,9 @@ async def main(mode: str, db: str, run_id: str) -> None:
 
 if __name__ == "__main__":
     os.environ["PITON_SIDE_EFFECTS"] = sys.argv[4]
+    crash_after = int(os.environ.get("PITON_TEST_CRASH_AFTER_COMMIT") or 0)
+    if crash_after:
+        from piton.testing import crash_after_commit
+
+        crash_after_commit(crash_after)
     asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))

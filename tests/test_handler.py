@@ -373,7 +373,8 @@ async def test_a_failure_closes_the_stream_with_a_workflow_failed_event() -> Non
     assert isinstance(last, WorkflowFailedEvent) and handler.get_stop_event() is last
     assert last.step_name == "bad" and last.attempts == 3
     assert isinstance(last.exception, Broken) and last.elapsed_seconds is not None
-    assert [type(ev) for ev in events] == [Progress, WorkflowFailedEvent]
+    # each attempt's writes are its own: the three attempts each wrote one Progress
+    assert [type(ev) for ev in events] == [Progress, Progress, Progress, WorkflowFailedEvent]
 
 
 async def test_a_timeout_closes_the_stream_with_a_workflow_timed_out_event() -> None:

@@ -48,7 +48,7 @@ from hypothesis.stateful import (
 
 from piton._core import inputs as i
 from piton._core.graph import Graph, StepNode, build_graph
-from piton._core.reducer import reduce
+from piton._core.reducer import reduce, retry_decision
 from piton._core.state import (
     PARKED,
     RUN_TIMER,
@@ -440,7 +440,9 @@ class ReducerMachine(RuleBasedStateMachine):
             self.apply(i.Checkpoint(self.tick(), ex.id, self.make_sends(ex, data)))
             if self.case.graph.steps[ex.attempt.step].retry_policy and data.draw(st.booleans()):
                 self.take(ex.id, "failed")
-                self.apply(i.StepFailed(self.tick(), ex.id, RuntimeError(f"boom {ex.id}")))
+                at, error = self.tick(), RuntimeError(f"boom {ex.id}")
+                delay = retry_decision(self.state, ex.id, error, at)  # what a live run records
+                self.apply(i.StepFailed(at, ex.id, error, delay))
                 return
         self.done(ex, data)
 
@@ -741,6 +743,11 @@ def test_random_interleavings_keep_the_invariants() -> None:
 # --- regressions: bugs the machine found -----------------------------------------------
 
 
+def _fail(state: RunState, at: float, exec_id: str, error: BaseException) -> Any:
+    """Feed a step failure as a live run does: with the retry decision it recorded."""
+    return reduce(state, i.StepFailed(at, exec_id, error, retry_decision(state, exec_id, error, at)))
+
+
 def _start(state: RunState) -> list[Execution]:
     _, cmds = reduce(state, i.Begin(0.0, StartEvent()))
     return [c.execution for c in cmds if isinstance(c, i.RunStep)]
@@ -761,7 +768,7 @@ def test_two_steps_consuming_one_event_count_their_sends_apart() -> None:
     _, cmds = reduce(state, i.StepDone(1.0, start.id, Work()))
     worker, audit = _runs(cmds)["worker"], _runs(cmds)["audit"]
     reduce(state, i.Checkpoint(2.0, worker.id, ((0, Result(n=1), None),)))
-    _, cmds = reduce(state, i.StepFailed(3.0, worker.id, RuntimeError("flaky")))
+    _, cmds = _fail(state, 3.0, worker.id, RuntimeError("flaky"))
     (retry,) = [c.timer_id for c in cmds if isinstance(c, i.ArmTimer)]
     # audit's first send is index 0 too: it must still be routed
     reduce(state, i.StepDone(4.0, audit.id, None, ((0, Note(n=1), None),)))
@@ -812,7 +819,7 @@ def test_a_collect_retry_does_not_add_its_event_again_after_the_batch_is_taken()
     expected = [Result, Result]
     _, cmds = reduce(state, i.Collect(2.0, first.id, Result(n=1), expected, "b"))
     assert cmds == [i.Collected(None)]
-    _, cmds = reduce(state, i.StepFailed(3.0, first.id, RuntimeError("after collect")))
+    _, cmds = _fail(state, 3.0, first.id, RuntimeError("after collect"))
     (timer,) = [c for c in cmds if isinstance(c, i.ArmTimer)]
     _, cmds = reduce(state, i.Collect(4.0, second.id, Result(n=2), expected, "b"))
     assert cmds == [i.Collected([Result(n=1), Result(n=2)])]

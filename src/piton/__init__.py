@@ -1,18 +1,22 @@
 """piton: durable, event-driven workflows for Python."""
 
+from ._core.state import MAX_PENDING_EVENTS as MAX_PENDING_EVENTS
 from ._runtime.worker import Worker as Worker
 from .context import Context as Context
 from .context import DictState as DictState
 from .decorators import step as step
 from .errors import ContextSerdeError as ContextSerdeError
+from .errors import EventNotAccepted as EventNotAccepted
 from .errors import IncompatibleWorkflowChange as IncompatibleWorkflowChange
 from .errors import JournalCorrupted as JournalCorrupted
 from .errors import LeaseLost as LeaseLost
 from .errors import PitonError as PitonError
 from .errors import RunNotFound as RunNotFound
+from .errors import RunStateMismatch as RunStateMismatch
 from .errors import StateKeyError as StateKeyError
 from .errors import StoreError as StoreError
 from .errors import StoreUnavailable as StoreUnavailable
+from .errors import TooManyPendingEvents as TooManyPendingEvents
 from .errors import WorkflowCancelledByUser as WorkflowCancelledByUser
 from .errors import WorkflowConfigurationError as WorkflowConfigurationError
 from .errors import WorkflowRuntimeError as WorkflowRuntimeError
@@ -45,6 +49,7 @@ __all__ = [
     "ContextSerdeError",
     "DictState",
     "Event",
+    "EventNotAccepted",
     "ExponentialBackoffRetryPolicy",
     "HumanResponseEvent",
     "IncompatibleWorkflowChange",
@@ -52,17 +57,20 @@ __all__ = [
     "JournalCorrupted",
     "JsonSerializer",
     "LeaseLost",
+    "MAX_PENDING_EVENTS",
     "PickleSerializer",
     "PitonError",
     "Resource",
     "RetryInfo",
     "RetryPolicy",
     "RunNotFound",
+    "RunStateMismatch",
     "StartEvent",
     "StateKeyError",
     "StopEvent",
     "StoreError",
     "StoreUnavailable",
+    "TooManyPendingEvents",
     "Worker",
     "Workflow",
     "WorkflowCancelledByUser",

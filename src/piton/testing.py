@@ -21,16 +21,35 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import signal
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from piton._runtime import faults
 from piton.errors import LeaseLost, RunNotFound
 from piton.stores.base import CommitRequest, RunRecord, Store
 
 StoreFactory = Callable[[], Store | Awaitable[Store]]
+
+
+def crash_after_commit(n: int) -> None:
+    """Fault injection for crash tests: SIGKILL this process right after its ``n``-th
+    commit is durable, before the run in memory learns of it (the window between the
+    database and the process's own view of the run). For test programs only."""
+    if n < 1:
+        raise ValueError(f"crash_after_commit({n}): count commits from 1.")
+    done = 0
+
+    def hook() -> None:
+        nonlocal done
+        done += 1
+        if done == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    faults.add_after_commit(hook)
 
 LEASE = 0.2  # seconds; long enough for a check's calls, short enough to wait out
 OTHER = "piton-check-store.invalid/1/1"  # a live owner on another host: only its lease counts
@@ -418,4 +437,4 @@ async def dead_process_owner() -> str:
     return out.decode().strip()
 
 
-__all__ = ["check_store", "dead_process_owner"]
+__all__ = ["check_store", "crash_after_commit", "dead_process_owner"]

@@ -34,6 +34,9 @@ class Graph:
     state_type: type[Any] | None = None
     routes: Mapping[type[Event], tuple[str, ...]] = field(default_factory=dict)
     event_types: Mapping[str, type[Event]] = field(default_factory=dict)
+    # event types a step consumes that no step returns: only a send can bring them, so an
+    # idle run of this workflow may be waiting for one (a HumanResponseEvent, say)
+    outside: frozenset[type[Event]] = frozenset()
 
     def consumers(self, event_type: type[Event]) -> tuple[str, ...]:
         return self.routes.get(event_type, ())
@@ -82,6 +85,11 @@ def build_graph(
         state_type=state_type,
         routes={t: tuple(v) for t, v in routes.items()},
         event_types=types,
+        outside=frozenset(
+            t
+            for t in routes
+            if not issubclass(t, StartEvent) and not any(t in s.returns for s in steps.values())
+        ),
     )
 
 

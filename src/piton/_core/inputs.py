@@ -37,10 +37,14 @@ class StepDone:
 
 @dataclass(slots=True, frozen=True)
 class StepFailed:
+    """A step raised ``error``. ``retry_in`` is the decision the live run took (seconds
+    until the retry, or None: give up), so replaying this entry never asks the retry
+    policy again (see ``reducer.retry_decision``)."""
+
     at: float
     exec_id: str
     error: BaseException
-    retryable: bool = True
+    retry_in: float | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -161,7 +165,12 @@ class CancelStep:
 
 @dataclass(slots=True, frozen=True)
 class Publish:
+    """Show ``event`` on the run's stream. A durable run shows a fact (``live=False``) only
+    once the commit that holds it is durable; ``live`` events (``write_event_to_stream``)
+    go out at once."""
+
     event: Any
+    live: bool = False
 
 
 @dataclass(slots=True, frozen=True)

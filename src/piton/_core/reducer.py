@@ -15,7 +15,12 @@ from collections.abc import Callable, Sequence
 from itertools import groupby
 from typing import Any
 
-from piton.errors import WorkflowCancelledByUser, WorkflowTimeoutError
+from piton.errors import (
+    TooManyPendingEvents,
+    WorkflowCancelledByUser,
+    WorkflowRuntimeError,
+    WorkflowTimeoutError,
+)
 from piton.events import (
     InputRequiredEvent,
     StopEvent,
@@ -26,6 +31,7 @@ from piton.events import (
 
 from . import inputs as i
 from .inputs import Command
+from .paths import set_path
 from .state import (
     CANCELLED,
     COMPLETED,
@@ -122,16 +128,49 @@ def _count_active(state: RunState, at: float) -> None:
 
 
 def _park(state: RunState, inp: i.Park, cmds: Cmds) -> None:
+    """An idle durable run is parked, unless nothing could ever wake it: then it fails
+    now instead of waiting forever (promise 11: no run without a timer or a waiter)."""
+    if not can_be_woken(state):
+        _finish(
+            state,
+            FAILED,
+            cmds,
+            error=WorkflowRuntimeError(
+                f"Run '{state.run_id}' of workflow '{state.graph.workflow}' stopped with nothing "
+                "left to do: no step is running or queued, nothing waits for an event or a "
+                "timer, and no step returned a StopEvent. Make the last step return "
+                "StopEvent(result=...)."
+            ),
+        )
+        return
     state.active_since = None  # the clock stops; reduce() counted it up to inp.at
     state.status = PARKED
     state.deadlines.pop(RUN_TIMER, None)
 
 
+def can_be_woken(state: RunState) -> bool:
+    """Something outside an idle run can still move it: a waiter, a timer other than the
+    run's own, or a step that consumes events only a send can bring."""
+    if state.waiters or state.graph.outside:
+        return True
+    return any(timer_id != RUN_TIMER for timer_id in state.deadlines)
+
+
+def waiting_count(state: RunState) -> int:
+    """What a store records as the run's waiters: its waiters, plus one when a step waits
+    for events only a send can bring (so a parked run of such a workflow is not stuck)."""
+    return len(state.waiters) + (1 if state.graph.outside else 0)
+
+
 # --- routing ---------------------------------------------------------------------------
 
 
-def _route(state: RunState, env: Envelope, at: float, cmds: Cmds) -> None:
-    """Deliver one event: end the run, wake waiters, and queue it for its consumers."""
+def _route(state: RunState, env: Envelope, at: float, cmds: Cmds, *, sent: bool = False) -> None:
+    """Deliver one event: end the run, wake waiters, and queue it for its consumers.
+
+    A ``sent`` event (``send_event``, from a step or from outside) that no step and no
+    waiter takes now is kept for the first waiter that matches it later (promise 10).
+    """
     ev = env.event
     if isinstance(ev, StopEvent):
         cmds.append(i.Publish(ev))
@@ -143,17 +182,52 @@ def _route(state: RunState, env: Envelope, at: float, cmds: Cmds) -> None:
         _enqueue(state, Attempt(env.target, env), at, cmds)
         return
     woken = _wake_waiters(state, ev, at, cmds) if state.waiters else ()
-    for step in state.graph.consumers(type(ev)):
+    consumers = state.graph.consumers(type(ev))
+    for step in consumers:
         if step not in woken:
             _enqueue(state, Attempt(step, env), at, cmds)
+    if sent and not woken and not consumers and not isinstance(ev, InputRequiredEvent):
+        _keep(state, env, cmds)
+
+
+def _keep(state: RunState, env: Envelope, cmds: Cmds) -> None:
+    if len(state.kept) < state.max_kept:
+        state.kept.append(env)
+        return
+    # only an inbox event can get here: a live send is refused first (send_refusal)
+    _finish(state, FAILED, cmds, error=TooManyPendingEvents(_too_many(state)))
+
+
+def _too_many(state: RunState) -> str:
+    return (
+        f"Run '{state.run_id}' of workflow '{state.graph.workflow}' already keeps "
+        f"{state.max_kept} sent events that no step and no waiter has taken; it refuses more. "
+        "Send events the run waits for, or let it take the ones it keeps first."
+    )
+
+
+def send_refusal(state: RunState, event: Any, target: str | None) -> str | None:
+    """Why a live run must refuse this send now (it would have to keep one event too
+    many), or None. The runtime asks before feeding ``Send``, so the sender gets the error."""
+    if target is not None or len(state.kept) < state.max_kept:
+        return None
+    if state.graph.consumers(type(event)) or isinstance(event, InputRequiredEvent | StopEvent):
+        return None
+    if any(_matches(w, event) for w in state.waiters.values()):
+        return None
+    return _too_many(state)
+
+
+def _matches(waiter: Waiter, ev: Any) -> bool:
+    if waiter.event_type is None or type(ev) is not waiter.event_type:
+        return False
+    return all(getattr(ev, k, None) == v for k, v in waiter.requirements.items())
 
 
 def _wake_waiters(state: RunState, ev: Any, at: float, cmds: Cmds) -> set[str]:
     woken: set[str] = set()
     for key, waiter in list(state.waiters.items()):
-        if waiter.event_type is None or type(ev) is not waiter.event_type:
-            continue
-        if any(getattr(ev, k, None) != v for k, v in waiter.requirements.items()):
+        if not _matches(waiter, ev):
             continue
         del state.waiters[key]
         _disarm(state, _waiter_timer(key), cmds)
@@ -211,7 +285,7 @@ def _deliver_sends(
             continue
         done = index + 1
         state.delivered[key] = done
-        _route(state, Envelope(state.next_id("e"), event, target), at, cmds)
+        _route(state, Envelope(state.next_id("e"), event, target), at, cmds, sent=True)
         if state.finished:
             return
 
@@ -226,7 +300,7 @@ def _step_done(state: RunState, inp: i.StepDone, cmds: Cmds) -> None:
     attempt = ex.attempt
     _deliver_sends(state, attempt, inp.sends, inp.at, cmds)
     state.delivered.pop(attempt.key, None)
-    state.streamed.pop(attempt.key, None)
+    state.streamed.pop(_stream_key(attempt), None)
     _forget_collector(state, attempt.key)
     if inp.result is not None and not state.finished:
         _route(state, Envelope(state.next_id("e"), inp.result), inp.at, cmds)
@@ -237,7 +311,8 @@ def _step_failed(state: RunState, inp: i.StepFailed, cmds: Cmds) -> None:
     if ex is None:
         return
     attempt = ex.attempt
-    delay = _retry_delay(state, attempt, inp) if inp.retryable else None
+    state.streamed.pop(_stream_key(attempt), None)
+    delay = inp.retry_in
     if delay is None:
         first = attempt.first_at if attempt.first_at is not None else inp.at
         failed = WorkflowFailedEvent(
@@ -265,15 +340,25 @@ def _step_failed(state: RunState, inp: i.StepFailed, cmds: Cmds) -> None:
     _arm(state, timer_id, inp.at + delay, cmds)
 
 
-def _retry_delay(state: RunState, attempt: Attempt, inp: i.StepFailed) -> float | None:
+def retry_decision(state: RunState, exec_id: str, error: BaseException, at: float) -> float | None:
+    """Seconds until a failed execution is retried, or None to give up.
+
+    The live run asks this (it calls the step's retry policy, user code) and records the
+    answer in ``StepFailed.retry_in``; replaying the journal applies the recorded answer
+    and never calls the policy again (promise 11).
+    """
+    ex = state.running.get(exec_id)
+    if ex is None:
+        return None
+    attempt = ex.attempt
     policy = state.graph.steps[attempt.step].retry_policy
     if policy is None:
         return None
     failures = attempt.retry_number + 1
-    elapsed = inp.at - (attempt.first_at if attempt.first_at is not None else inp.at)
+    elapsed = at - (attempt.first_at if attempt.first_at is not None else at)
     seed = zlib.crc32(f"{state.run_id}/{attempt.envelope.id}/{failures}".encode())
-    delay = policy.next(elapsed, failures, inp.error, seed=seed)
-    return None if delay is None else float(delay)
+    delay = policy.next(elapsed, failures, error, seed=seed)
+    return None if delay is None else max(float(delay), 0.0)
 
 
 def _step_waits(state: RunState, inp: i.StepWaits, cmds: Cmds) -> None:
@@ -286,13 +371,27 @@ def _step_waits(state: RunState, inp: i.StepWaits, cmds: Cmds) -> None:
     deadline = None if inp.timeout is None else inp.at + inp.timeout
     if known:
         deadline = state.waiters[key].deadline
-    state.waiters[key] = Waiter(inp.waiter_id, attempt, inp.event_type, inp.requirements, deadline)
-    if not known:
-        if inp.waiter_event is not None:
-            cmds.append(i.Publish(inp.waiter_event))
-        if deadline is not None:
-            _arm(state, _waiter_timer(key), deadline, cmds)
+    waiter = Waiter(inp.waiter_id, attempt, inp.event_type, inp.requirements, deadline)
+    kept = None if known else _take_kept(state, waiter)
+    if kept is not None:  # it came before the step asked: answer at once, ask nobody
+        attempt.resolved[inp.waiter_id] = kept.event
+        _enqueue(state, attempt, inp.at, cmds)
+    else:
+        state.waiters[key] = waiter
+        if not known:
+            if inp.waiter_event is not None:
+                cmds.append(i.Publish(inp.waiter_event))
+            if deadline is not None:
+                _arm(state, _waiter_timer(key), deadline, cmds)
     _deliver_sends(state, attempt, inp.sends, inp.at, cmds)
+
+
+def _take_kept(state: RunState, waiter: Waiter) -> Envelope | None:
+    for n, env in enumerate(state.kept):
+        if _matches(waiter, env.event):
+            del state.kept[n]
+            return env
+    return None
 
 
 def _checkpoint(state: RunState, inp: i.Checkpoint, cmds: Cmds) -> None:
@@ -305,7 +404,7 @@ def _checkpoint(state: RunState, inp: i.Checkpoint, cmds: Cmds) -> None:
 
 
 def _send(state: RunState, inp: i.Send, cmds: Cmds) -> None:
-    _route(state, Envelope(state.next_id("e"), inp.event, inp.target), inp.at, cmds)
+    _route(state, Envelope(state.next_id("e"), inp.event, inp.target), inp.at, cmds, sent=True)
 
 
 def _set_state(state: RunState, inp: i.SetState, cmds: Cmds) -> None:
@@ -318,12 +417,17 @@ def _replace_state(state: RunState, inp: i.ReplaceState, cmds: Cmds) -> None:
 
 def _stream_write(state: RunState, inp: i.StreamWrite, cmds: Cmds) -> None:
     ex = state.running.get(inp.exec_id) if inp.exec_id else None
-    if ex is not None:  # a re-run (wait_for_event, retry, crash) repeats earlier writes
-        key = ex.attempt.key
+    if ex is not None:  # a re-run after wait_for_event or a crash repeats earlier writes
+        key = _stream_key(ex.attempt)
         if inp.index < state.streamed.get(key, 0):
             return
         state.streamed[key] = inp.index + 1
-    cmds.append(i.Publish(inp.event))
+    cmds.append(i.Publish(inp.event, live=True))
+
+
+def _stream_key(attempt: Attempt) -> str:
+    """Stream writes are numbered per retry: a retry's writes are new, a re-run's are not."""
+    return f"{attempt.key}#{attempt.retry_number}"
 
 
 def _collect(state: RunState, inp: i.Collect, cmds: Cmds) -> None:
@@ -471,40 +575,6 @@ def _finish(
     cmds.append(i.Finish(status, result, error))
 
 
-# --- state paths -------------------------------------------------------------------------
-
-
-def set_path(root: Any, path: str, value: Any) -> Any:
-    """Set ``value`` at dotted ``path`` inside dicts, lists and models; returns the root."""
-    parts = path.split(".")
-    node = root
-    for part in parts[:-1]:
-        child = _child(node, part)
-        if child is None:
-            child = {}
-            _assign(node, part, child)
-        node = child
-    _assign(node, parts[-1], value)
-    return root
-
-
-def _child(node: Any, part: str) -> Any:
-    if isinstance(node, dict):
-        return node.get(part)
-    if isinstance(node, list) and part.lstrip("-").isdigit():
-        return node[int(part)]
-    return getattr(node, part, None)
-
-
-def _assign(node: Any, part: str, value: Any) -> None:
-    if isinstance(node, dict):
-        node[part] = value
-    elif isinstance(node, list) and part.lstrip("-").isdigit():
-        node[int(part)] = value
-    else:
-        setattr(node, part, value)
-
-
 _HANDLERS: dict[type[Any], Callable[[RunState, Any, Cmds], None]] = {
     i.Begin: _begin,
     i.StepDone: _step_done,
@@ -521,4 +591,11 @@ _HANDLERS: dict[type[Any], Callable[[RunState, Any, Cmds], None]] = {
     i.Park: _park,
 }
 
-__all__ = ["reduce", "set_path"]
+__all__ = [
+    "can_be_woken",
+    "reduce",
+    "retry_decision",
+    "send_refusal",
+    "set_path",
+    "waiting_count",
+]

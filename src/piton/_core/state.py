@@ -23,6 +23,9 @@ FINAL = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT})
 
 RUN_TIMER = "run"
 
+MAX_PENDING_EVENTS = 1000
+"""How many sent events a run keeps while nothing takes them (promise 10)."""
+
 
 @dataclass(slots=True)
 class Envelope:
@@ -111,7 +114,9 @@ class RunState:
     deadlines: dict[str, float] = field(default_factory=dict)
     buffers: dict[str, CollectBuffer] = field(default_factory=dict)
     delivered: dict[str, int] = field(default_factory=dict)
-    streamed: dict[str, int] = field(default_factory=dict)  # attempt key -> writes published
+    streamed: dict[str, int] = field(default_factory=dict)  # attempt/retry -> writes published
+    kept: list[Envelope] = field(default_factory=list)  # sent events nothing has taken yet
+    max_kept: int = MAX_PENDING_EVENTS
     counter: int = 0
     timeout: float | None = None
     active_elapsed: float = 0.0
@@ -139,6 +144,7 @@ __all__ = [
     "COMPLETED",
     "FAILED",
     "FINAL",
+    "MAX_PENDING_EVENTS",
     "NEW",
     "PARKED",
     "RUNNING",

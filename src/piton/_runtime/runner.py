@@ -7,12 +7,13 @@ import contextvars
 import functools
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from piton._core import inputs as i
 from piton._core.graph import type_key
-from piton._core.reducer import reduce
+from piton._core.reducer import reduce, retry_decision, send_refusal
 from piton._core.state import COMPLETED, Execution, RunState
 from piton.context import (
     Context,
@@ -21,7 +22,12 @@ from piton.context import (
     raise_if_timed_out,
     retry_info_of,
 )
-from piton.errors import ContextSerdeError, WorkflowRuntimeError, WorkflowTimeoutError
+from piton.errors import (
+    ContextSerdeError,
+    TooManyPendingEvents,
+    WorkflowRuntimeError,
+    WorkflowTimeoutError,
+)
 from piton.events import Event, StopEvent
 from piton.retry import RetryInfo
 
@@ -31,6 +37,58 @@ if TYPE_CHECKING:
     from piton.workflow import Compiled, Workflow
 
 R = TypeVar("R")
+
+
+class Committer(Protocol):
+    """How a Runner makes its commit points durable: the one place durability plugs in.
+
+    Commits are numbered (tickets) in the order the reducer asks for them. The Runner
+    shows a fact (a non-live publish, the run's end) and, when ``holds_steps``, starts a
+    step only once ``durable`` has reached the ticket of the commit that holds it; the
+    committer calls ``runner.advance()`` whenever ``durable`` moves on.
+    """
+
+    ticket: int  # the last commit asked for
+    durable: int  # the last commit that is durable
+
+    @property
+    def holds_steps(self) -> bool: ...
+
+    @property
+    def closed(self) -> bool:
+        """The run was let go in this process (parked, lost): inputs are ignored."""
+        ...
+
+    def record(self, inp: i.Input) -> None:
+        """Before the reducer sees ``inp``: a durable run encodes it (and may refuse it)."""
+
+    def commit(self, entries: tuple[Any, ...]) -> None: ...
+
+    def stream(self, event: Event) -> None:
+        """``event`` joins the run's stored stream with the next commit."""
+
+    def after_feed(self) -> None: ...
+
+
+class InMemory:
+    """The committer of an in-memory run: every commit point counts at once."""
+
+    ticket = 0
+    durable = 0
+    holds_steps = False
+    closed = False
+
+    def record(self, inp: i.Input) -> None:
+        return None
+
+    def commit(self, entries: tuple[Any, ...]) -> None:
+        return None
+
+    def stream(self, event: Event) -> None:
+        return None
+
+    def after_feed(self) -> None:
+        return None
 
 
 class Runner:
@@ -43,6 +101,8 @@ class Runner:
         state: RunState,
         ctx: Context[Any],
         handler: WorkflowHandler,
+        committer: Committer | None = None,
+        stream: list[Event] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.thread = threading.get_ident()
@@ -51,10 +111,17 @@ class Runner:
         self.state = state
         self.ctx = ctx
         self.handler = handler
+        self.committer: Committer = committer if committer is not None else InMemory()
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.timers: dict[str, asyncio.TimerHandle] = {}
-        self.stream: list[Event] = []
+        self.stream: list[Event] = stream if stream is not None else []
         self.done = False
+        self.finish: i.Finish | None = None  # the run's end, once the reducer decided it
+        self.on_finish: Callable[[i.Finish], None] = self._resolve
+        # facts and held steps waiting for their commit, by ticket, in order
+        self._outbox: deque[tuple[int, Event]] = deque()
+        self._held: deque[tuple[int, i.RunStep]] = deque()
+        self._durable_waits: list[tuple[int, asyncio.Future[None]]] = []
         self._wake: asyncio.Future[None] | None = None
         self._collected: list[Event] | None = None
         self._calls: dict[str, Callable[..., Any]] = {
@@ -76,10 +143,58 @@ class Runner:
     # -- driving the reducer ----------------------------------------------------------
 
     def feed(self, inp: i.Input) -> None:
+        committer = self.committer
+        if committer.closed:
+            return
+        if not self.state.finished:
+            committer.record(inp)
         _, cmds = reduce(self.state, inp)
         dispatch = self._dispatch
         for cmd in cmds:
             dispatch[type(cmd)](cmd)
+        committer.after_feed()
+
+    def advance(self) -> None:
+        """The committer made more commits durable: show their facts, start held steps."""
+        durable = self.committer.durable
+        outbox = self._outbox
+        shown = False
+        while outbox and outbox[0][0] <= durable:
+            self.stream.append(outbox.popleft()[1])
+            shown = True
+        if shown:
+            self._notify()
+        held = self._held
+        while held and held[0][0] <= durable:
+            self._start_task(held.popleft()[1])
+        if self.finish is not None and not outbox and self._finish_ticket <= durable:
+            finish, self.finish = self.finish, None
+            self.on_finish(finish)
+        if self._durable_waits:
+            waits, self._durable_waits = self._durable_waits, []
+            for ticket, future in waits:
+                if ticket > durable:
+                    self._durable_waits.append((ticket, future))
+                elif not future.done():
+                    future.set_result(None)
+
+    async def until_durable(self) -> None:
+        """Wait until every commit asked for so far is durable (``ctx.checkpoint()``)."""
+        ticket = self.committer.ticket
+        if ticket <= self.committer.durable:
+            return
+        future: asyncio.Future[None] = self.loop.create_future()
+        self._durable_waits.append((ticket, future))
+        await future
+
+    def abandon(self, exc: BaseException) -> None:
+        """The run is let go unfinished here: steps waiting for a commit stop waiting."""
+        self._held.clear()
+        waits, self._durable_waits = self._durable_waits, []
+        for _, future in waits:
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # retrieved: a cancelled step may never look
 
     def call(self, fn: Callable[[], R]) -> R:
         """Run ``fn`` on the loop thread (sync steps run in worker threads)."""
@@ -104,19 +219,36 @@ class Runner:
     # -- commands ---------------------------------------------------------------------
 
     def _run_step(self, cmd: i.RunStep) -> None:
+        committer = self.committer
+        if committer.holds_steps and committer.ticket > committer.durable:
+            self._held.append((committer.ticket, cmd))
+        else:
+            self._start_task(cmd)
+
+    def _start_task(self, cmd: i.RunStep) -> None:
         ex = cmd.execution
         self.tasks[ex.id] = self.loop.create_task(
             self._execute(ex), name=f"piton:{ex.attempt.step}"
         )
 
     def _cancel_step(self, cmd: i.CancelStep) -> None:
+        if self._held:
+            self._held = deque(h for h in self._held if h[1].execution.id != cmd.exec_id)
         task = self.tasks.pop(cmd.exec_id, None)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
 
     def _publish(self, cmd: i.Publish) -> None:
-        self.stream.append(cmd.event)
-        self._notify()
+        """Promise 9: a fact is shown once its commit is durable; live writes at once,
+        but never ahead of a fact published before them (the stream keeps one order)."""
+        committer = self.committer
+        committer.stream(cmd.event)
+        ticket = 0 if cmd.live else committer.ticket
+        if not self._outbox and ticket <= committer.durable:
+            self.stream.append(cmd.event)
+            self._notify()
+        else:
+            self._outbox.append((ticket, cmd.event))
 
     def _notify(self) -> None:
         wake, self._wake = self._wake, None
@@ -143,7 +275,7 @@ class Runner:
         self._collected = cmd.events
 
     def _commit(self, cmd: i.Commit) -> None:
-        """In-memory runs have nothing to commit."""
+        self.committer.commit(cmd.entries)
 
     def _finish(self, cmd: i.Finish) -> None:
         self.done = True
@@ -151,6 +283,12 @@ class Runner:
             handle.cancel()
         self.timers.clear()
         self._notify()
+        self.finish, self._finish_ticket = cmd, self.committer.ticket
+        self.advance()  # in memory at once; a durable run once its final commit is
+
+    _finish_ticket = 0
+
+    def _resolve(self, cmd: i.Finish) -> None:
         if self.handler.done():
             return
         if cmd.status == COMPLETED:
@@ -165,26 +303,16 @@ class Runner:
 
     def send(self, event: Event, step: str | None) -> None:
         self.check_target(event, step)
-        self.call(lambda: self.feed(i.Send(time.time(), event, step)))
+        self.call(lambda: self._send(event, step))
+
+    def _send(self, event: Event, step: str | None) -> None:
+        refusal = send_refusal(self.state, event, step)
+        if refusal is not None:
+            raise TooManyPendingEvents(refusal)
+        self.feed(i.Send(time.time(), event, step))
 
     def check_target(self, event: Event, step: str | None) -> None:
-        if not isinstance(event, Event):
-            raise WorkflowRuntimeError(
-                f"send_event() takes an Event, got {type(event).__qualname__}."
-            )
-        if step is None:
-            return
-        spec = self.compiled.specs.get(step)
-        if spec is None:
-            raise WorkflowRuntimeError(
-                f"send_event(step={step!r}): workflow '{self.compiled.graph.workflow}' has no "
-                f"such step. Steps: {', '.join(sorted(self.compiled.specs))}."
-            )
-        if type(event) not in spec.accepted:
-            raise WorkflowRuntimeError(
-                f"send_event(step={step!r}): the step does not accept {type(event).__name__} "
-                f"(it accepts {', '.join(t.__name__ for t in spec.accepted)})."
-            )
+        check_target(self.compiled, event, step)
 
     def stream_write(self, event: Event) -> None:
         self.call(lambda: self.feed(i.StreamWrite(time.time(), event)))
@@ -247,7 +375,7 @@ class Runner:
             return
         except Exception as exc:
             self._done(ex.id)
-            self.feed(i.StepFailed(time.time(), ex.id, exc))
+            self._failed(ex, exc)
             return
         self._done(ex.id)
         if result is not None and not isinstance(result, Event):
@@ -260,7 +388,6 @@ class Runner:
                         f"returned {result!r} (a {type(result).__qualname__}); a step must "
                         "return an Event or None."
                     ),
-                    retryable=False,
                 )
             )
             return
@@ -271,7 +398,17 @@ class Runner:
         try:
             self.feed(outcome)
         except ContextSerdeError as exc:
-            self.feed(i.StepFailed(time.time(), ex.id, exc, retryable=False))
+            self.feed(i.StepFailed(time.time(), ex.id, exc))
+
+    def _failed(self, ex: Execution, exc: Exception) -> None:
+        """Decide now whether to retry (the policy is user code) and record the decision."""
+        at = time.time()
+        try:
+            delay = retry_decision(self.state, ex.id, exc, at)
+        except Exception as policy_error:  # noqa: BLE001 - a broken policy ends the retries
+            exc.add_note(f"piton: the retry policy of step '{ex.attempt.step}' raised {policy_error!r}")
+            delay = None
+        self.feed(i.StepFailed(at, ex.id, exc, delay))
 
     def _done(self, exec_id: str) -> None:
         self.tasks.pop(exec_id, None)
@@ -309,6 +446,27 @@ class Runner:
                 f"Step '{spec.name}' of workflow '{self.compiled.graph.workflow}' timed out "
                 f"after {spec.options.timeout} seconds."
             ) from exc
+
+
+def check_target(compiled: Compiled, event: Event, step: str | None) -> None:
+    """Refuse a send that no run of this workflow could take, naming what is wrong."""
+    if not isinstance(event, Event):
+        raise WorkflowRuntimeError(
+            f"send_event() takes an Event, got {type(event).__qualname__}."
+        )
+    if step is None:
+        return
+    spec = compiled.specs.get(step)
+    if spec is None:
+        raise WorkflowRuntimeError(
+            f"send_event(step={step!r}): workflow '{compiled.graph.workflow}' has no "
+            f"such step. Steps: {', '.join(sorted(compiled.specs))}."
+        )
+    if type(event) not in spec.accepted:
+        raise WorkflowRuntimeError(
+            f"send_event(step={step!r}): the step does not accept {type(event).__name__} "
+            f"(it accepts {', '.join(t.__name__ for t in spec.accepted)})."
+        )
 
 
 async def _as_coro(fn: Callable[[], R]) -> R:
@@ -398,5 +556,7 @@ class StepRun:
         )
 
     async def checkpoint(self) -> None:
+        """Commit the state and sends so far; return once that commit is durable."""
         sends = self.take_sends()
         self.runner.feed(i.Checkpoint(time.time(), self.ex.id, sends))
+        await self.runner.until_durable()

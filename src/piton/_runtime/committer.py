@@ -1,0 +1,296 @@
+"""The durable run's committer: makes a Runner's commit points durable in a Store.
+
+A ``DurableCommitter`` is the Runner's ``Committer`` for a run with a store. It encodes
+each reducer input as it is fed (a value that cannot be stored fails where it was made),
+turns the reducer's commit points into ``CommitRequest``s, and writes them in order from
+one task, merging those that queue up while a write is in flight. When a write is
+durable it tells the Runner (``advance``), which then shows the facts that commit holds
+and starts the steps that waited for it (promise 9).
+
+It also owns the run's phase in this process::
+
+    CREATING --(first commit lands)--> RUNNING --(idle: park)--> PARKED
+        |                                 |
+        +------(the run ends)-------------+----------> FINISHED
+    any phase --(a commit fails, the lease is lost, the process lets go)--> LOST
+
+PARKED and LOST close the run here: later inputs are ignored, the store has the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from piton._core import inputs as i
+from piton._core.reducer import waiting_count
+from piton._core.state import COMPLETED, FINAL, PARKED, RUN_TIMER, RUNNING, RunState
+from piton._runtime import faults
+from piton.errors import ContextSerdeError, PitonError, StoreError
+from piton.events import Event
+from piton.serde import JsonSerializer, encode_input, encode_run
+from piton.stores.base import CommitRequest, RunRecord, Store
+
+if TYPE_CHECKING:
+    from piton._runtime.runner import Runner
+
+PARK_GRACE = 0.25  # a run idle until a deadline closer than this stays in memory
+
+
+class Phase(enum.Enum):
+    CREATING = "creating"  # a new run: its first commit creates it; no step starts before
+    RUNNING = "running"
+    PARKED = "parked"  # idle: the parking commit is queued, the process lets the run go
+    FINISHED = "finished"  # the final commit is queued
+    LOST = "lost"  # a commit failed, the lease was lost, or the process let go
+
+
+_NEXT: dict[Phase, frozenset[Phase]] = {
+    Phase.CREATING: frozenset({Phase.RUNNING, Phase.FINISHED, Phase.LOST}),
+    Phase.RUNNING: frozenset({Phase.PARKED, Phase.FINISHED, Phase.LOST}),
+    Phase.PARKED: frozenset({Phase.LOST}),
+    Phase.FINISHED: frozenset({Phase.LOST}),
+    Phase.LOST: frozenset(),
+}
+
+
+class AlreadyCreated(Exception):
+    """Another process created the run first."""
+
+
+class DurableCommitter:
+    """Commits one run's journal to a store, in order, and tells the Runner what is durable."""
+
+    def __init__(
+        self,
+        store: Store,
+        state: RunState,
+        ser: JsonSerializer,
+        *,
+        epoch: int,
+        seq: int,
+        strict: bool,
+        snapshot_every: int,
+        create: RunRecord | None = None,
+    ) -> None:
+        self.store = store
+        self.state = state
+        self.ser = ser
+        self.epoch = epoch
+        self.seq = seq
+        self.strict = strict
+        self.snapshot_every = snapshot_every
+        self.create = create  # the row to create with the first commit
+        self.phase = Phase.CREATING if create is not None else Phase.RUNNING
+        self.ticket = 0
+        self.durable = 0
+        self.runner: Runner  # set by the driver right after construction
+        self.outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.inbox_done: list[int] = []  # taken, their removal not yet in a commit
+        self.inbox_taken: set[int] = set()  # every message this run took, committed or not
+        self.commits = 0
+        self.snapshot_due = False
+        self.holding = False  # no parking while a resume feeds its inbox
+        self.fingerprint: str | None = None  # stored with the next commit (new code)
+        self._encoded: list[str] = []
+        self._stream_out: list[str] = []
+        self._open: CommitRequest | None = None  # asked for in this feed, not yet queued
+        self._queue: list[tuple[int, CommitRequest]] = []
+        self._drainer: asyncio.Task[None] | None = None
+
+    # -- the Committer protocol -------------------------------------------------------------
+
+    @property
+    def holds_steps(self) -> bool:
+        return self.strict or self.phase is Phase.CREATING
+
+    @property
+    def closed(self) -> bool:
+        return self.phase is Phase.PARKED or self.phase is Phase.LOST
+
+    def record(self, inp: i.Input) -> None:
+        self._encoded.append(encode_input(inp, self.ser))
+
+    def commit(self, entries: tuple[Any, ...]) -> None:
+        n = len(entries)
+        encoded, self._encoded = self._encoded[:n], self._encoded[n:]
+        self.ticket += 1
+        self._open = CommitRequest(run_id=self.state.run_id, epoch=self.epoch, seq=0, entries=encoded)
+        self.commits += 1
+        if self.commits % self.snapshot_every == 0:
+            self.snapshot_due = True
+
+    def stream(self, event: Event) -> None:
+        try:
+            text = self.ser.dumps(event, f"stream event {type(event).__name__}")
+        except ContextSerdeError:
+            text = json.dumps({"unserializable": type(event).__name__})
+        self._stream_out.append(text)
+
+    def after_feed(self) -> None:
+        self._queue_open()
+        if self.state.finished and self.phase in (Phase.CREATING, Phase.RUNNING):
+            self._to(Phase.FINISHED)
+        self.maybe_park()
+
+    # -- phases ---------------------------------------------------------------------------
+
+    def _to(self, phase: Phase) -> None:
+        if phase not in _NEXT[self.phase]:
+            raise AssertionError(f"run {self.state.run_id}: no transition {self.phase} -> {phase}")
+        self.phase = phase
+
+    def maybe_park(self) -> None:
+        if self.holding or self.phase is not Phase.RUNNING or self.state.status != RUNNING:
+            return
+        if self._idle():
+            self.runner.feed(i.Park(time.time()))  # the reducer parks it, or fails it
+            if self.state.status == PARKED:
+                self._to(Phase.PARKED)
+                for handle in self.runner.timers.values():
+                    handle.cancel()
+                self.runner.timers.clear()
+
+    def _idle(self) -> bool:
+        state = self.state
+        if state.running or any(state.queues.values()):
+            return False
+        deadlines = [d for k, d in state.deadlines.items() if k != RUN_TIMER]
+        return not deadlines or min(deadlines) > time.time() + PARK_GRACE
+
+    def lose(self, exc: BaseException) -> None:
+        """Stop working on this run here; what was committed stays."""
+        if self.phase is not Phase.LOST:
+            self._to(Phase.LOST)
+        runner = self.runner
+        runner.done = True
+        for task in runner.tasks.values():
+            task.cancel()
+        for handle in runner.timers.values():
+            handle.cancel()
+        runner.timers.clear()
+        runner.abandon(exc)
+        runner._notify()
+        if not self.outcome.done():
+            self.outcome.set_exception(exc)
+
+    async def settled(self, timeout: float) -> None:
+        """Wait (up to ``timeout``) for the commits already queued to be written."""
+        drainer = self._drainer
+        if drainer is not None and not drainer.done():
+            await asyncio.wait({drainer}, timeout=timeout)
+
+    @property
+    def has_row(self) -> bool:
+        return self.create is None
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _queue_open(self) -> None:
+        """After a feed: its commit, now with the feed's stream and status, joins the queue."""
+        request = self._open
+        if request is None:
+            return
+        self._open = None
+        state = self.state
+        request.stream, self._stream_out = self._stream_out, []
+        request.status = state.status
+        request.waiters = waiting_count(state)
+        if state.status == PARKED:
+            deadlines = list(state.deadlines.values())
+            request.wake_at = min(deadlines) if deadlines else None
+            request.release = True
+        if state.finished:
+            request.result, request.error = self._final_payload()
+            request.release = True
+        if self.inbox_done:
+            request.inbox_done, self.inbox_done = self.inbox_done, []
+        if self.fingerprint is not None:
+            request.fingerprint, self.fingerprint = self.fingerprint, None
+        self._queue.append((self.ticket, request))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+
+    def _final_payload(self) -> tuple[str | None, str | None]:
+        state = self.state
+        if state.status == COMPLETED:
+            try:
+                return self.ser.dumps(state.result, "the StopEvent"), None
+            except ContextSerdeError as exc:
+                state.status, state.error = "failed", exc
+                return None, json.dumps(self.ser.encode_error(exc))
+        assert state.error is not None
+        return None, json.dumps(self.ser.encode_error(state.error))
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            request = _merge([r for _, r in batch])
+            request.seq = self.seq
+            state = self.state
+            if self.snapshot_due and not self._encoded and not state.finished:
+                # the state now is the state after the batch's last entry: it covers them all
+                request.snapshot = json.dumps(encode_run(state, self.ser, keep_running=True))
+                self.snapshot_due = False
+            try:
+                await self._write(request)
+            except AlreadyCreated as exc:
+                self.lose(exc)
+                return
+            except (StoreError, PitonError) as exc:
+                self.lose(exc)
+                return
+            faults.after_commit()
+            self.seq += len(request.entries)
+            self.durable = batch[-1][0]
+            if self.phase is Phase.LOST:
+                continue  # written, but the process let go: nobody is told
+            self.runner.advance()
+            if request.status == PARKED:
+                self._settle("parked")
+            elif request.status in FINAL:
+                self._settle("finished")
+
+    async def _write(self, request: CommitRequest) -> None:
+        record = self.create
+        if record is None:
+            await self.store.commit(request)
+            return
+        # a new run: create it with the first commit (one transaction when it is plain)
+        if request.plain:
+            created = await self.store.create(record, request.entries, request.stream)
+        else:
+            created = await self.store.create(record, [], [])
+            if created:
+                await self.store.commit(request)
+        if not created:
+            raise AlreadyCreated()
+        self.create = None
+        if self.phase is Phase.CREATING:
+            self._to(Phase.RUNNING)
+
+    def _settle(self, outcome: str) -> None:
+        if not self.outcome.done():
+            self.outcome.set_result(outcome)
+
+
+def _merge(batch: list[CommitRequest]) -> CommitRequest:
+    if len(batch) == 1:
+        return batch[0]
+    last = batch[-1]
+    merged = CommitRequest(run_id=last.run_id, epoch=last.epoch, seq=0)
+    for r in batch:
+        merged.entries.extend(r.entries)
+        merged.stream.extend(r.stream)
+        merged.inbox_done.extend(r.inbox_done)
+    merged.status, merged.result, merged.error = last.status, last.result, last.error
+    merged.wake_at, merged.release, merged.snapshot = last.wake_at, last.release, last.snapshot
+    merged.waiters = last.waiters
+    merged.fingerprint = next((r.fingerprint for r in batch if r.fingerprint), None)
+    return merged
+
+
+__all__ = ["AlreadyCreated", "DurableCommitter", "Phase"]
