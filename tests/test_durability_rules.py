@@ -17,6 +17,7 @@ import pytest
 from piton import (
     Context,
     Event,
+    EventNotAccepted,
     InputRequiredEvent,
     StartEvent,
     StopEvent,
@@ -94,18 +95,43 @@ async def test_past_the_bound_the_sender_gets_a_clear_error() -> None:
     class Hold(Workflow):
         @step
         async def hold(self, ev: StartEvent, ctx: Context) -> StopEvent:
-            answer = await ctx.wait_for_event(Answer)
+            answer = await ctx.wait_for_event(Answer, requirements={"text": "go"})
             return StopEvent(result=answer.text)
 
     handler = Hold(timeout=10).run()
     await asyncio.sleep(0.05)
     for n in range(MAX_PENDING_EVENTS):
-        handler.send_event(Stray(n=n))
+        handler.send_event(Answer(text=f"not yet {n}"))  # no waiter matches: kept
     with pytest.raises(TooManyPendingEvents, match=str(MAX_PENDING_EVENTS)):
-        handler.send_event(Stray(n=-1))
-    handler.send_event(Answer(text="still works"))  # what a waiter takes is never refused
-    assert await asyncio.wait_for(handler, 5) == "still works"
+        handler.send_event(Answer(text="one too many"))
+    handler.send_event(Answer(text="go"))  # what a waiter takes is never refused
+    assert await asyncio.wait_for(handler, 5) == "go"
     assert len(handler.ctx.kept_events()) == MAX_PENDING_EVENTS
+
+
+async def test_an_event_type_the_workflow_does_not_know_is_refused() -> None:
+    handler = Wait(timeout=5).run()
+    await asyncio.sleep(0.05)
+    with pytest.raises(EventNotAccepted, match="Stray"):
+        handler.send_event(Stray(n=1))
+    handler.send_event(Answer(text="known"))  # named in the step's wait_for_event()
+    assert await asyncio.wait_for(handler, 3) == "known"
+
+
+async def test_a_workflow_whose_waits_piton_cannot_read_accepts_every_event() -> None:
+    async def ask_somebody(ctx: Context, kind: type[Event]) -> Any:
+        return await ctx.wait_for_event(kind)
+
+    class Indirect(Workflow):
+        @step
+        async def ask(self, ev: StartEvent, ctx: Context) -> StopEvent:
+            answer = await ask_somebody(ctx, Stray)  # ctx leaves the step: cannot be read
+            return StopEvent(result=answer.n)
+
+    handler = Indirect(timeout=5).run()
+    await asyncio.sleep(0.05)
+    handler.send_event(Stray(n=5))
+    assert await asyncio.wait_for(handler, 3) == 5
 
 
 # --- durable: output commit, checkpoint, kept events ---------------------------------------

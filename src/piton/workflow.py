@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from ._core.graph import Graph, StepNode, build_graph
 from ._core.state import RunState
 from ._runtime.runner import Runner
+from ._waits import OPEN, Waits, merge, scan
 from .context import Context
 from .decorators import STEP_ATTR, StepOptions, StepSpec, _Unresolved, build_spec
 from .errors import WorkflowConfigurationError, WorkflowRuntimeError, WorkflowValidationError
@@ -34,6 +35,12 @@ class Compiled:
 
     specs: dict[str, StepSpec]
     graph: Graph
+    waits: Waits = OPEN  # the event types steps wait for (read from their source)
+
+    @functools.cached_property
+    def known_events(self) -> frozenset[type[Any]]:
+        """Event types a send may carry: consumed, returned or waited for by a step."""
+        return frozenset(self.graph.event_types.values()) | self.waits.types
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -390,7 +397,8 @@ def _compile(cls: type[Workflow], *, validate: bool) -> Compiled:
         for name, spec in specs.items()
     }
     graph = build_graph(cls.__name__, nodes, state_type=state_type, validate=validate)
-    return Compiled(specs=specs, graph=graph)
+    waits = merge([scan(spec.func, spec.ctx_param, localns) for spec in specs.values()])
+    return Compiled(specs=specs, graph=graph, waits=waits)
 
 
 def _check_state_type(workflow: str, state_type: type[Any]) -> None:

@@ -7,12 +7,13 @@ code replays under the old graph and then checks that the current code can go on
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from piton._core import inputs as i
 from piton._core.graph import Graph, StepNode, build_graph, type_key
 from piton._core.reducer import reduce
 from piton._core.state import RunState
-from piton.errors import ContextSerdeError, IncompatibleWorkflowChange, JournalCorrupted
+from piton.errors import IncompatibleWorkflowChange, JournalCorrupted
 from piton.events import Event
 from piton.serde import JsonSerializer, TypeResolver, decode_input, decode_run
 from piton.stores.base import Loaded
@@ -49,9 +50,12 @@ def rebuild(
     if loaded.snapshot is not None:
         try:
             state = decode_run(json.loads(loaded.snapshot), graph, ser)
-        except (ContextSerdeError, ValueError, KeyError, TypeError) as exc:
+        except IncompatibleWorkflowChange:
+            raise
+        except Exception as exc:  # noqa: BLE001 - stored data is untrusted: any damage
             raise JournalCorrupted(
-                f"Run '{record.run_id}': the snapshot at seq {loaded.snapshot_seq} cannot be read ({exc})."
+                f"Run '{record.run_id}': the snapshot at seq {loaded.snapshot_seq} cannot be "
+                f"read ({type(exc).__name__}: {exc})."
             ) from exc
     else:
         state = RunState(run_id=record.run_id, graph=graph, timeout=workflow._timeout)
@@ -59,17 +63,30 @@ def rebuild(
     for seq, text in loaded.entries:
         try:
             inp = decode_input(text, ser, types)
+            _check_entry(state, inp)
+            reduce(state, inp)
         except IncompatibleWorkflowChange:
             raise
-        except (ContextSerdeError, ValueError, KeyError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - stored data is untrusted: any damage
             raise JournalCorrupted(
-                f"Run '{record.run_id}': journal entry seq {seq} cannot be read ({exc})."
+                f"Run '{record.run_id}': journal entry seq {seq} cannot be replayed "
+                f"({type(exc).__name__}: {exc}). The run cannot be resumed; its other runs "
+                "are not affected. Inspect the entry, or fail the run by hand."
             ) from exc
-        reduce(state, inp)
     state.journal.clear()
     _check_compatible(state, compiled)
     state.graph = compiled.graph
     return state
+
+
+def _check_entry(state: RunState, inp: Any) -> None:
+    """A step's outcome names an execution the replayed run has running (a live run only
+    journals those); anything else is damage that would silently change the outcome."""
+    if isinstance(inp, i.StepDone | i.StepFailed | i.StepWaits):
+        if not state.finished and inp.exec_id not in state.running:
+            raise ValueError(
+                f"it names step execution {inp.exec_id!r}, which is not running at that point"
+            )
 
 
 def historical_graph(stored: str, compiled: Compiled) -> Graph:

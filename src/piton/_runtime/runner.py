@@ -24,6 +24,7 @@ from piton.context import (
 )
 from piton.errors import (
     ContextSerdeError,
+    EventNotAccepted,
     TooManyPendingEvents,
     WorkflowRuntimeError,
     WorkflowTimeoutError,
@@ -455,6 +456,14 @@ def check_target(compiled: Compiled, event: Event, step: str | None) -> None:
             f"send_event() takes an Event, got {type(event).__qualname__}."
         )
     if step is None:
+        if not compiled.waits.open and type(event) not in compiled.known_events:
+            raise EventNotAccepted(
+                f"send_event({type(event).__name__}(...)): workflow "
+                f"'{compiled.graph.workflow}' does not know this event type: no step consumes "
+                "it, returns it or waits for it with ctx.wait_for_event(). Send an event a "
+                "step accepts, add a step that accepts it, or name the type in a "
+                "wait_for_event() call."
+            )
         return
     spec = compiled.specs.get(step)
     if spec is None:
