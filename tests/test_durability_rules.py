@@ -310,3 +310,55 @@ async def test_a_run_with_nothing_left_to_wake_it_fails_instead_of_parking_forev
         await asyncio.wait_for(Idle(store=store).run(run_id="idle"), 5)
     record = await store.get("idle")
     assert record is not None and record.status == "failed"
+
+
+# --- where a run stands -----------------------------------------------------------------------
+
+
+async def test_the_handler_tells_that_a_run_parked_and_what_it_waits_for() -> None:
+    store = MemoryStore()
+    handler = Wait(store=store).run(run_id="w1")
+    async for ev in handler.stream_events():
+        if isinstance(ev, Ask):
+            break
+    await _until_status(store, "w1", "parked")
+    for _ in range(100):
+        if handler.status == "parked":
+            break
+        await asyncio.sleep(0.01)
+    assert handler.status == "parked"
+    (waiting,) = handler.waiting_for
+    assert waiting.step == "ask" and waiting.event_type == "Answer" and waiting.deadline
+    handler.send_event(Answer(text="x"))
+    assert await asyncio.wait_for(handler, 5) == "x"
+    assert handler.status == "completed" and handler.waiting_for == []
+
+
+async def test_in_memory_status_and_waiting_for() -> None:
+    handler = Wait(timeout=5).run()
+    async for ev in handler.stream_events():
+        if isinstance(ev, Ask):
+            break
+    assert handler.status == "running"
+    assert [w.event_type for w in handler.waiting_for] == ["Answer"]
+    handler.send_event(Answer(text="y"))
+    assert await handler == "y" and handler.status == "completed"
+
+
+async def test_get_run_reads_a_durable_run_without_resuming_it() -> None:
+    store = MemoryStore()
+    w = Wait(store=store)
+    handler = w.run(run_id="g1")
+    await _until_status(store, "g1", "parked")
+    handler.cancel()
+    calls_before = len(POLICY_CALLS)
+    view = await Wait(store=store).get_run("g1")
+    assert view.status == "parked" and not view.finished
+    assert [x.event_type for x in view.waiting] == ["Answer"] and view.owner is None
+    assert view.seq >= 2 and len(POLICY_CALLS) == calls_before
+    record = await store.get("g1")
+    assert record is not None and record.status == "parked"  # still parked: not resumed
+    await w.run(run_id="g1").send_event(Answer(text="z"))
+    assert await asyncio.wait_for(w.run(run_id="g1"), 5) == "z"
+    done = await w.get_run("g1")
+    assert done.status == "completed" and done.result == "z" and done.finished

@@ -39,6 +39,8 @@ from .retry import RetryPolicy as RetryPolicy
 from .retry import retry_policy as retry_policy
 from .serde import JsonSerializer as JsonSerializer
 from .serde import PickleSerializer as PickleSerializer
+from .views import RunView as RunView
+from .views import Waiting as Waiting
 from .workflow import Workflow as Workflow
 
 __version__ = "0.1.0"
@@ -65,12 +67,14 @@ __all__ = [
     "RetryPolicy",
     "RunNotFound",
     "RunStateMismatch",
+    "RunView",
     "StartEvent",
     "StateKeyError",
     "StopEvent",
     "StoreError",
     "StoreUnavailable",
     "TooManyPendingEvents",
+    "Waiting",
     "Worker",
     "Workflow",
     "WorkflowCancelledByUser",

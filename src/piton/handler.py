@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import WorkflowRuntimeError
 from .events import Event, StopEvent
+from .views import Waiting, waiting_of
 
 if TYPE_CHECKING:
     from ._runtime.durable import RunDriver
@@ -49,6 +50,25 @@ class WorkflowHandler(asyncio.Future[Any]):
 
     def is_done(self) -> bool:
         return self.done()
+
+    @property
+    def status(self) -> str:
+        """Where the run stands: ``queued`` (not started yet), ``running``, ``parked``
+        (a durable run waiting for an event or a deadline, held by no process), or its
+        final status: ``completed``, ``failed``, ``cancelled``, ``timed_out``."""
+        runner = self._runner
+        state = runner.latest if runner is not None else None
+        if state is None:
+            final = runner.final_status if runner is not None else None
+            return final or "queued"
+        return "queued" if state.status == "new" else state.status
+
+    @property
+    def waiting_for(self) -> list[Waiting]:
+        """What the run waits for now: one entry per ``wait_for_event`` / ``ctx.sleep``."""
+        runner = self._runner
+        state = runner.latest if runner is not None else None
+        return [] if state is None or state.finished else waiting_of(state)
 
     def _live(self) -> Runner | RunDriver:
         if self._runner is None:

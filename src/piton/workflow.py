@@ -20,11 +20,18 @@ from ._runtime.runner import Runner
 from ._waits import OPEN, Waits, merge, scan
 from .context import Context
 from .decorators import STEP_ATTR, StepOptions, StepSpec, _Unresolved, build_spec
-from .errors import WorkflowConfigurationError, WorkflowRuntimeError, WorkflowValidationError
+from .errors import (
+    RunNotFound,
+    WorkflowConfigurationError,
+    WorkflowRuntimeError,
+    WorkflowValidationError,
+)
 from .events import StartEvent
 from .handler import WorkflowHandler
 from .resource import ResourceManager
+from .serde import JsonSerializer
 from .stores.base import Store, open_store
+from .views import RunView, view_of
 
 DURABILITY = ("fast", "strict")
 
@@ -200,6 +207,35 @@ class Workflow:
         if cached is None or cached[0] != url:
             cached = self.__dict__["_piton_env_store"] = (url, open_store(url))
         return cached[1]
+
+    async def get_run(self, run_id: str) -> RunView:
+        """A durable run as its store holds it, without resuming it.
+
+        The run's journal is replayed in memory (no step and no other user code runs), so
+        this is safe on a run another process is driving: it shows the last commit. See
+        ``piton.views.RunView`` for the fields and the status values.
+        """
+        store = self.store
+        if store is None:
+            raise WorkflowConfigurationError(
+                f"get_run({run_id!r}) reads a durable run from the workflow's store, and "
+                f"workflow '{self.workflow_name}' has none. Pass store=... or set PITON_STORE."
+            )
+        await store.open()
+        record = await store.get(run_id)
+        if record is None:
+            raise RunNotFound(f"No run '{run_id}' in {store.url}.")
+        from ._runtime.restore import rebuild
+
+        loaded = await store.load(run_id)
+        state = rebuild(loaded, self, self._compiled(), JsonSerializer())
+        return view_of(
+            state,
+            status=record.status,
+            seq=record.seq,
+            owner=record.owner,
+            updated_at=record.updated_at,
+        )
 
     def _new_state(self, run_id: str, values: Any = None) -> RunState:
         graph = self._compiled().graph

@@ -78,6 +78,13 @@ class RunDriver:
         self._wake = asyncio.Event()
         self._stream_wake: asyncio.Future[None] | None = None
         self.finished = False
+        self.final_status: str | None = None  # a finished run's status, as stored
+        self._latest: RunState | None = None
+
+    @property
+    def latest(self) -> RunState | None:
+        """The run's state as this process last knew it (None: never loaded here)."""
+        return self._latest
 
     @property
     def live(self) -> bool:
@@ -330,6 +337,7 @@ class RunDriver:
         )
         committer.runner = run
         run.on_finish = self._on_finish
+        self._latest = state
         self.run, self.committer = run, committer
         self._notify_stream()  # a listener that came before the run follows it now
         self.store.live[self.run_id] = self
@@ -373,6 +381,7 @@ class RunDriver:
             run.feed(i.Checkpoint(time.time(), ""))  # commits the inbox removal
 
     async def _replay_finished(self, record: RunRecord) -> None:
+        self.final_status = record.status
         loaded = await self.store.load(self.run_id)
         self.stream[:] = [self._decode_stream(text) for text in loaded.stream]
         types = TypeResolver(self.compiled.graph.event_types)

@@ -141,6 +141,13 @@ class Runner:
             i.Finish: self._finish,
         }
 
+    @property
+    def latest(self) -> RunState:
+        """The run's state as this process knows it now."""
+        return self.state
+
+    final_status: str | None = None  # a durable run's stored final status (RunDriver only)
+
     # -- driving the reducer ----------------------------------------------------------
 
     def feed(self, inp: i.Input) -> None:
