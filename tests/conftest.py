@@ -8,6 +8,8 @@ import socket
 
 import pytest
 
+from piton.testing import no_stuck_runs  # noqa: F401 - autouse: no test leaves a stuck run
+
 REQUIRE_SERVICES = os.environ.get("PITON_REQUIRE_SERVICES") == "1"
 
 

@@ -362,3 +362,28 @@ async def test_get_run_reads_a_durable_run_without_resuming_it() -> None:
     assert await asyncio.wait_for(w.run(run_id="g1"), 5) == "z"
     done = await w.get_run("g1")
     assert done.status == "completed" and done.result == "z" and done.finished
+
+
+@pytest.mark.allow_stuck_runs
+def test_the_stuck_run_check_names_a_parked_run_nothing_can_wake() -> None:
+    from piton._runtime.stuck import recording_stores, stuck_report
+    from piton.stores.base import CommitRequest, RunRecord
+
+    async def make(store: MemoryStore) -> None:
+        record = RunRecord(run_id="lost", workflow="W", status="running", owner="o", epoch=1)
+        await store.create(record, ["e1"], [])
+        await store.commit(
+            CommitRequest("lost", 1, 1, ["park"], status="parked", release=True, waiters=0)
+        )
+        record = RunRecord(run_id="fine", workflow="W", status="running", owner="o", epoch=1)
+        await store.create(record, ["e1"], [])
+        await store.commit(
+            CommitRequest("fine", 1, 1, ["park"], status="parked", release=True, waiters=1)
+        )
+
+    with recording_stores() as seen:
+        store = MemoryStore()
+        asyncio.run(make(store))
+    assert store in seen
+    report = stuck_report(list(seen))
+    assert report is not None and "lost (W)" in report and "fine" not in report

@@ -29,10 +29,33 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from piton._runtime import faults
-from piton.errors import LeaseLost, RunNotFound
-from piton.stores.base import CommitRequest, RunRecord, Store
+from piton._runtime.stuck import recording_stores, stuck_report
+from piton.errors import LeaseLost, RunNotFound, TooManyPendingEvents
+from piton.stores.base import CommitRequest, RunRecord, Store, is_runnable, may_claim
 
 StoreFactory = Callable[[], Store | Awaitable[Store]]
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - piton.testing without pytest: no fixture
+    pytest = None  # type: ignore[assignment]
+
+if pytest is not None:
+
+    @pytest.fixture(autouse=True)
+    def no_stuck_runs(request: Any) -> Any:
+        """After every test that creates a store: fail if it holds a stuck run (not final,
+        no live owner, no timer, no waiter, no inbox event). Enable it in a conftest.py
+        with ``from piton.testing import no_stuck_runs``; opt a test out with
+        ``@pytest.mark.allow_stuck_runs``."""
+        started = time.time() - 1.0
+        with recording_stores() as seen:
+            yield
+        if request.node.get_closest_marker("allow_stuck_runs") is not None:
+            return
+        report = stuck_report(list(seen), since=started)
+        if report is not None:
+            pytest.fail(report, pytrace=False)
 
 
 def crash_after_commit(n: int) -> None:
@@ -109,6 +132,7 @@ class _Kit:
         stream: tuple[str, ...] = (),
         workflow: str | None = None,
         wake_at: float | None = None,
+        waiters: int = 0,
     ) -> str:
         run_id = self.run_id()
         record = RunRecord(
@@ -120,6 +144,7 @@ class _Kit:
             lease_until=None if lease is None else time.time() + lease,
             wake_at=wake_at,
             start='{"start": true}',
+            waiters=waiters,
         )
         created = await self.store.create(record, list(entries), list(stream))
         assert created, f"create({run_id!r}) of a new run returned {created!r}, expected True"
@@ -362,6 +387,143 @@ async def check_list_runs(kit: _Kit) -> None:
     assert {a1, a2, b1} <= {r.run_id for r in everything}, "list_runs() without filters"
 
 
+async def check_waiters(kit: _Kit) -> None:
+    store = kit.store
+    run_id = await kit.new_run(waiters=2)
+    assert (await kit.record(run_id)).waiters == 2, "create must keep record.waiters"
+    assert (await store.load(run_id)).record.waiters == 2, "load must return waiters"
+    listed = {r.run_id: r.waiters for r in await store.list_runs(workflow=kit.workflow)}
+    assert listed == {run_id: 2}, f"list_runs gave waiters {listed}"
+    # a plain commit leaves the row's waiters alone, whatever the request says
+    plain = CommitRequest(run_id, 1, 1, ["e2"], waiters=9)
+    assert plain.plain
+    await store.commit(plain)
+    assert (await kit.record(run_id)).waiters == 2, "a plain commit changed waiters"
+    await store.commit(CommitRequest(run_id, 1, 2, ["e3"], wake_at=time.time() + 3600, waiters=3))
+    assert (await kit.record(run_id)).waiters == 3, "a non-plain commit must write waiters"
+    await store.commit(CommitRequest(run_id, 1, 3, ["e4"], status="parked", release=True))
+    record = await kit.record(run_id)
+    assert (record.status, record.waiters) == ("parked", 0), f"parking with 0 waiters: {record}"
+    queued = await kit.new_run(status="queued", owner=None, epoch=0, lease=None, waiters=1)
+    found = {r.run_id: r.waiters for r in await store.runnable([kit.workflow], time.time())}
+    assert found == {queued: 1}, f"runnable gave waiters {found}"
+
+
+async def check_release(kit: _Kit) -> None:
+    store = kit.store
+    running = await kit.new_run()
+    parked = await kit.new_run(status="parked", wake_at=time.time() + 3600, waiters=1)
+    not_mine = await kit.new_run(owner=THIRD)
+    old_epoch = await kit.new_run(epoch=3)
+    finished = await kit.new_run(status="completed", owner=OTHER)  # as a store may hold it
+    before = {run_id: await kit.record(run_id) for run_id in (running, not_mine, old_epoch)}
+    await store.release([], OTHER)  # nothing to release: no error
+    pairs = [(running, 1), (parked, 1), (not_mine, 1), (old_epoch, 2), (finished, 1)]
+    await store.release([*pairs, (kit.run_id(), 1)], OTHER)  # a missing run is left alone
+    for run_id, status in ((running, "running"), (parked, "parked")):
+        record = await kit.record(run_id)
+        assert (record.owner, record.lease_until) == (None, None), f"not released: {record}"
+        assert (record.status, record.epoch) == (status, 1), f"release changed more: {record}"
+    assert (await kit.record(running)).updated_at >= before[running].updated_at
+    for run_id in (not_mine, old_epoch):
+        record = await kit.record(run_id)
+        assert (record.owner, record.epoch) == (before[run_id].owner, before[run_id].epoch), (
+            f"release of a run {OTHER} does not hold at that epoch changed it: {record}"
+        )
+        assert record.lease_until == before[run_id].lease_until, record
+    record = await kit.record(finished)
+    assert record.owner == OTHER and record.status == "completed", f"released a final run: {record}"
+    # free at once: runnable, claimable by another owner with the next epoch, and fenced
+    now = time.time()
+    record = await kit.record(running)
+    assert is_runnable(record, now) and may_claim(record, THIRD, now), record
+    found = {r.run_id for r in await store.runnable([kit.workflow], now)}
+    assert running in found, f"a released running run is not runnable: {sorted(found)}"
+    late = CommitRequest(running, 1, 1, ["x"])
+    await _raises(LeaseLost, store.commit(late), "commit by the owner after its release")
+    assert await store.claim(running, THIRD, 30.0) == 2, "a released run must be claimable at once"
+    assert await store.claim(parked, THIRD, 30.0) == 2, "a released parked run must be claimable"
+    assert await store.claim(not_mine, OTHER, 30.0) is None, "release freed another's run"
+
+
+async def check_stuck(kit: _Kit) -> None:
+    store = kit.store
+    other_workflow = kit.workflow + "-other"
+
+    def parked(**options: Any) -> Awaitable[str]:
+        return kit.new_run(status="parked", owner=None, lease=None, **options)
+
+    stuck = [await parked(), await parked()]
+    foreign = await parked(workflow=other_workflow)
+    with_inbox = await parked()
+    await store.deliver(with_inbox, "{}")
+    moving = {
+        with_inbox,
+        await parked(wake_at=time.time() + 3600),
+        await parked(waiters=1),
+        await kit.new_run(status="running", owner=None, lease=None),
+        await kit.new_run(status="queued", owner=None, epoch=0, lease=None),
+        await kit.new_run(),
+    }
+    for status in ("completed", "failed", "cancelled", "timed_out"):
+        done = await kit.new_run()
+        await kit.finish(done, status)
+        moving.add(done)
+    # a run parked by a commit with no waiter becomes stuck; an event moves it again
+    parking = await kit.new_run()
+    await store.commit(CommitRequest(parking, 1, 1, ["park"], status="parked", release=True))
+    stuck.append(parking)
+    found = [r.run_id for r in await store.stuck([kit.workflow])]
+    assert found == stuck, f"stuck() gave {found}, expected {stuck} (oldest first)"
+    both = {r.run_id for r in await store.stuck([kit.workflow, other_workflow])}
+    assert both == {*stuck, foreign}, f"stuck() over two workflows gave {sorted(both)}"
+    everything = {r.run_id for r in await store.stuck(limit=100_000)}
+    assert {*stuck, foreign} <= everything and not (moving & everything), (
+        f"stuck() of every workflow wrongly gave {sorted(moving & everything)}"
+    )
+    limited = await store.stuck([kit.workflow], limit=1)
+    assert [r.run_id for r in limited] == stuck[:1], f"stuck(limit=1) gave {limited}"
+    assert limited[0].status == "parked" and limited[0].waiters == 0, limited[0]
+    assert await store.stuck([kit.workflow + "-none"]) == [] and await store.stuck([]) == []
+    await store.deliver(parking, "{}")
+    assert parking not in {r.run_id for r in await store.stuck([kit.workflow])}, (
+        "a run with an event in its inbox is not stuck"
+    )
+
+
+async def check_deliver_limit(kit: _Kit) -> None:
+    store = kit.store
+    run_id = await kit.new_run()
+    await store.deliver(run_id, '{"n": 1}', limit=2)
+    await store.deliver(run_id, '{"n": 2}', limit=2)
+    try:
+        await store.deliver(run_id, '{"n": 3}', limit=2)
+    except TooManyPendingEvents as exc:
+        assert f"'{run_id}'" in str(exc) and "2" in str(exc), f"the refusal says: {exc}"
+    else:
+        raise AssertionError("deliver(limit=2) to a run holding 2 events was accepted")
+    loaded = await store.load(run_id)
+    assert len(loaded.inbox) == 2 and loaded.record.inbox == 2, "a refused event was kept"
+    await store.deliver(run_id, '{"n": 3}')  # no limit: kept
+    await _raises(TooManyPendingEvents, store.deliver(run_id, "{}", limit=3), "deliver at limit")
+    first = (await store.load(run_id)).inbox[0][0]
+    await store.commit(CommitRequest(run_id, 1, 1, ["took one"], inbox_done=[first]))
+    await store.deliver(run_id, '{"n": 4}', limit=3)  # below the limit again
+    assert (await kit.record(run_id)).inbox == 3
+    missing = store.deliver(kit.run_id(), "{}", limit=5)
+    await _raises(RunNotFound, missing, "deliver(limit=5) to a missing run")
+    # racing deliveries: the check and the insert are one atomic step
+    racer = await kit.new_run()
+    results = await asyncio.gather(
+        *(store.deliver(racer, f'{{"i": {i}}}', limit=5) for i in range(12)),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, TooManyPendingEvents)]
+    assert results.count(None) == 5 and len(refused) == 7, f"racing deliveries gave {results}"
+    loaded = await store.load(racer)
+    assert len(loaded.inbox) == 5 and loaded.record.inbox == 5, loaded
+
+
 async def check_concurrent_commits(kit: _Kit) -> None:
     store = kit.store
     runs = await asyncio.gather(*(kit.new_run() for _ in range(40)))
@@ -414,6 +576,10 @@ CHECKS: tuple[Callable[[_Kit], Awaitable[None]], ...] = (
     check_snapshot,
     check_runnable,
     check_list_runs,
+    check_waiters,
+    check_release,
+    check_stuck,
+    check_deliver_limit,
     check_concurrent_commits,
     check_prune,
 )
@@ -437,4 +603,4 @@ async def dead_process_owner() -> str:
     return out.decode().strip()
 
 
-__all__ = ["check_store", "crash_after_commit", "dead_process_owner"]
+__all__ = ["check_store", "crash_after_commit", "dead_process_owner", "no_stuck_runs"]
