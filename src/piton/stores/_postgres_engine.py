@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any, TypeAlias
@@ -26,6 +26,7 @@ from psycopg.pq import TransactionStatus
 from piton.errors import StoreError, StoreUnavailable
 from piton.stores._batching import BatchWriter, copy_error
 from piton.stores._postgres_ops import Conn
+from piton.stores._redact import scrub
 from piton.stores._wakeups import Waiters
 from piton.stores.base import CommitRequest
 
@@ -45,16 +46,18 @@ _ATTEMPTS = 3
 class Connector:
     """Opens connections in autocommit mode, on the store's schema, with its lock timeout."""
 
-    conninfo: str
+    conninfo: str = field(repr=False)  # holds the password
     schema: str
     lock_timeout: float
     where: str
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # scrubbed from driver errors
 
     async def connect(self) -> Conn:
         try:
             conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
         except psycopg.Error as exc:
-            raise translate(exc, self.where) from exc
+            error = translate(exc, self.where, self.secrets)
+            raise error from error.__cause__
         try:
             await conn.execute(
                 "SELECT set_config('search_path', %s, false), "
@@ -63,7 +66,8 @@ class Connector:
             )
         except psycopg.Error as exc:
             discard(conn)
-            raise translate(exc, self.where) from exc
+            error = translate(exc, self.where, self.secrets)
+            raise error from error.__cause__
         return conn
 
 
@@ -107,7 +111,8 @@ class Pool:
                     if conn.closed and not fresh and not retried:
                         retried = True  # it died while idle (a server restart): once more
                         continue
-                    raise translate(exc, self.connector.where) from exc
+                    error = translate(exc, self.connector.where, self.connector.secrets)
+                    raise error from error.__cause__
                 except BaseException:
                     self._put(conn)
                     raise
@@ -140,6 +145,7 @@ class WriteJob:
     future: asyncio.Future[Any]
     run_id: str | None = None  # the run it changes, to keep a run's jobs in order
     request: CommitRequest | None = None  # a commit: it may join the batch's one statement
+    touches: tuple[str, ...] = ()  # the runs a job on several runs changes (release)
 
 
 class _Retry(Exception):
@@ -200,7 +206,7 @@ class Writer(BatchWriter[WriteJob]):
             if slow:
                 outcomes += await self._transaction(conn, fast, slow, jobs)
         except psycopg.Error as exc:  # the connection failed: the batch's fate is unknown
-            error = translate(exc, self.where)
+            error = translate(exc, self.where, self.connector.secrets)
             settled = {id(job) for job, _, _ in outcomes}
             outcomes += [(job, None, copy_error(error)) for job in jobs if id(job) not in settled]
         if self.conn is not None and not _reusable(self.conn):
@@ -231,7 +237,7 @@ class Writer(BatchWriter[WriteJob]):
             except _Retry as retry:
                 error = retry.error
         assert error is not None
-        failure = translate(error, self.where)
+        failure = translate(error, self.where, self.connector.secrets)
         return [(job, None, copy_error(failure)) for job in fast + slow]
 
     async def _alone(self, conn: Conn, job: WriteJob) -> list[Outcome]:
@@ -240,7 +246,7 @@ class Writer(BatchWriter[WriteJob]):
                 result = await job.op(conn)
         except psycopg.Error as exc:
             _check(exc, conn)
-            return [(job, None, translate(exc, self.where))]
+            return [(job, None, translate(exc, self.where, self.connector.secrets))]
         except Exception as exc:  # LeaseLost, RunNotFound, ...: nothing was written
             return [(job, None, exc)]
         self.transactions += 1
@@ -271,7 +277,8 @@ class Writer(BatchWriter[WriteJob]):
                         result = await job.op(conn)
                 except psycopg.Error as exc:
                     _check(exc, conn)
-                    outcomes.append((job, None, translate(exc, self.where)))
+                    error = translate(exc, self.where, self.connector.secrets)
+                    outcomes.append((job, None, error))
                 except Exception as exc:
                     outcomes.append((job, None, exc))
                 else:
@@ -291,6 +298,7 @@ def _split(jobs: list[WriteJob]) -> tuple[list[WriteJob], list[WriteJob]]:
             slow.append(job)
         if job.run_id is not None:
             seen.add(job.run_id)
+        seen.update(job.touches)
     return fast, slow
 
 
@@ -460,11 +468,13 @@ def _newer_schema(where: str, schema: str, version: int, newest: int) -> StoreEr
 # --- errors -----------------------------------------------------------------------------------
 
 
-def translate(exc: BaseException, where: str) -> StoreError:
-    """A psycopg error as the piton error a caller can act on."""
+def translate(exc: BaseException, where: str, secrets: tuple[str, ...] = ()) -> StoreError:
+    """A psycopg error as the piton error a caller can act on, chained to it (``__cause__``)
+    unless its message held a password: then the message is scrubbed and not chained."""
     if isinstance(exc, StoreError):
         return exc
-    text = " ".join(str(exc).split())
+    raw = " ".join(str(exc).split())
+    text = scrub(raw, secrets)
     low = text.lower()
     state = getattr(exc, "sqlstate", None) or ""
     error: StoreError
@@ -529,5 +539,6 @@ def translate(exc: BaseException, where: str) -> StoreError:
         )
     else:
         error = StoreError(f"{where} failed: {type(exc).__name__}: {text}")
-    error.__cause__ = exc
+    error.__cause__ = exc if text == raw else None
+    error.__suppress_context__ = True
     return error

@@ -16,6 +16,7 @@ from typing import Any, TypeAlias
 import psycopg
 
 from piton.errors import JournalCorrupted, RunNotFound
+from piton.stores._rows import RowReader
 from piton.stores.base import (
     FINAL_STATUSES,
     CommitRequest,
@@ -25,6 +26,7 @@ from piton.stores.base import (
     is_runnable,
     may_claim,
     owner_is_dead,
+    too_many_events,
 )
 
 Conn: TypeAlias = psycopg.AsyncConnection[tuple[Any, ...]]
@@ -116,6 +118,7 @@ UPDATE runs SET
     fingerprint = COALESCE(%(fingerprint)s, fingerprint),
     result = COALESCE(%(result)s, result),
     error = COALESCE(%(error)s, error),
+    waiters = COALESCE(%(waiters)s::integer, waiters),
     inbox = (SELECT count(*) FROM inbox WHERE run_id = %(run_id)s) - (SELECT count(*) FROM taken),
     finished_at = CASE WHEN %(final)s THEN %(now)s ELSE finished_at END,
     owner = CASE WHEN %(release)s THEN NULL ELSE owner END,
@@ -130,13 +133,32 @@ WHERE runs.run_id = r.run_id AND runs.epoch = r.epoch AND runs.owner = %s
 RETURNING runs.run_id
 """
 
+_RELEASE = f"""
+UPDATE runs SET owner = NULL, lease_until = NULL, updated_at = %s
+FROM unnest(%s::text[], %s::bigint[]) AS r(run_id, epoch)
+WHERE runs.run_id = r.run_id AND runs.epoch = r.epoch AND runs.owner = %s
+  AND runs.status NOT IN ({_FINAL})
+"""
+
 # The run row is updated first: it is locked before the inbox row exists, so a commit
-# that holds the run's lock sees every delivered event or none being delivered.
+# that holds the run's lock sees every delivered event or none being delivered. The limit
+# is checked on that locked row (re-checked on its newest version if another transaction
+# changed it meanwhile): the check and the insert are one atomic step.
 _DELIVER = """
-WITH target AS (UPDATE runs SET inbox = inbox + 1 WHERE run_id = %s RETURNING run_id)
+WITH target AS (
+    UPDATE runs SET inbox = inbox + 1
+    WHERE run_id = %(run_id)s AND (%(limit)s::integer IS NULL OR inbox < %(limit)s::integer)
+    RETURNING run_id
+)
 INSERT INTO inbox (run_id, event, step, created_at)
-SELECT run_id, %s, %s, %s FROM target
+SELECT run_id, %(event)s, %(step)s, %(now)s FROM target
 RETURNING id
+"""
+
+# stuck(): base.is_stuck() in SQL, oldest first.
+_STUCK = f"""
+{_SELECT_RUN}
+WHERE status = 'parked' AND inbox = 0 AND wake_at IS NULL AND waiters = 0
 """
 
 # Everything load() returns besides the run's row, as raw bytes: a row that is not
@@ -206,6 +228,7 @@ class PostgresOps:
         self.url, self.where, self.owner = url, where, owner
         self.channel = channel  # NOTIFY channel of the schema: work for a waiting worker
         self.host_prefix = socket.gethostname() + "/"
+        self.rows = RowReader(where)
 
     def _missing(self, run_id: str) -> RunNotFound:
         return RunNotFound(f"No run '{run_id}' in {self.url}.")
@@ -236,7 +259,7 @@ class PostgresOps:
             if exists is None:
                 raise self._missing(run_id)
             return None
-        record = RunRecord(*row)
+        record = self.rows.record(row, run_id)
         now = time.time()
         if not may_claim(record, owner, now):
             return None
@@ -297,6 +320,7 @@ class PostgresOps:
                 "status": r.status,
                 "wake_at": r.wake_at,
                 "fingerprint": r.fingerprint,
+                "waiters": None if r.plain else r.waiters,
                 "result": r.result,
                 "error": r.error,
                 "final": r.status in FINAL_STATUSES,
@@ -324,10 +348,22 @@ class PostgresOps:
         renewed = {row[0] for row in await cursor.fetchall()}
         return [run_id for run_id, _ in runs if run_id not in renewed]
 
-    async def deliver(self, conn: Conn, run_id: str, event: str, step: str | None) -> None:
-        cursor = await conn.execute(_DELIVER, [run_id, event, step, time.time()])
+    async def release(self, conn: Conn, runs: list[tuple[str, int]], owner: str) -> None:
+        ids, epochs = [run_id for run_id, _ in runs], [epoch for _, epoch in runs]
+        await conn.execute(_RELEASE, [time.time(), ids, epochs, owner])
+
+    async def deliver(
+        self, conn: Conn, run_id: str, event: str, step: str | None, limit: int | None
+    ) -> None:
+        args = {"run_id": run_id, "event": event, "step": step, "now": time.time(), "limit": limit}
+        cursor = await conn.execute(_DELIVER, args)
         if await cursor.fetchone() is None:
-            raise self._missing(run_id)
+            exists = await (
+                await conn.execute("SELECT 1 FROM runs WHERE run_id = %s", [run_id])
+            ).fetchone()
+            if exists is None or limit is None:
+                raise self._missing(run_id)
+            raise too_many_events(run_id, limit)
         if self.channel:  # sent when the transaction commits, to every LISTENing worker
             await conn.execute("SELECT pg_notify(%s, %s)", [self.channel, run_id])
 
@@ -336,7 +372,7 @@ class PostgresOps:
     async def get(self, conn: Conn, run_id: str) -> RunRecord | None:
         cursor = await conn.execute(f"{_SELECT_RUN} WHERE run_id = %s", [run_id])
         row = await cursor.fetchone()
-        return None if row is None else RunRecord(*row)
+        return None if row is None else self.rows.record(row, run_id)
 
     async def load(self, conn: Conn, run_id: str) -> Loaded:
         # one snapshot of the database for the row and the rest: a commit that compacts the
@@ -415,8 +451,18 @@ class PostgresOps:
         owners = [row[0] for row in await cursor.fetchall()]
         dead = [owner for owner in owners if owner_is_dead(owner)]
         cursor = await conn.execute(_RUNNABLE, {**args, "dead": dead, "limit": limit})
-        records = [RunRecord(*row) for row in await cursor.fetchall()]
-        return [record for record in records if is_runnable(record, now)]
+        rows = await cursor.fetchall()
+        return list(self.rows.records(rows, lambda record: is_runnable(record, now)))
+
+    async def stuck(self, conn: Conn, workflows: list[str] | None, limit: int) -> list[RunRecord]:
+        if limit <= 0 or workflows == []:
+            return []
+        sql, args = _STUCK, []
+        if workflows is not None:
+            sql += "  AND workflow = ANY(%s::text[])\n"
+            args.append(workflows)
+        cursor = await conn.execute(sql + "ORDER BY created_at LIMIT %s", [*args, limit])
+        return list(self.rows.records(await cursor.fetchall()))
 
     async def list_runs(
         self, conn: Conn, status: str | None, workflow: str | None, limit: int
@@ -431,7 +477,7 @@ class PostgresOps:
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         sql = f"{_SELECT_RUN}{clause} ORDER BY created_at DESC LIMIT %s"
         cursor = await conn.execute(sql, [*args, max(limit, 0)])
-        return [RunRecord(*row) for row in await cursor.fetchall()]
+        return list(self.rows.records(await cursor.fetchall()))
 
     async def prune(self, conn: Conn, older_than: float) -> int:
         cursor = await conn.execute(_PRUNE, [time.time() - older_than])

@@ -9,17 +9,25 @@ read: a part that is damaged raises ``JournalCorrupted`` naming the run and the 
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any, TypeAlias
 
 from piton.errors import JournalCorrupted, LeaseLost, RunNotFound, StoreError
+from piton.stores._rows import (
+    COLUMNS,
+    DEFAULTS,
+    INTEGERS,
+    TIMES,
+    BadColumn,
+    RowReader,
+    check_column,
+)
 from piton.stores.base import FINAL_STATUSES, CommitRequest, Loaded, RunRecord
 
 Arg: TypeAlias = bytes | str | int | float
 
-FIELDS = tuple(f.name for f in fields(RunRecord))
-_INTS = frozenset({"epoch", "seq", "inbox"})
-_FLOATS = frozenset({"lease_until", "wake_at", "created_at", "updated_at", "finished_at"})
+FIELDS = COLUMNS
+_INTS = INTEGERS
+_FLOATS = TIMES
 # what load() reads, in order: the name of each part, for errors
 PARTS = (
     "the run's hash",
@@ -73,6 +81,7 @@ def encode_record(record: RunRecord) -> list[Arg]:
 
 def commit_args(r: CommitRequest, now: float) -> list[Arg | None]:
     """The commit script's arguments after the prefix (see ``_redis_scripts.COMMIT``)."""
+    waiters = None if r.plain else b"=%d" % int(r.waiters)  # a plain commit leaves it
     return [
         r.run_id,
         r.epoch,
@@ -87,6 +96,7 @@ def commit_args(r: CommitRequest, now: float) -> list[Arg | None]:
         opt(r.wake_at),
         opt(r.fingerprint),
         opt(r.snapshot),
+        waiters,
         len(r.entries),
         len(r.stream),
         len(r.inbox_done),
@@ -101,6 +111,7 @@ class Codec:
 
     def __init__(self, where: str, url: str) -> None:
         self.where, self.url = where, url
+        self.rows = RowReader(where, "the run's field")
 
     def missing(self, run_id: str) -> RunNotFound:
         return RunNotFound(f"No run '{run_id}' in {self.url}.")
@@ -133,6 +144,8 @@ class Codec:
         if kind == "missing":
             raise self.missing(r.run_id)
         value = bytes(reply[1]).decode("utf-8", "replace")
+        if kind == "damaged-field":
+            raise self.bad_field(r.run_id, reply, "committed to")
         if kind == "damaged":
             raise JournalCorrupted(
                 f"Run '{r.run_id}' cannot be committed to {self.where}: the key '{value}' holds "
@@ -151,26 +164,19 @@ class Codec:
             )
         raise LeaseLost(f"Run '{r.run_id}' journal is at seq {value}, expected {r.seq}.")
 
+    def bad_field(self, run_id: str, reply: list[bytes], verb: str) -> JournalCorrupted:
+        """A script's ``{'damaged-field', name, value}``: it found the field and wrote nothing."""
+        name = bytes(reply[1]).decode("utf-8", "replace")
+        try:
+            check_field(name, bytes(reply[2]))
+        except BadColumn as bad:
+            return self.rows.damaged(run_id, bad, verb)
+        return self.rows.damaged(run_id, BadColumn(name, "is not a number"), verb)
+
     def record(self, run_id: str, raw: dict[Any, Any]) -> RunRecord:
-        """The run's hash as a RunRecord."""
-        values: dict[str, Any] = {}
-        for key, value in raw.items():
-            name = bytes(key).decode("utf-8", "replace")
-            if name not in FIELDS:
-                continue
-            text = self.text(value, run_id, f"the run's field '{name}'")
-            try:
-                values[name] = (
-                    int(text) if name in _INTS else float(text) if name in _FLOATS else text
-                )
-            except ValueError:
-                raise self.damaged(
-                    run_id, f"the run's field '{name}' is {text!r}, not a number"
-                ) from None
-        missing = [name for name in ("run_id", "workflow", "status") if name not in values]
-        if missing:
-            raise self.damaged(run_id, f"the run's hash has no {', '.join(missing)}")
-        return RunRecord(**values)
+        """The run's hash as a RunRecord; ``JournalCorrupted`` naming the run and the field
+        when one cannot be read."""
+        return self.rows.record(values(raw), run_id)
 
     def loaded(
         self,
@@ -216,3 +222,29 @@ class Codec:
             messages.append((n, event, name))
         messages.sort(key=lambda m: m[0])
         return Loaded(record, data, snap_seq, entries, events, messages)
+
+
+def values(raw: dict[Any, Any]) -> list[Any]:
+    """A run's hash as the values of a row, in the order of ``COLUMNS``, for ``_rows``: a
+    field that is absent takes its default (``waiters`` 0), numbers are parsed, text stays
+    bytes (``_rows`` decodes it, and names what cannot be read)."""
+    found = dict(DEFAULTS)
+    for key, value in raw.items():
+        name = bytes(key).decode("utf-8", "replace")
+        if name in found:
+            found[name] = _parse(name, bytes(value))
+    return [found[name] for name in COLUMNS]
+
+
+def _parse(name: str, value: bytes) -> Any:
+    if name not in _INTS and name not in _FLOATS:
+        return value
+    try:
+        return int(value) if name in _INTS else float(value)
+    except ValueError:
+        return value  # not a number: _rows names it
+
+
+def check_field(name: str, value: bytes) -> None:
+    """``BadColumn`` unless ``value`` is what the run's field ``name`` may hold."""
+    check_column(name, _parse(name, value))

@@ -46,6 +46,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from piton.errors import StoreError, StoreUnavailable, WorkflowConfigurationError
 from piton.stores._batching import BatchWriter, copy_error
+from piton.stores._redact import scrub, secrets_of
 from piton.stores._redis_codec import Arg
 from piton.stores._redis_scripts import SCRIPTS
 from piton.stores._wakeups import Waiters
@@ -70,9 +71,10 @@ class Job:
 class Writer(BatchWriter[Job]):
     """Runs a store's write scripts on one loop, pipelining the calls that queue up meanwhile."""
 
-    def __init__(self, client: aioredis.Redis, where: str) -> None:
+    def __init__(self, client: aioredis.Redis, where: str, secrets: tuple[str, ...] = ()) -> None:
         super().__init__(where)
         self.client = client
+        self.secrets = secrets  # scrubbed from redis-py's errors
         self.scripts = {name: client.register_script(source) for name, source in SCRIPTS.items()}
         self.loaded = False  # SCRIPT LOAD sent on this loop's client
 
@@ -95,13 +97,14 @@ class Writer(BatchWriter[Job]):
                 for n, reply in zip(missing, again, strict=True):
                     replies[n] = reply
         except (RedisError, OSError) as exc:  # the connection failed: the batch's fate is unknown
-            error = translate(exc, self.where, writing=True)
+            error = translate(exc, self.where, writing=True, secrets=self.secrets)
             return [(job, None, copy_error(error)) for job in jobs]
         self.transactions += 1
         outcomes: list[Outcome] = []
         for job, reply in zip(jobs, replies, strict=True):
             if isinstance(reply, Exception):
-                outcomes.append((job, None, translate(reply, self.where, writing=True)))
+                error = translate(reply, self.where, writing=True, secrets=self.secrets)
+                outcomes.append((job, None, error))
                 continue
             try:
                 result = job.decode(reply)
@@ -177,9 +180,10 @@ class Engine:
         where: str,
         channel: str,
         forget: Callable[[Engine], None],
+        secrets: tuple[str, ...] = (),
     ) -> None:
         self.client = aioredis.Redis.from_url(url, **options)
-        self.writer = Writer(self.client, where)
+        self.writer = Writer(self.client, where, secrets)
         self.listener = Listener(self.client, channel)
         self.forget = forget
         self.closed = False
@@ -233,7 +237,10 @@ def parse_store_url(url: str) -> tuple[str, dict[str, str], dict[str, Any]]:
     try:
         connect: dict[str, Any] = dict(parse_url(client_url))
     except ValueError as exc:
-        raise WorkflowConfigurationError(f"Store URL {redact_url(url)!r}: {exc}") from exc
+        text = str(exc)
+        shown = scrub(text, secrets_of(url))
+        error = WorkflowConfigurationError(f"Store URL {redact_url(url)!r}: {shown}")
+        raise error from (exc if shown == text else None)
     unknown = sorted(key for key, _ in rest if key not in _known_options())
     if unknown:
         raise WorkflowConfigurationError(
@@ -259,11 +266,15 @@ def _known_options() -> frozenset[str]:
 _CODE = re.compile(r"\b(NOAUTH|WRONGPASS|NOPERM|LOADING|BUSY|OOM|MISCONF|READONLY|WRONGTYPE)\b")
 
 
-def translate(exc: BaseException, where: str, *, writing: bool = False) -> StoreError:
-    """A redis-py error as the piton error a caller can act on."""
+def translate(
+    exc: BaseException, where: str, *, writing: bool = False, secrets: tuple[str, ...] = ()
+) -> StoreError:
+    """A redis-py error as the piton error a caller can act on, chained to it (``__cause__``)
+    unless its message held a password: then the message is scrubbed and not chained."""
     if isinstance(exc, StoreError):
         return exc
-    text = " ".join(str(exc).split())
+    raw = " ".join(str(exc).split())
+    text = scrub(raw, secrets)
     match = _CODE.search(text)
     code = match.group(1) if match else ""
     unsure = (
@@ -324,5 +335,6 @@ def translate(exc: BaseException, where: str, *, writing: bool = False) -> Store
         )
     else:
         error = StoreError(f"{where} failed: {type(exc).__name__}: {text}")
-    error.__cause__ = exc
+    error.__cause__ = exc if text == raw else None
+    error.__suppress_context__ = True
     return error

@@ -7,7 +7,10 @@ the run, and ``reindex`` moves the run between indexes when one of them changed.
 
 A script checks everything it can refuse before its first write: Redis runs a script
 without interleaving other commands, but does not undo the writes of one that fails
-midway. Optional arguments arrive as ``''`` (absent) or ``'=' .. value``.
+midway. So a script that changes a run first asks ``damaged`` whether a field of its hash
+that holds a number holds something else (a hash can hold anything), which would fail an
+index update midway; such a run is refused, or left alone. Optional arguments arrive as
+``''`` (absent) or ``'=' .. value``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,22 @@ local P = ARGV[1]
 local IDX = {'workflow', 'status', 'created_at', 'owner', 'lease_until', 'wake_at', 'inbox',
              'finished_at'}
 local FINAL = {completed = true, failed = true, cancelled = true, timed_out = true}
+local NUMBERS = {'epoch', 'seq', 'inbox', 'waiters', 'lease_until', 'wake_at', 'created_at',
+                 'updated_at', 'finished_at'}
+
+-- {'damaged-field', name, value} for the first field of the run's hash that should hold a
+-- number and does not; nil when every one is fine
+local function damaged(key)
+  local values = redis.call('HMGET', key, unpack(NUMBERS))
+  for i, name in ipairs(NUMBERS) do
+    local v = values[i]
+    if v then
+      local n = tonumber(v)
+      if not n or n ~= n then return {'damaged-field', name, v} end
+    end
+  end
+  return nil
+end
 
 local function opt(value)
   if value == '' then return nil end
@@ -57,7 +76,7 @@ local function index(id, r, on)
   zput(on, P .. ':workflow-status:' .. s .. ':' .. w, c, id)
   if s == 'parked' then
     if r.wake_at then zput(on, P .. ':wake:' .. w, r.wake_at, id) end
-    if tonumber(r.inbox or '0') > 0 then zput(on, P .. ':mail:' .. w, c, id) end
+    if (tonumber(r.inbox or '0') or 0) > 0 then zput(on, P .. ':mail:' .. w, c, id) end
   elseif s == 'running' then
     local score = '+inf'
     if not r.owner then score = '-inf' elseif r.lease_until then score = r.lease_until end
@@ -114,12 +133,14 @@ return 1
 
 # KEYS: run, journal, stream, inbox, inbox-step, snapshot
 # ARGV: prefix, run_id, epoch, seq, new_seq, now, status, final, release,
-#       result?, error?, wake_at?, fingerprint?, snapshot?, n_entries, n_stream, n_done,
-#       entries..., stream events..., inbox ids done...
+#       result?, error?, wake_at?, fingerprint?, snapshot?, waiters? (absent: a plain commit),
+#       n_entries, n_stream, n_done, entries..., stream events..., inbox ids done...
 COMMIT = r"""
 local id, run = ARGV[2], KEYS[1]
 local cur = redis.call('HMGET', run, 'epoch', 'owner', 'seq')
 if not cur[1] then return {'missing'} end
+local bad = damaged(run)
+if bad then return bad end
 if tonumber(cur[1]) ~= tonumber(ARGV[3]) then return {'epoch', cur[1]} end
 if not cur[2] then return {'released', cur[1]} end
 if tonumber(cur[3]) ~= tonumber(ARGV[4]) then return {'seq', cur[3]} end
@@ -129,8 +150,8 @@ for i = 1, #kinds, 2 do  -- a damaged key would fail a write midway: refuse befo
   if kind ~= 'none' and kind ~= kinds[i + 1] then return {'damaged', kinds[i]} end
 end
 local old = state(run)
-local n_entries, n_stream, n_done = tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17])
-local at = 18
+local n_entries, n_stream, n_done = tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
+local at = 19
 local snapshot = opt(ARGV[14])
 if snapshot then  -- it covers this commit's entries too: the journal starts afresh
   redis.call('DEL', KEYS[2])
@@ -161,6 +182,11 @@ for i, name in ipairs(names) do
     fields[#fields + 1] = value
   end
 end
+local waiters = opt(ARGV[15])
+if waiters then
+  fields[#fields + 1] = 'waiters'
+  fields[#fields + 1] = waiters
+end
 if ARGV[12] == '' then redis.call('HDEL', run, 'wake_at') end
 if ARGV[8] == '1' then
   fields[#fields + 1] = 'finished_at'
@@ -179,6 +205,7 @@ CLAIM = r"""
 local id, run = ARGV[2], KEYS[1]
 local cur = redis.call('HMGET', run, 'epoch', 'owner', 'status', 'lease_until')
 if not cur[1] then return {'missing'} end
+if damaged(run) then return {'changed'} end  -- the caller reads the run again, and names it
 local holder = cur[2] or nil
 if tonumber(cur[1]) ~= tonumber(ARGV[4]) or holder ~= opt(ARGV[5]) then return {'changed'} end
 if FINAL[cur[3]] then return {'no'} end
@@ -199,7 +226,8 @@ for i = 4, #ARGV, 2 do
   local id = ARGV[i]
   local run = P .. ':run:' .. id
   local cur = redis.call('HMGET', run, 'epoch', 'owner')
-  if cur[1] and tonumber(cur[1]) == tonumber(ARGV[i + 1]) and cur[2] == ARGV[2] then
+  if cur[1] and tonumber(cur[1]) == tonumber(ARGV[i + 1]) and cur[2] == ARGV[2]
+     and not damaged(run) then
     local old = state(run)
     redis.call('HSET', run, 'lease_until', ARGV[3])
     reindex(id, old, state(run))
@@ -210,11 +238,32 @@ end
 return lost
 """
 
+# ARGV: prefix, now, owner, run_id, epoch, run_id, epoch, ...
+RELEASE = r"""
+for i = 4, #ARGV, 2 do
+  local id = ARGV[i]
+  local run = P .. ':run:' .. id
+  local cur = redis.call('HMGET', run, 'epoch', 'owner', 'status')
+  if cur[1] and tonumber(cur[1]) == tonumber(ARGV[i + 1]) and cur[2] == ARGV[3]
+     and not (cur[3] and FINAL[cur[3]]) and not damaged(run) then
+    local old = state(run)
+    redis.call('HDEL', run, 'owner', 'lease_until')
+    redis.call('HSET', run, 'updated_at', ARGV[2])
+    reindex(id, old, state(run))
+  end
+end
+return 0
+"""
+
 # KEYS: run, inbox, inbox-step
-# ARGV: prefix, run_id, event, step?, channel (told the run id: a worker may wake)
+# ARGV: prefix, run_id, event, step?, channel (told the run id: a worker may wake), limit?
 DELIVER = r"""
 local id, run = ARGV[2], KEYS[1]
-if redis.call('EXISTS', run) == 0 then return 0 end
+if redis.call('EXISTS', run) == 0 then return {'missing'} end
+local bad = damaged(run)
+if bad then return bad end
+local limit = opt(ARGV[6])  -- checked in the script that inserts: atomic
+if limit and redis.call('HLEN', KEYS[2]) >= tonumber(limit) then return {'full'} end
 local old = state(run)
 local n = redis.call('INCR', P .. ':inbox-id')
 redis.call('HSET', KEYS[2], n, ARGV[3])
@@ -223,7 +272,7 @@ if step then redis.call('HSET', KEYS[3], n, step) end
 redis.call('HSET', run, 'inbox', redis.call('HLEN', KEYS[2]))
 reindex(id, old, state(run))
 redis.call('PUBLISH', ARGV[5], id)
-return n
+return {'ok', n}
 """
 
 # ARGV: prefix, cutoff (finished_at below it), batch size
@@ -255,6 +304,7 @@ SCRIPTS: dict[str, str] = {
         "commit": COMMIT,
         "claim": CLAIM,
         "renew": RENEW,
+        "release": RELEASE,
         "deliver": DELIVER,
         "prune": PRUNE,
     }.items()

@@ -10,6 +10,7 @@ from dataclasses import astuple, fields, replace
 from typing import Any
 
 from piton.errors import JournalCorrupted, RunNotFound
+from piton.stores._rows import TEXT, BadColumn, RowReader, check_column
 from piton.stores.base import (
     FINAL_STATUSES,
     CommitRequest,
@@ -18,11 +19,30 @@ from piton.stores.base import (
     check_fence,
     is_runnable,
     may_claim,
+    too_many_events,
 )
 
 _COLUMNS = tuple(f.name for f in fields(RunRecord))
 _COLUMN_LIST = ", ".join(f'"{name}"' for name in _COLUMNS)
-_SELECT_RUN = f"SELECT {_COLUMN_LIST} FROM runs"
+
+
+def _read(name: str) -> str:
+    """A column as it is read: SQLite keeps any value in any column, so text comes as bytes
+    (decoded by ``_rows``, which names a value that is not UTF-8) and a number column that
+    holds text or a blob gives bytes too, which ``_rows`` refuses."""
+    column = f'"{name}"'
+    if name in TEXT:
+        return f"CAST({column} AS BLOB)"
+    return f"CASE typeof({column}) WHEN 'text' THEN CAST({column} AS BLOB) ELSE {column} END"
+
+
+_READ_LIST = ", ".join(_read(name) for name in _COLUMNS)
+_SELECT_RUN = f"SELECT {_READ_LIST} FROM runs"
+# the columns a commit checks and compares, read as _read() does
+_COMMIT_COLUMNS = ("epoch", "owner", "seq", "status", "wake_at", "fingerprint", "waiters")
+_SELECT_COMMIT = f"SELECT {', '.join(map(_read, _COMMIT_COLUMNS))} FROM runs WHERE run_id = ?"
+# stuck(): the terms of the runs_stuck index's WHERE, word for word, so SQLite can use it
+_STUCK = "status = 'parked' AND inbox = 0 AND wake_at IS NULL AND waiters = 0"
 _INSERT_RUN = (
     f"INSERT INTO runs ({_COLUMN_LIST}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
     "ON CONFLICT (run_id) DO NOTHING"
@@ -36,16 +56,17 @@ class SqliteOps:
     def __init__(self, path: str, url: str, owner: str) -> None:
         self.path, self.url, self.owner = path, url, owner
         self.host_prefix = socket.gethostname() + "/"
+        self.rows = RowReader(f"SQLite store {path!r}")
 
     def _row(self, conn: sqlite3.Connection, run_id: str) -> RunRecord:
-        row = conn.execute(f"{_SELECT_RUN} WHERE run_id = ?", (run_id,)).fetchone()
-        if row is None:
+        record = self.get(conn, run_id)
+        if record is None:
             raise RunNotFound(f"No run '{run_id}' in {self.url}.")
-        return RunRecord(*row)
+        return record
 
     def get(self, conn: sqlite3.Connection, run_id: str) -> RunRecord | None:
         row = conn.execute(f"{_SELECT_RUN} WHERE run_id = ?", (run_id,)).fetchone()
-        return None if row is None else RunRecord(*row)
+        return None if row is None else self.rows.record(row, run_id)
 
     def create(
         self, conn: sqlite3.Connection, record: RunRecord, entries: list[str], stream: list[str]
@@ -126,14 +147,15 @@ class SqliteOps:
             )
 
     def _check_commit(self, conn: sqlite3.Connection, r: CommitRequest) -> tuple[Any, ...]:
-        row = conn.execute(
-            "SELECT epoch, owner, seq, status, wake_at, fingerprint FROM runs WHERE run_id = ?",
-            (r.run_id,),
-        ).fetchone()
+        row = conn.execute(_SELECT_COMMIT, (r.run_id,)).fetchone()
         if row is None:
             raise RunNotFound(f"No run '{r.run_id}' in {self.url}.")
-        check_fence(r, *row[:3])
-        return tuple(row[3:])
+        try:
+            values = [check_column(name, v) for name, v in zip(_COMMIT_COLUMNS, row, strict=True)]
+        except BadColumn as bad:
+            raise self.rows.damaged(r.run_id, bad, "committed to") from None
+        check_fence(r, *values[:3])
+        return tuple(values[3:])
 
     def _update_run(
         self,
@@ -143,7 +165,9 @@ class SqliteOps:
         changes: dict[str, object],
     ) -> None:
         """Write only the columns that change: fewer dirty pages, a cheaper commit."""
-        status, wake_at, fingerprint = current
+        status, wake_at, fingerprint, waiters = current
+        if r.waiters != waiters and not r.plain:
+            changes["waiters"] = r.waiters
         if r.status != status:
             changes["status"] = r.status
         if r.wake_at != wake_at:
@@ -175,10 +199,33 @@ class SqliteOps:
                 lost.append(run_id)
         return lost
 
-    def deliver(self, conn: sqlite3.Connection, run_id: str, event: str, step: str | None) -> None:
-        cursor = conn.execute("UPDATE runs SET inbox = inbox + 1 WHERE run_id = ?", (run_id,))
+    def release(self, conn: sqlite3.Connection, runs: list[tuple[str, int]], owner: str) -> None:
+        now = time.time()
+        conn.executemany(
+            "UPDATE runs SET owner = NULL, lease_until = NULL, updated_at = ? "
+            f"WHERE run_id = ? AND epoch = ? AND owner = ? AND status NOT IN ({_FINAL})",
+            [(now, run_id, epoch, owner) for run_id, epoch in runs],
+        )
+
+    def deliver(
+        self, conn: sqlite3.Connection, run_id: str, event: str, step: str | None, limit: int | None
+    ) -> None:
+        # the limit is checked by the statement that counts the event in: one write, atomic
+        cursor = conn.execute(
+            "UPDATE runs SET inbox = inbox + 1 WHERE run_id = ? AND (? IS NULL OR inbox < ?)",
+            (run_id, limit, limit),
+        )
         if cursor.rowcount == 0:
-            raise RunNotFound(f"No run '{run_id}' in {self.url}.")
+            row = conn.execute(f"SELECT {_read('inbox')} FROM runs WHERE run_id = ?", (run_id,))
+            found = row.fetchone()
+            if found is None:
+                raise RunNotFound(f"No run '{run_id}' in {self.url}.")
+            try:
+                check_column("inbox", found[0])
+            except BadColumn as bad:
+                raise self.rows.damaged(run_id, bad, "given an event in") from None
+            assert limit is not None
+            raise too_many_events(run_id, limit)
         conn.execute(
             "INSERT INTO inbox (run_id, event, step, created_at) VALUES (?, ?, ?, ?)",
             (run_id, event, step, time.time()),
@@ -259,13 +306,25 @@ class SqliteOps:
         prefix = self.host_prefix
         args = (*workflows, now, now, len(prefix), prefix, self.owner)
         found = []
-        for row in conn.execute(sql, args):
-            record = RunRecord(*row)
-            if is_runnable(record, now):
-                found.append(record)
-                if len(found) >= limit:
-                    break
+        rows = conn.execute(sql, args)
+        for record in self.rows.records(rows, lambda record: is_runnable(record, now)):
+            found.append(record)
+            if len(found) >= limit:
+                break
         return found
+
+    def stuck(
+        self, conn: sqlite3.Connection, workflows: list[str] | None, limit: int
+    ) -> list[RunRecord]:
+        if limit <= 0 or workflows == []:
+            return []
+        sql = f"SELECT {_READ_LIST} FROM runs INDEXED BY runs_stuck WHERE {_STUCK}"
+        args: list[object] = []
+        if workflows is not None:
+            sql += f" AND workflow IN ({', '.join('?' * len(workflows))})"
+            args += workflows
+        rows = conn.execute(f"{sql} ORDER BY created_at LIMIT ?", (*args, limit))
+        return list(self.rows.records(rows))
 
     def list_runs(
         self, conn: sqlite3.Connection, status: str | None, workflow: str | None, limit: int
@@ -279,7 +338,7 @@ class SqliteOps:
             args.append(workflow)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         sql = f"{_SELECT_RUN}{clause} ORDER BY created_at DESC LIMIT ?"
-        return [RunRecord(*row) for row in conn.execute(sql, (*args, limit))]
+        return list(self.rows.records(conn.execute(sql, (*args, limit))))
 
     def prune(self, conn: sqlite3.Connection, older_than: float) -> int:
         doomed = (

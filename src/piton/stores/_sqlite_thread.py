@@ -185,15 +185,59 @@ class Writer:
         self.thread_ids.add(threading.get_ident())
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, cached_statements=256
-        )
+        if not os.path.exists(self.path):
+            self._create(directory)
+        elif os.path.getsize(self.path) == 0:
+            raise JournalCorrupted(
+                f"SQLite store {self.path!r} is an empty file (0 bytes): it is not a piton "
+                "database, or it was truncated and its runs are lost. piton does not take it "
+                "for a new store. Restore it from a backup, or delete it to start a new, "
+                "empty store."
+            )
+        conn = self._open(self.path)
         try:
             self._set_up(conn)
         except BaseException:
             conn.close()
             raise
         self.conn = conn
+
+    def _open(self, path: str) -> sqlite3.Connection:
+        return sqlite3.connect(
+            path, timeout=self.busy_timeout, isolation_level=None, cached_statements=256
+        )
+
+    def _create(self, directory: str) -> None:
+        """A new database: built under a temporary name, then linked into place.
+
+        So a database file is never seen empty, even by a process that opens it while
+        another creates it, or after a crash midway: an empty file at ``path`` is always
+        damage. Where hard links are not supported, the file is created in place.
+        """
+        temporary = os.path.join(
+            directory, f".{os.path.basename(self.path)}.{os.getpid()}.{threading.get_ident()}.new"
+        )
+        try:
+            conn = self._open(temporary)
+            try:
+                self._set_up(conn)
+            finally:
+                conn.close()  # the last connection: its WAL is checkpointed into the file
+            with open(temporary, "rb") as f:
+                os.fsync(f.fileno())
+            try:
+                os.link(temporary, self.path)
+            except FileExistsError:
+                pass  # another process created it meanwhile: use theirs
+            except OSError:
+                if not os.path.exists(self.path):
+                    os.replace(temporary, self.path)
+        finally:
+            for leftover in (temporary, temporary + "-wal", temporary + "-shm"):
+                try:
+                    os.unlink(leftover)
+                except FileNotFoundError:
+                    pass
 
     def _set_up(self, conn: sqlite3.Connection) -> None:
         """WAL mode and migrations, retried while another connection sets up the same file.

@@ -29,7 +29,8 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlparse, urlsplit, urlunsplit
 
-from piton.errors import LeaseLost, WorkflowConfigurationError
+from piton.errors import LeaseLost, TooManyPendingEvents, WorkflowConfigurationError
+from piton.stores._redact import redact_url
 
 FINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "timed_out"})
 STATUSES = ("queued", "running", "parked", *sorted(FINAL_STATUSES))
@@ -176,19 +177,21 @@ class Store(ABC):
         self, *, status: str | None = None, workflow: str | None = None, limit: int = 100
     ) -> list[RunRecord]: ...
 
+    @abstractmethod
     async def release(self, runs: list[tuple[str, int]], owner: str) -> None:
         """Hand back the leases of (run_id, epoch) pairs that ``owner`` holds at that epoch.
 
         The run keeps its status; its owner and lease_until become NULL (epoch unchanged),
         so any process may claim it at once. Pairs not held by ``owner`` at that epoch, and
         finished runs, are left alone. Used when a process leaves (its loop ends, SIGTERM).
+        All pairs are released in one call (one transaction, where the store has them).
         """
-        raise NotImplementedError
 
+    @abstractmethod
     async def stuck(self, workflows: list[str] | None = None, limit: int = 100) -> list[RunRecord]:
-        """Runs that nothing will ever move on: not final, parked (held by no process),
-        with no inbox event, no wake-up deadline and no waiter. Should be empty."""
-        raise NotImplementedError
+        """Runs that nothing will ever move on (``is_stuck``): parked, with no inbox event,
+        no wake-up deadline and no waiter. Should be empty. Oldest first; only runs of
+        ``workflows`` when given. A run whose row cannot be read is left out and logged."""
 
     async def wait_for_work(self, timeout: float) -> None:
         """Return once a run may need a worker (an event was delivered to it from another
@@ -203,6 +206,9 @@ class Store(ABC):
     async def prune(self, older_than: float | timedelta) -> int:
         """Delete finished runs that finished more than ``older_than`` ago (seconds or a
         ``timedelta``); return how many. Unfinished runs are never pruned."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {redact_url(self.url)!r}>"
 
     async def __aenter__(self) -> Store:
         await self.open()
@@ -252,20 +258,6 @@ def owner_is_dead(owner: str | None) -> bool:
             return False
         return not os.path.exists("/proc")  # alive, but /proc unreadable: trust kill()
     return start != parts[2]
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return url
-    if not password:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    name = user.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
 
 
 def split_store_url(
@@ -349,6 +341,36 @@ def is_runnable(record: RunRecord, now: float) -> bool:
     return owner_is_dead(record.owner)
 
 
+def is_stuck(record: RunRecord) -> bool:
+    """Whether nothing will ever move the run: parked (so held by no process, and not
+    final), with no inbox event, no wake-up deadline and no waiter."""
+    return (
+        record.status == "parked"
+        and record.inbox == 0
+        and record.wake_at is None
+        and record.waiters == 0
+    )
+
+
+def check_limit(limit: int | None) -> None:
+    """Refuse a ``deliver(limit=...)`` that cannot be a number of events."""
+    if limit is None:
+        return
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise WorkflowConfigurationError(
+            f"deliver(limit={limit!r}): give a whole number of events >= 0, or None for no limit."
+        )
+
+
+def too_many_events(run_id: str, limit: int) -> TooManyPendingEvents:
+    """The refusal of ``deliver`` to a run whose inbox already holds ``limit`` events."""
+    return TooManyPendingEvents(
+        f"Run '{run_id}' keeps at most {limit} events that nothing has taken yet (limit="
+        f"{limit}), and holds that many: this event was not delivered. Wait for the run to take "
+        "some (a step or a waiter consumes them), or raise the limit."
+    )
+
+
 def open_store(url: str | Store) -> Store:
     """A store for ``url``: ``sqlite:///path.db``, ``memory://``, ``postgresql://...``, ``redis://...``."""
     if isinstance(url, Store):
@@ -367,7 +389,7 @@ def open_store(url: str | Store) -> Store:
             from .postgres import PostgresStore
         except ImportError as exc:
             raise WorkflowConfigurationError(
-                f"Store URL {url!r} needs the Postgres backend: pip install 'piton[postgres]'."
+                f"Store URL {redact_url(url)!r} needs the Postgres backend: pip install 'piton[postgres]'."
             ) from exc
         return PostgresStore(url)
     if scheme in ("redis", "rediss"):
@@ -375,11 +397,11 @@ def open_store(url: str | Store) -> Store:
             from .redis import RedisStore
         except ImportError as exc:
             raise WorkflowConfigurationError(
-                f"Store URL {url!r} needs the Redis backend: pip install 'piton[redis]'."
+                f"Store URL {redact_url(url)!r} needs the Redis backend: pip install 'piton[redis]'."
             ) from exc
         return RedisStore(url)
     raise WorkflowConfigurationError(
-        f"Unknown store URL {url!r}. Use sqlite:///path.db, memory://, postgresql://... or redis://..."
+        f"Unknown store URL {redact_url(url)!r}. Use sqlite:///path.db, memory://, postgresql://... or redis://..."
     )
 
 
@@ -390,9 +412,13 @@ __all__ = [
     "Loaded",
     "RunRecord",
     "Store",
+    "check_limit",
     "is_runnable",
+    "is_stuck",
     "may_claim",
     "open_store",
     "owner_is_dead",
     "process_owner",
+    "redact_url",
+    "too_many_events",
 ]

@@ -18,8 +18,11 @@ from piton.stores.base import (
     Store,
     age_in_seconds,
     check_fence,
+    check_limit,
     is_runnable,
+    is_stuck,
     may_claim,
+    too_many_events,
 )
 
 
@@ -102,6 +105,8 @@ class MemoryStore(Store):
             self._journal[request.run_id] = [e for e in journal if e[0] > record.seq]
         if request.fingerprint is not None:
             record.fingerprint = request.fingerprint
+        if not request.plain:
+            record.waiters = request.waiters
         now = time.time()
         record.status, record.wake_at, record.updated_at = request.status, request.wake_at, now
         if request.result is not None:
@@ -124,8 +129,22 @@ class MemoryStore(Store):
                 record.lease_until = now + lease
         return lost
 
-    async def deliver(self, run_id: str, event: str, step: str | None = None) -> None:
+    async def release(self, runs: list[tuple[str, int]], owner: str) -> None:
+        now = time.time()
+        for run_id, epoch in runs:
+            record = self._runs.get(run_id)
+            if record is None or record.finished:
+                continue
+            if record.epoch == epoch and record.owner == owner:
+                record.owner, record.lease_until, record.updated_at = None, None, now
+
+    async def deliver(
+        self, run_id: str, event: str, step: str | None = None, *, limit: int | None = None
+    ) -> None:
+        check_limit(limit)
         record = self._run(run_id)
+        if limit is not None and len(self._inbox[run_id]) >= limit:
+            raise too_many_events(run_id, limit)
         self._inbox_id += 1
         self._inbox[run_id].append((self._inbox_id, event, step))
         record.inbox = len(self._inbox[run_id])
@@ -141,6 +160,16 @@ class MemoryStore(Store):
             if len(found) >= limit:
                 break
         return found
+
+    async def stuck(self, workflows: list[str] | None = None, limit: int = 100) -> list[RunRecord]:
+        wanted = None if workflows is None else set(workflows)
+        found = [
+            copy.copy(r)
+            for r in self._runs.values()
+            if is_stuck(r) and (wanted is None or r.workflow in wanted)
+        ]
+        found.sort(key=lambda r: r.created_at)
+        return found[: max(limit, 0)]
 
     async def list_runs(
         self, *, status: str | None = None, workflow: str | None = None, limit: int = 100

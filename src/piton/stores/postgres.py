@@ -47,12 +47,14 @@ from datetime import timedelta
 from typing import Any
 
 from piton.errors import StoreError, WorkflowConfigurationError
+from piton.stores._redact import scrub, secrets_of
 from piton.stores.base import (
     CommitRequest,
     Loaded,
     RunRecord,
     Store,
     age_in_seconds,
+    check_limit,
     redact_url,
     split_store_url,
 )
@@ -139,7 +141,9 @@ class PostgresStore(Store):
         conninfo = make_conninfo(
             conninfo, **{key: value for key, value in defaults.items() if key not in libpq}
         )
-        self._connector = Connector(conninfo, self.schema, self.lock_timeout, where)
+        self._connector = Connector(
+            conninfo, self.schema, self.lock_timeout, where, secrets_of(url)
+        )
         self._channel = _channel(self.schema)
         self._ops = PostgresOps(self.url, where, self.owner, self._channel)
         self._engines: dict[asyncio.AbstractEventLoop, Engine] = {}
@@ -217,11 +221,16 @@ class PostgresStore(Store):
         return await (await self._ready_engine()).pool.run(op)
 
     async def _write(
-        self, op: Op, *, run_id: str | None = None, request: CommitRequest | None = None
+        self,
+        op: Op,
+        *,
+        run_id: str | None = None,
+        request: CommitRequest | None = None,
+        touches: tuple[str, ...] = (),
     ) -> Any:
         engine = await self._ready_engine()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        engine.writer.submit(WriteJob(op, future, run_id, request))
+        engine.writer.submit(WriteJob(op, future, run_id, request, touches))
         return await future
 
     # -- the Store protocol ---------------------------------------------------------------
@@ -258,8 +267,22 @@ class PostgresStore(Store):
         result: list[str] = await self._write(lambda c: self._ops.renew(c, runs, owner, lease))
         return result
 
-    async def deliver(self, run_id: str, event: str, step: str | None = None) -> None:
-        await self._write(lambda c: self._ops.deliver(c, run_id, event, step), run_id=run_id)
+    async def release(self, runs: list[tuple[str, int]], owner: str) -> None:
+        pairs = list(runs)
+        if pairs:
+            touched = tuple(run_id for run_id, _ in pairs)
+            await self._write(lambda c: self._ops.release(c, pairs, owner), touches=touched)
+
+    async def deliver(
+        self, run_id: str, event: str, step: str | None = None, *, limit: int | None = None
+    ) -> None:
+        check_limit(limit)
+        await self._write(lambda c: self._ops.deliver(c, run_id, event, step, limit), run_id=run_id)
+
+    async def stuck(self, workflows: list[str] | None = None, limit: int = 100) -> list[RunRecord]:
+        names = None if workflows is None else list(workflows)
+        result: list[RunRecord] = await self._read(lambda c: self._ops.stuck(c, names, limit))
+        return result
 
     async def runnable(self, workflows: list[str], now: float, limit: int = 100) -> list[RunRecord]:
         names = list(workflows)
@@ -316,10 +339,14 @@ def _parse_url(url: str) -> tuple[str, dict[str, str], dict[str, Any]]:
     try:
         libpq = conninfo_to_dict(conninfo)
     except ProgrammingError as exc:
-        raise WorkflowConfigurationError(
-            f"Store URL {redact_url(url)!r}: {exc}. piton's own options are "
+        text = " ".join(str(exc).split())
+        shown = scrub(text, secrets_of(url))
+        error = WorkflowConfigurationError(
+            f"Store URL {redact_url(url)!r}: {shown}. piton's own options are "
             f"{', '.join(_OPTIONS)}; the others go to libpq."
-        ) from exc
+        )
+        # libpq may quote a piece of the password back: then its error is not chained
+        raise error from (exc if shown == text else None)
     return conninfo, options, libpq
 
 

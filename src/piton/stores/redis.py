@@ -14,7 +14,9 @@ noeviction``: a server that evicts keys can drop a run's journal.
 Keys (``P`` is the prefix; a run id or workflow name ends a key, so no two collide):
 
 - ``P:schema``: the data model's version; data from a newer piton is refused.
-- ``P:run:<id>``: a hash, the run's ``RunRecord`` fields (a field that is None is absent).
+- ``P:run:<id>``: a hash, the run's ``RunRecord`` fields (a field that is None is absent;
+  ``waiters`` is absent in a run written before schema version 2: it reads as 0, and
+  ``stuck`` takes such a run's waiters as unknown, so it does not report it).
 - ``P:journal:<id>``: a hash, journal seq -> entry, for the entries after the snapshot.
 - ``P:snapshot:<id>``: a hash, ``seq`` and ``data``; a commit with a snapshot replaces it
   and empties the journal it covers.
@@ -27,7 +29,10 @@ Keys (``P`` is the prefix; a run id or workflow name ends a key, so no two colli
   ``P:wake:<w>`` (parked runs by wake_at), ``P:mail:<w>`` (parked runs with an inbox),
   ``P:lease:<w>`` (running runs by lease expiry), ``P:owned:<owner>`` and ``P:owners``
   (who holds which running run): ``runnable`` reads those, never the whole keyspace;
-  ``P:finished`` (finished runs by finished_at) for ``prune``.
+  ``P:finished`` (finished runs by finished_at) for ``prune``. ``stuck`` reads the
+  parked runs' index (``P:workflow-status:parked:<w>``, or ``P:status:parked``) page by
+  page and keeps the runs with no inbox, deadline or waiter: it costs a read of every
+  parked run, so it is for checks, not for every poll.
 
 Every write is one Lua script (``_redis_scripts``), so it is atomic: ``commit`` checks the
 epoch, owner and seq and then appends entries and stream events, takes inbox messages,
@@ -54,7 +59,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -62,7 +66,8 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
-from piton.errors import JournalCorrupted, StoreError, WorkflowConfigurationError
+from piton.errors import StoreError, WorkflowConfigurationError
+from piton.stores._redact import secrets_of
 from piton.stores._redis_codec import (
     PARTS,
     Arg,
@@ -71,16 +76,21 @@ from piton.stores._redis_codec import (
     encode_arg,
     encode_record,
     opt,
+    values,
 )
+from piton.stores._rows import BadColumn, to_record
 from piton.stores.base import (
     CommitRequest,
     Loaded,
     RunRecord,
     Store,
     age_in_seconds,
+    check_limit,
     is_runnable,
+    is_stuck,
     owner_is_dead,
     redact_url,
+    too_many_events,
 )
 
 try:
@@ -105,13 +115,21 @@ except ImportError as exc:  # the `redis` extra is not installed
 else:
     _MISSING = None
 
-SCHEMA_VERSION = 1  # the data model's version, kept in <prefix>:schema
+# the data model's version, kept in <prefix>:schema. 2: a run's hash has a `waiters` field
+# (absent in runs written at version 1); open() raises a version 1 to 2, so an older piton
+# refuses the data from then on
+SCHEMA_VERSION = 2
 T = TypeVar("T")
-
-log = logging.getLogger("piton.stores.redis")
 
 _PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 _PRUNE_BATCH = 500
+_STUCK_PAGE = 500
+# raises the schema version to ARGV[1] if it is lower; returns the version now
+_UPGRADE = """
+local found = tonumber(redis.call('GET', KEYS[1]))
+if found and found < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return redis.call('GET', KEYS[1])
+"""
 
 
 class RedisStore(Store):
@@ -148,6 +166,7 @@ class RedisStore(Store):
         named = "" if "prefix" in options else f" (prefix '{self.prefix}')"
         self.where = f"Redis store '{self.url}'{named}"
         self._codec = Codec(self.where, self.url)
+        self._secrets = secrets_of(url)  # scrubbed from redis-py's errors
         self._identity = (
             f"redis://{connect.get('host', 'localhost')}:{connect.get('port', 6379)}/"
             f"{connect.get('db', 0)}?prefix={self.prefix}"
@@ -182,8 +201,11 @@ class RedisStore(Store):
             pipe.set(key, SCHEMA_VERSION, nx=True)
             pipe.get(key)
             _, found = await pipe.execute()
+            if found != str(SCHEMA_VERSION).encode():
+                found = await engine.client.eval(_UPGRADE, 1, key, str(SCHEMA_VERSION))
         except (RedisError, OSError) as exc:
-            raise translate(exc, self.where) from exc
+            error = translate(exc, self.where, secrets=self._secrets)
+            raise error from error.__cause__
         try:
             version = int(found)
         except (TypeError, ValueError):
@@ -218,7 +240,12 @@ class RedisStore(Store):
             for old in [old for old in self._engines if old.is_closed()]:
                 self._forget(self._engines[old])
             engine = Engine(
-                self._client_url, self._client_options, self.where, self._channel, self._forget
+                self._client_url,
+                self._client_options,
+                self.where,
+                self._channel,
+                self._forget,
+                self._secrets,
             )
             self._engines[loop] = engine
             await engine.start()
@@ -258,7 +285,8 @@ class RedisStore(Store):
             except RedisConnectionError:  # it died while idle (a server restart): once more
                 return await op(client)
         except (RedisError, OSError) as exc:
-            raise translate(exc, self.where) from exc
+            error = translate(exc, self.where, secrets=self._secrets)
+            raise error from error.__cause__
 
     async def _write(
         self,
@@ -356,7 +384,7 @@ class RedisStore(Store):
                     raise self._codec.damaged(
                         run_id, f"{part} (key '{key}') holds another type of value"
                     )
-                raise translate(reply, self.where)
+                raise translate(reply, self.where, secrets=self._secrets)
         raw, snapshot, journal, stream, inbox, steps = replies
         if not raw:
             raise self._codec.missing(run_id)
@@ -379,14 +407,33 @@ class RedisStore(Store):
         )
         return lost
 
-    async def deliver(self, run_id: str, event: str, step: str | None = None) -> None:
+    async def release(self, runs: list[tuple[str, int]], owner: str) -> None:
+        if not runs:
+            return
+        args: list[Arg] = [time.time(), owner]
+        for run_id, epoch in runs:
+            args += [run_id, epoch]
+        await self._write("release", [], args, lambda reply: None)
+
+    async def deliver(
+        self, run_id: str, event: str, step: str | None = None, *, limit: int | None = None
+    ) -> None:
+        check_limit(limit)
         keys = [self._key(kind, run_id) for kind in ("run", "inbox", "inbox-step")]
 
-        def decode(reply: int) -> None:
-            if reply == 0:
+        def decode(reply: list[bytes]) -> None:
+            kind = bytes(reply[0]).decode()
+            if kind == "missing":
                 raise self._codec.missing(run_id)
+            if kind == "full":
+                assert limit is not None
+                raise too_many_events(run_id, limit)
+            if kind == "damaged-field":
+                raise self._codec.bad_field(run_id, reply, "given an event in")
 
-        await self._write("deliver", keys, [run_id, event, opt(step), self._channel], decode)
+        bound = None if limit is None else b"=%d" % limit
+        args = [run_id, event, opt(step), self._channel, bound]
+        await self._write("deliver", keys, args, decode)
 
     async def wait_for_work(self, timeout: float) -> None:
         """Return when an event is delivered to a run under this prefix (pub/sub, from any
@@ -424,6 +471,45 @@ class RedisStore(Store):
         chosen.sort(key=lambda r: r.created_at)
         return chosen[:limit]
 
+    async def stuck(self, workflows: list[str] | None = None, limit: int = 100) -> list[RunRecord]:
+        if limit <= 0:
+            return []
+        if workflows is None:
+            indexes = [self._key("status", "parked")]
+        else:
+            names = dict.fromkeys(workflows)
+            indexes = [self._key("workflow-status", f"parked:{name}") for name in names]
+
+        async def read(client: aioredis.Redis) -> list[RunRecord]:
+            found: list[RunRecord] = []
+            for index in indexes:  # each oldest first; at most `limit` from each
+                found += await self._stuck_in(client, index, limit)
+            return found
+
+        found = await self._read(read)
+        found.sort(key=lambda r: r.created_at)
+        return found[:limit]
+
+    async def _stuck_in(self, client: aioredis.Redis, index: str, limit: int) -> list[RunRecord]:
+        """The stuck runs among the parked runs of one index, oldest first, up to ``limit``."""
+        found: list[RunRecord] = []
+        start = 0
+        while len(found) < limit:
+            ids = cast(list[bytes], await client.zrange(index, start, start + _STUCK_PAGE - 1))
+            if not ids:
+                break
+            start += len(ids)
+            pipe = client.pipeline(transaction=False)
+            for run_id in ids:
+                pipe.hgetall(self.prefix.encode() + b":run:" + run_id)
+            for run_id, raw in zip(ids, await pipe.execute(), strict=True):
+                if not raw or b"waiters" not in raw:  # pruned meanwhile; waiters unknown
+                    continue
+                record = self._decoded(run_id, raw)
+                if record is not None and is_stuck(record):
+                    found.append(record)
+        return found[:limit]
+
     async def list_runs(
         self, *, status: str | None = None, workflow: str | None = None, limit: int = 100
     ) -> list[RunRecord]:
@@ -459,7 +545,7 @@ class RedisStore(Store):
 
     async def _records(self, client: aioredis.Redis, ids: list[bytes]) -> list[RunRecord]:
         """The runs with these ids, in order; runs pruned meanwhile are left out, and so
-        (with a warning) are runs whose hash is damaged: ``get`` or ``load`` names them."""
+        (logged as errors) are runs whose hash is damaged: ``get`` or ``load`` names them."""
         if not ids:
             return []
         pipe = client.pipeline(transaction=False)
@@ -467,14 +553,18 @@ class RedisStore(Store):
             pipe.hgetall(self.prefix.encode() + b":run:" + run_id)
         records = []
         for run_id, raw in zip(ids, await pipe.execute(), strict=True):
-            if not raw:
-                continue
-            name = run_id.decode("utf-8", "replace")
-            try:
-                records.append(self._codec.record(name, raw))
-            except JournalCorrupted as exc:
-                log.warning("%s", exc)
+            record = self._decoded(run_id, raw) if raw else None
+            if record is not None:
+                records.append(record)
         return records
+
+    def _decoded(self, run_id: bytes, raw: dict[Any, Any]) -> RunRecord | None:
+        """The run's record, or None (logged: logger ``piton.store``) if its hash is damaged."""
+        try:
+            return to_record(values(raw))
+        except BadColumn as bad:
+            self._codec.rows.skipped(run_id.decode("utf-8", "replace"), bad)
+            return None
 
 
 def _claimed(reply: list[Any]) -> int | str | None:

@@ -28,7 +28,15 @@ from urllib.parse import parse_qsl, unquote
 from piton.errors import StoreError, WorkflowConfigurationError
 from piton.stores._sqlite_ops import SqliteOps
 from piton.stores._sqlite_thread import Op, Writer, migrations
-from piton.stores.base import CommitRequest, Loaded, RunRecord, Store, age_in_seconds
+from piton.stores.base import (
+    CommitRequest,
+    Loaded,
+    RunRecord,
+    Store,
+    age_in_seconds,
+    check_limit,
+    redact_url,
+)
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -81,7 +89,7 @@ class SqliteStore(Store):
         )
         if not rest.startswith("/") or len(rest) < 2:
             raise WorkflowConfigurationError(
-                f"Store URL {url!r} names no file: use sqlite:///relative/path.db or "
+                f"Store URL {redact_url(url)!r} names no file: use sqlite:///relative/path.db or "
                 "sqlite:////absolute/path.db."
             )
         options: dict[str, Any] = {}
@@ -95,7 +103,8 @@ class SqliteStore(Store):
                     options[key] = value  # rejected by __init__ with a clear message
             else:
                 raise WorkflowConfigurationError(
-                    f"Store URL {url!r}: unknown option {key!r}; use synchronous= or busy_timeout=."
+                    f"Store URL {redact_url(url)!r}: unknown option {key!r}; use synchronous= or "
+                    "busy_timeout=."
                 )
         store = cls(unquote(rest[1:]), **options)
         store.url = store._ops.url = url
@@ -225,13 +234,28 @@ class SqliteStore(Store):
         )
         return result
 
-    async def deliver(self, run_id: str, event: str, step: str | None = None) -> None:
-        await self._call(lambda c: self._ops.deliver(c, run_id, event, step), write=True)
+    async def release(self, runs: list[tuple[str, int]], owner: str) -> None:
+        pairs = list(runs)
+        if pairs:
+            await self._call(lambda c: self._ops.release(c, pairs, owner), write=True)
+
+    async def deliver(
+        self, run_id: str, event: str, step: str | None = None, *, limit: int | None = None
+    ) -> None:
+        check_limit(limit)
+        await self._call(lambda c: self._ops.deliver(c, run_id, event, step, limit), write=True)
 
     async def runnable(self, workflows: list[str], now: float, limit: int = 100) -> list[RunRecord]:
         names = list(workflows)
         result: list[RunRecord] = await self._call(
             lambda c: self._ops.runnable(c, names, now, limit), write=False
+        )
+        return result
+
+    async def stuck(self, workflows: list[str] | None = None, limit: int = 100) -> list[RunRecord]:
+        names = None if workflows is None else list(workflows)
+        result: list[RunRecord] = await self._call(
+            lambda c: self._ops.stuck(c, names, limit), write=False
         )
         return result
 
