@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict
 
+from ._core import paths
 from ._core.state import RunState, WaitTimedOut
 from .errors import (
     ContextSerdeError,
+    PitonError,
     StateKeyError,
     WorkflowRuntimeError,
     WorkflowTimeoutError,
@@ -81,26 +83,9 @@ class WaitingForEvent(BaseException):  # noqa: N818 - control flow, not an error
 
 
 def _get_path(root: Any, path: str) -> Any:
-    node = root
-    for part in path.split("."):
-        if isinstance(node, Mapping):
-            if part not in node:
-                return _MISSING
-            node = node[part]
-        elif isinstance(node, list):
-            try:
-                node = node[int(part)]
-            except (ValueError, IndexError):
-                return _MISSING
-        else:
-            extra = getattr(node, "__pydantic_extra__", None) or {}
-            if part in extra:
-                node = extra[part]
-            elif hasattr(node, part):
-                node = getattr(node, part)
-            else:
-                return _MISSING
-    return node
+    """The state at dotted ``path`` (dict keys, list indices, model fields), or _MISSING."""
+    found = paths.get_path(root, path)
+    return _MISSING if found is paths.MISSING else found
 
 
 def _copy(value: Any) -> Any:
@@ -129,9 +114,18 @@ class StateStore(Generic[StateT]):
 
     async def set(self, path: str, value: Any) -> None:
         """Set ``value`` at dotted ``path``, creating intermediate dicts."""
-        if not isinstance(path, str) or not path:
-            raise StateKeyError(f"A state path must be a non-empty string, got {path!r}.")
-        self._ctx._update(path, _copy(value))
+        paths.check_set_path(self._ctx._values(), path)
+        try:
+            copied = _copy(value)
+        except Exception as exc:  # noqa: BLE001 - deepcopy fails in many ways; name the key
+            raise ContextSerdeError(
+                f"ctx.store.set({path!r}, ...): a {type(value).__qualname__} cannot be kept in "
+                f"the run's state, because it cannot be copied ({type(exc).__name__}: {exc}). "
+                "Store plain data (JSON values, pydantic models); keep locks, open files, "
+                "sockets and clients out of the state, for example as a Resource, and store "
+                "what identifies them (a path, a URL) instead."
+            ) from exc
+        self._ctx._update(path, copied)
 
     async def get_state(self) -> StateT:
         """A copy of the whole state: the typed model, or a :class:`DictState`."""
@@ -336,6 +330,7 @@ class Context(Generic[StateT]):
     ) -> Context[Any]:
         """Rebuild a context from :meth:`to_dict`'s output (str or bytes values, or its JSON)."""
         ser = serializer or JsonSerializer()
+        graph = workflow._compiled().graph
         tree = _parse_flat(data)
         stored = tree.pop("serializer", "json")
         if stored == "pickle" and ser.name != "pickle":
@@ -345,39 +340,53 @@ class Context(Generic[StateT]):
             )
         ctx: Context[Any] = cls(workflow, serializer=ser)
         try:
-            ctx._state = decode_run(tree, workflow._compiled().graph, ser)
+            ctx._state = decode_run(tree, graph, ser)
         except ContextSerdeError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ContextSerdeError(f"The context data is damaged: {exc!r}") from exc
+        except PitonError as exc:  # e.g. work for a step this workflow no longer has
+            raise ContextSerdeError(
+                f"The context cannot be restored into workflow '{graph.workflow}': {exc}"
+            ) from exc
+        except Exception as exc:  # noqa: BLE001 - the payload is untrusted: say it is damaged
+            raise ContextSerdeError(
+                f"The context data is damaged ({type(exc).__name__}: {exc})."
+            ) from exc
         return ctx
 
 
 def _parse_flat(data: Mapping[str, Any] | str | bytes) -> dict[str, Any]:
+    """to_dict()'s flat dict (str or bytes values, or its JSON text) -> one JSON tree per key."""
     if isinstance(data, str | bytes):
-        try:
-            data = json.loads(data)
-        except ValueError as exc:
-            raise ContextSerdeError(f"The context data is not valid JSON: {exc}") from exc
+        data = _json_value(data, "The context data")
     if not isinstance(data, Mapping):
         raise ContextSerdeError(f"Context.from_dict() needs a dict, got {type(data).__qualname__}.")
     tree: dict[str, Any] = {}
     for raw_key, raw in data.items():
-        key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
-        if isinstance(raw, bytes):
-            raw = raw.decode()
-        if isinstance(raw, str):
+        if isinstance(raw_key, bytes):
             try:
-                tree[key] = json.loads(raw)
-            except ValueError as exc:
-                raise ContextSerdeError(f"Context key '{key}' is damaged: {exc}") from exc
-        else:
-            tree[key] = raw
+                raw_key = raw_key.decode()
+            except UnicodeDecodeError as exc:
+                raise ContextSerdeError(
+                    f"A context key is damaged: {raw_key[:80]!r} is not UTF-8 ({exc})."
+                ) from exc
+        key = str(raw_key)
+        tree[key] = (
+            _json_value(raw, f"Context key '{key[:80]}'") if isinstance(raw, str | bytes) else raw
+        )
     if "format" not in tree:
         raise ContextSerdeError(
             "The data is not a piton context (no 'format' key). Pass what ctx.to_dict() returned."
         )
     return tree
+
+
+def _json_value(text: str | bytes, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ContextSerdeError(f"{what} nests too deeply to be read; it is damaged.") from None
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise ContextSerdeError(f"{what} is damaged: it is not valid JSON ({exc}).") from exc
 
 
 class StepContext(Context[StateT]):
