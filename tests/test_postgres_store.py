@@ -93,6 +93,7 @@ async def test_check_store(url: str) -> None:
     assert "concurrent_commits" in passed and passed[-1] == "prune"
 
 
+@pytest.mark.allow_stuck_runs  # its store cannot be opened: no stuck-run check after it
 def test_url_options_identity_and_redaction() -> None:
     s = open_store("postgresql://app:s3cret@db.example:6543/runs?schema=team_a&sslmode=disable")
     assert isinstance(s, PostgresStore)
@@ -138,6 +139,7 @@ def test_without_psycopg_the_store_asks_for_the_extra() -> None:
     assert "pip install 'piton[postgres]'" in out.stdout, out.stdout + out.stderr
 
 
+@pytest.mark.allow_stuck_runs  # its store cannot be opened: no stuck-run check after it
 async def test_unreachable_server_is_store_unavailable() -> None:
     s = PostgresStore("postgresql://postgres@127.0.0.1:1/test")
     with pytest.raises(StoreUnavailable, match="cannot be reached.*server is running") as info:

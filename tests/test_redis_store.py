@@ -157,6 +157,7 @@ async def test_check_store(url: str, db: aioredis.Redis) -> None:
     assert "concurrent_commits" in passed and passed[-1] == "prune"
 
 
+@pytest.mark.allow_stuck_runs  # its store cannot be opened: no stuck-run check after it
 def test_url_options_identity_and_redaction() -> None:
     s = open_store("redis://app:s3cret@cache.example:6380/2?prefix=team_a&socket_timeout=5")
     assert isinstance(s, RedisStore) and LazyRedisStore is RedisStore
@@ -199,6 +200,7 @@ def test_without_redis_py_the_store_asks_for_the_extra() -> None:
     assert "pip install 'piton[redis]'" in out.stdout, out.stdout + out.stderr
 
 
+@pytest.mark.allow_stuck_runs  # its store cannot be opened: no stuck-run check after it
 async def test_unreachable_server_is_store_unavailable() -> None:
     s = RedisStore("redis://127.0.0.1:1/0?prefix=nowhere")
     with pytest.raises(StoreUnavailable, match="cannot be reached.*server is running") as info:
@@ -208,6 +210,7 @@ async def test_unreachable_server_is_store_unavailable() -> None:
     await s.close()
 
 
+@pytest.mark.allow_stuck_runs  # its store cannot be opened: no stuck-run check after it
 async def test_a_server_that_does_not_answer_is_store_unavailable() -> None:
     async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()  # reads the commands, answers nothing

@@ -121,6 +121,7 @@ async def test_schema_created_from_migrations(store: SqliteStore, tmp_path: Path
     assert {"runs", "journal", "snapshots", "stream", "inbox"} <= tables
 
 
+@pytest.mark.allow_stuck_runs  # its store cannot be opened: no stuck-run check after it
 async def test_database_from_a_newer_piton_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "future.db"
     with connect(path) as db:
@@ -335,6 +336,7 @@ async def test_locked_database_is_store_unavailable_and_loses_nothing(tmp_path: 
     assert loaded.entries == [(1, "e1"), (2, "e2"), (3, "e3")] and loaded.inbox == []
 
 
+@pytest.mark.allow_stuck_runs  # its store cannot be opened: no stuck-run check after it
 async def test_unusable_path_is_store_unavailable(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
     s = SqliteStore(tmp_path / "file" / "runs.db")
@@ -343,6 +345,7 @@ async def test_unusable_path_is_store_unavailable(tmp_path: Path) -> None:
     await s.close()
 
 
+@pytest.mark.allow_stuck_runs  # its store cannot be opened: no stuck-run check after it
 async def test_not_a_database_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "runs.db"
     path.write_bytes(b"this is not sqlite" * 100)
