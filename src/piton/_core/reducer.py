@@ -149,9 +149,9 @@ def _park(state: RunState, inp: i.Park, cmds: Cmds) -> None:
 
 
 def can_be_woken(state: RunState) -> bool:
-    """Something outside an idle run can still move it: a waiter, a timer other than the
+    """Something can still move the run: work of its own, a waiter, a timer other than the
     run's own, or a step that consumes events only a send can bring."""
-    if state.waiters or state.graph.outside:
+    if state.waiters or state.graph.outside or not state.is_idle():
         return True
     return any(timer_id != RUN_TIMER for timer_id in state.deadlines)
 
