@@ -29,7 +29,7 @@ import pathlib
 import pickle
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import fields
 from typing import Annotated, Any, Final, cast
@@ -87,7 +87,8 @@ class TypeResolver:
     ``known`` are the types the workflow declares (its events and state type). A run
     started by ``python app.py`` stores its types as ``__main__.X``, and a worker that
     imports ``app`` knows them as ``app.X`` (or the other way round): such a name matches
-    the known type with that qualified name, when exactly one known type has it.
+    the type with that qualified name when exactly one known type has it, or else when
+    exactly one loaded subclass has it (a type only ``wait_for_event`` names, say).
     """
 
     def __init__(self, known: Mapping[str, type[Any]] | None = None) -> None:
@@ -108,35 +109,37 @@ class TypeResolver:
         found = self.known.get(key)
         if _is_sub(found, base):
             return found
-        found = self._main_alias(key, base)
+        found = _main_alias(key, base, self.known.values())
         if found is not None:
             return found
         if issubclass(base, BaseException):
-            cls = getattr(builtins, key.removeprefix("builtins."), None)
-            if _is_sub(cls, base):
-                return cls
+            found = getattr(builtins, key.removeprefix("builtins."), None)
+            if _is_sub(found, base):
+                return found
         found = self._found.get(key)
         if _is_sub(found, base):
             return found
-        for cls in _walk_subclasses(base):
-            if type_key(cls) == key:
-                self._found[key] = cls
-                return cls
-        return None
+        found = next((c for c in _walk_subclasses(base) if type_key(c) == key), None)
+        if found is None:
+            found = _main_alias(key, base, _walk_subclasses(base))
+        if found is not None:
+            self._found[key] = found
+        return found
 
-    def _main_alias(self, key: str, base: type[Any]) -> type[Any] | None:
-        """``__main__.X`` -> the known ``app.X``, ``app.X`` -> the known ``__main__.X``."""
-        if key.startswith(_MAIN):
-            qualname = key[len(_MAIN) :]
-            matches = {c for c in self.known.values() if c.__qualname__ == qualname}
-        else:
-            matches = {
-                c
-                for c in self.known.values()
-                if c.__module__ == "__main__" and key.endswith("." + c.__qualname__)
-            }
-        matches = {c for c in matches if _is_sub(c, base)}
-        return matches.pop() if len(matches) == 1 else None
+
+def _main_alias(key: str, base: type[Any], candidates: Iterable[type[Any]]) -> type[Any] | None:
+    """``__main__.X`` -> the one candidate named ``X``; ``app.X`` -> the one ``__main__.X``."""
+    if key.startswith(_MAIN):
+        qualname = key[len(_MAIN) :]
+        matches = {c for c in candidates if c.__qualname__ == qualname}
+    else:
+        matches = {
+            c
+            for c in candidates
+            if c.__module__ == "__main__" and key.endswith("." + c.__qualname__)
+        }
+    matches = {c for c in matches if _is_sub(c, base)}
+    return matches.pop() if len(matches) == 1 else None
 
 
 _PLAIN = frozenset({str, int, float, bool})
