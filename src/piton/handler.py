@@ -55,13 +55,9 @@ class WorkflowHandler(asyncio.Future[Any]):
     def status(self) -> str:
         """Where the run stands: ``queued`` (not started yet), ``running``, ``parked``
         (a durable run waiting for an event or a deadline, held by no process), or its
-        final status: ``completed``, ``failed``, ``cancelled``, ``timed_out``."""
-        runner = self._runner
-        state = runner.latest if runner is not None else None
-        if state is None:
-            final = runner.final_status if runner is not None else None
-            return final or "queued"
-        return "queued" if state.status == "new" else state.status
+        final status: ``completed``, ``failed``, ``cancelled``, ``timed_out``. For a
+        durable run it is the status of its last durable commit."""
+        return self._runner.status if self._runner is not None else "queued"
 
     @property
     def waiting_for(self) -> list[Waiting]:

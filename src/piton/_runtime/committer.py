@@ -87,6 +87,8 @@ class DurableCommitter:
         self.phase = Phase.CREATING if create is not None else Phase.RUNNING
         self.ticket = 0
         self.durable = 0
+        # the run's status as of its last durable commit: what the world may be told
+        self.durable_status = "queued" if create is not None else "running"
         self.runner: Runner  # set by the driver right after construction
         self.outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.inbox_done: list[int] = []  # taken, their removal not yet in a commit
@@ -150,9 +152,7 @@ class DurableCommitter:
             self.runner.feed(i.Park(time.time()))  # the reducer parks it, or fails it
             if self.state.status == PARKED:
                 self._to(Phase.PARKED)
-                for handle in self.runner.timers.values():
-                    handle.cancel()
-                self.runner.timers.clear()
+                self.runner.drop_timers()  # the store holds the deadlines now
 
     def _idle(self) -> bool:
         state = self.state
@@ -165,15 +165,7 @@ class DurableCommitter:
         """Stop working on this run here; what was committed stays."""
         if self.phase is not Phase.LOST:
             self._to(Phase.LOST)
-        runner = self.runner
-        runner.done = True
-        for task in runner.tasks.values():
-            task.cancel()
-        for handle in runner.timers.values():
-            handle.cancel()
-        runner.timers.clear()
-        runner.abandon(exc)
-        runner._notify()
+        self.runner.abandon(exc)
         if not self.outcome.done():
             self.outcome.set_exception(exc)
 
@@ -246,6 +238,7 @@ class DurableCommitter:
             faults.after_commit()
             self.seq += len(request.entries)
             self.durable = batch[-1][0]
+            self.durable_status = request.status
             if self.phase is Phase.LOST:
                 continue  # written, but the process let go: nobody is told
             self.runner.advance()

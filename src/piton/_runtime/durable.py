@@ -87,6 +87,15 @@ class RunDriver:
         return self._latest
 
     @property
+    def status(self) -> str:
+        """The run's status as of its last durable commit (promise 9: never ahead of it)."""
+        if self.final_status is not None:
+            return self.final_status
+        if self.committer is not None:
+            return self.committer.durable_status
+        return "queued"
+
+    @property
     def live(self) -> bool:
         """This process runs the run now (it is not parked, lost or finished here)."""
         committer = self.committer
@@ -114,6 +123,7 @@ class RunDriver:
     def _on_finish(self, cmd: i.Finish) -> None:
         """The run's final commit is durable: now the caller may learn how it ended."""
         state = self.run.state if self.run is not None else None
+        self.final_status = cmd.status if state is None else state.status
         if state is not None and state.status == COMPLETED:
             self.resolve(state.result, None)
         else:
@@ -135,8 +145,7 @@ class RunDriver:
             if self.finished or self.handler.done():
                 return
             if self.run is not None and self.live:
-                waiter = self.run._wake or self.run.loop.create_future()
-                self.run._wake = waiter
+                waiter = self.run.news()
             else:
                 waiter = self._stream_wake or self.loop.create_future()
                 self._stream_wake = waiter

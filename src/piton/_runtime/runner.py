@@ -146,7 +146,11 @@ class Runner:
         """The run's state as this process knows it now."""
         return self.state
 
-    final_status: str | None = None  # a durable run's stored final status (RunDriver only)
+    @property
+    def status(self) -> str:
+        """The run's status, as the world may see it (``new`` shows as ``queued``)."""
+        status = self.state.status
+        return "queued" if status == "new" else status
 
     # -- driving the reducer ----------------------------------------------------------
 
@@ -196,13 +200,30 @@ class Runner:
         await future
 
     def abandon(self, exc: BaseException) -> None:
-        """The run is let go unfinished here: steps waiting for a commit stop waiting."""
+        """The run is let go unfinished here (a commit failed, the lease was lost, the
+        process leaves): its steps stop, and steps waiting for a commit get ``exc``."""
+        self.done = True
+        for task in self.tasks.values():
+            task.cancel()
+        self.drop_timers()
         self._held.clear()
         waits, self._durable_waits = self._durable_waits, []
         for _, future in waits:
             if not future.done():
                 future.set_exception(exc)
                 future.exception()  # retrieved: a cancelled step may never look
+        self._notify()
+
+    def drop_timers(self) -> None:
+        for handle in self.timers.values():
+            handle.cancel()
+        self.timers.clear()
+
+    def news(self) -> asyncio.Future[None]:
+        """A future resolved the next time the run shows an event or ends."""
+        if self._wake is None:
+            self._wake = self.loop.create_future()
+        return self._wake
 
     def call(self, fn: Callable[[], R]) -> R:
         """Run ``fn`` on the loop thread (sync steps run in worker threads)."""
@@ -287,9 +308,7 @@ class Runner:
 
     def _finish(self, cmd: i.Finish) -> None:
         self.done = True
-        for handle in self.timers.values():
-            handle.cancel()
-        self.timers.clear()
+        self.drop_timers()
         self._notify()
         self.finish, self._finish_ticket = cmd, self.committer.ticket
         self.advance()  # in memory at once; a durable run once its final commit is
@@ -349,9 +368,7 @@ class Runner:
                     return
             if self.done:
                 return
-            if self._wake is None:
-                self._wake = self.loop.create_future()
-            await self._wake
+            await self.news()
 
     # -- running one step ------------------------------------------------------------------
 
