@@ -387,3 +387,33 @@ def test_the_stuck_run_check_names_a_parked_run_nothing_can_wake() -> None:
     assert store in seen
     report = stuck_report(list(seen))
     assert report is not None and "lost (W)" in report and "fine" not in report
+
+
+async def test_a_rebuilt_run_that_disagrees_with_its_record_fails_with_the_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The journal ends the run (here: a Cancel entry) while the store's record says it is
+    parked: the run fails with RunStateMismatch, logged, instead of waiting for nothing."""
+    from piton import RunStateMismatch
+    from piton._core import inputs as i
+    from piton.serde import JsonSerializer, encode_input
+    from piton.stores.base import CommitRequest
+
+    store = MemoryStore()
+    w = Wait(store=store)
+    first = w.run(run_id="m1")
+    await _until_status(store, "m1", "parked")
+    first.cancel()
+    record = await store.get("m1")
+    assert record is not None
+    epoch = await store.claim("m1", "someone/1/1", 30.0)
+    assert epoch is not None
+    entry = encode_input(i.Cancel(1.0), JsonSerializer())
+    await store.commit(
+        CommitRequest("m1", epoch, record.seq, [entry], status="parked", release=True, waiters=1)
+    )
+    with caplog.at_level("ERROR", logger="piton.run"), pytest.raises(RunStateMismatch, match="m1"):
+        await asyncio.wait_for(w.run(run_id="m1"), 5)
+    assert "m1" in caplog.text
+    stored = await store.get("m1")
+    assert stored is not None and stored.status == "failed" and stored.owner is None
