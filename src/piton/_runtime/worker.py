@@ -88,13 +88,22 @@ class Worker:
             self._idle.set()
 
     async def _loop(self) -> None:
+        failing = False
         while True:
             try:  # woken early when the store can tell (a delivered event)
                 await self.store.wait_for_work(self.poll_interval)
             except Exception:  # noqa: BLE001 - the store is down: poll again later
                 await asyncio.sleep(self.poll_interval)
-            with contextlib.suppress(Exception):
+            try:
                 await self.poll()
+            except Exception as exc:  # noqa: BLE001 - log once per outage, keep polling
+                if not failing:
+                    log.error("piton worker: looking for runs in %s failed: %s", self.store.url, exc)
+                failing = True
+            else:
+                if failing:
+                    log.info("piton worker: %s answers again", self.store.url)
+                failing = False
 
     async def close(self) -> None:
         if self._task is not None:
