@@ -417,3 +417,24 @@ async def test_a_rebuilt_run_that_disagrees_with_its_record_fails_with_the_reaso
     assert "m1" in caplog.text
     stored = await store.get("m1")
     assert stored is not None and stored.status == "failed" and stored.owner is None
+
+
+async def test_an_inbox_event_that_cannot_be_read_fails_the_load_and_stays_stored() -> None:
+    from piton import JournalCorrupted
+
+    store = MemoryStore()
+    w = Wait(store=store)
+    first = w.run(run_id="ib")
+    await _until_status(store, "ib", "parked")
+    first.cancel()
+    await store.deliver("ib", '{"__piton__": "model", "type": "nowhere.Gone", "data": {}}')
+    with pytest.raises(JournalCorrupted, match=r"Run 'ib': inbox event \d+"):
+        await asyncio.wait_for(w.run(run_id="ib"), 5)
+    record = await store.get("ib")
+    assert record is not None and record.inbox == 1 and record.owner is None
+    other = w.run(run_id="other")  # the other runs go on
+    async for ev in other.stream_events():
+        if isinstance(ev, Ask):
+            break
+    other.send_event(Answer(text="fine"))
+    assert await asyncio.wait_for(other, 5) == "fine"

@@ -28,6 +28,8 @@ from piton._runtime.committer import AlreadyCreated, DurableCommitter, Phase
 from piton._runtime.restore import rebuild
 from piton._runtime.runner import Runner, check_target
 from piton.errors import (
+    ContextSerdeError,
+    JournalCorrupted,
     LeaseLost,
     RunNotFound,
     RunStateMismatch,
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
     from piton.workflow import Compiled, Workflow
 
 log = logging.getLogger("piton.run")
+
+Message = tuple[int, Event | None, str | None]  # inbox id, event (None: cancel), target step
 
 
 class RunDriver:
@@ -240,6 +244,7 @@ class RunDriver:
         try:
             loaded = await store.load(self.run_id)
             state = rebuild(loaded, self.workflow, self.compiled, self.ser)
+            inbox = self._decode_inbox(loaded.inbox)
             self.stream[:] = [self._decode_stream(text) for text in loaded.stream]
         except BaseException:
             with contextlib.suppress(Exception):  # another process may try at once
@@ -257,6 +262,7 @@ class RunDriver:
             seq=loaded.record.seq,
             begin=i.Begin(time.time(), first),
             loaded=loaded,
+            inbox=inbox,
         )
 
     async def _mismatch(self, loaded: Loaded, state: RunState, epoch: int) -> str:
@@ -322,6 +328,7 @@ class RunDriver:
         seq: int,
         begin: i.Begin,
         loaded: Loaded | None = None,
+        inbox: list[Message] | None = None,
         create: RunRecord | None = None,
     ) -> str:
         state.durable = True
@@ -359,8 +366,8 @@ class RunDriver:
             if loaded is not None and loaded.record.fingerprint != self.compiled.fingerprint:
                 committer.fingerprint = self.compiled.fingerprint  # resumed by new code
             run.feed(begin)
-            if loaded is not None:
-                self._take_inbox(loaded.inbox)
+            if inbox:
+                self._take_inbox(inbox)
             committer.holding = False
             committer.maybe_park()
             return await committer.outcome
@@ -371,21 +378,37 @@ class RunDriver:
                 self.ctx._state = run.state
                 self.ctx._runner = None
 
-    def _take_inbox(self, inbox: list[tuple[int, str, str | None]]) -> None:
+    def _decode_inbox(self, inbox: list[tuple[int, str, str | None]]) -> list[Message]:
+        """The inbox's events, decoded before any is taken: an event this process cannot
+        read fails the load of this run (JournalCorrupted naming it), and stays stored."""
+        types = TypeResolver(self.compiled.graph.event_types)
+        messages: list[Message] = []
+        for msg_id, text, step in inbox:
+            try:
+                payload = json.loads(text)
+                if isinstance(payload, dict) and payload.get("__piton_cancel__"):
+                    messages.append((msg_id, None, None))
+                    continue
+                event = self.ser.decode(payload, types)
+                if not isinstance(event, Event):
+                    raise ContextSerdeError(f"it holds a {type(event).__name__}, not an Event")
+            except Exception as exc:  # noqa: BLE001 - stored data is untrusted
+                raise JournalCorrupted(
+                    f"Run '{self.run_id}': inbox event {msg_id} cannot be read ({exc}). It "
+                    "stays in the inbox; import the module that defines its type, or delete it."
+                ) from exc
+            messages.append((msg_id, event, step))
+        return messages
+
+    def _take_inbox(self, messages: list[Message]) -> None:
         run, committer = self.run, self.committer
         assert run is not None and committer is not None
-        types = TypeResolver(self.compiled.graph.event_types)
-        for msg_id, text, step in inbox:
+        for msg_id, event, step in messages:
             if msg_id in committer.inbox_taken:
                 continue  # taken already; its removal is on its way to the store
             committer.inbox_taken.add(msg_id)
             committer.inbox_done.append(msg_id)
-            payload = json.loads(text)
-            if isinstance(payload, dict) and payload.get("__piton_cancel__"):
-                run.feed(i.Cancel(time.time()))
-                continue
-            event = self.ser.decode(payload, types)
-            run.feed(i.Send(time.time(), event, step))
+            run.feed(i.Cancel(time.time()) if event is None else i.Send(time.time(), event, step))
         if committer.inbox_done and self.live:
             run.feed(i.Checkpoint(time.time(), ""))  # commits the inbox removal
 
@@ -499,8 +522,13 @@ class _LeaseKeeper:
         for driver, record in zip(active, records, strict=True):
             if record is not None and record.inbox > 0 and driver.live:
                 loaded = await store.load(driver.run_id)
+                try:
+                    messages = driver._decode_inbox(loaded.inbox)
+                except JournalCorrupted as exc:
+                    log.error("piton: %s", exc)
+                    continue
                 if driver.live:
-                    driver._take_inbox(loaded.inbox)
+                    driver._take_inbox(messages)
 
 
 class _LeaveCleanly:
