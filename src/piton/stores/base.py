@@ -1,7 +1,7 @@
 """The Store protocol every backend implements, and ``open_store(url)``.
 
 A store keeps, per run: a row (status, owner and lease epoch, last journal sequence
-number, wake-up deadline, result), an append-only journal of reducer inputs (JSON
+number, wake-up deadline, number of waiters, result), an append-only journal of reducer inputs (JSON
 text), an optional snapshot that replaces the journal prefix it covers, the run's
 stream of published events, and an inbox of events sent from outside.
 
@@ -12,8 +12,13 @@ Rules every backend keeps (``piton.testing.check_store`` checks them):
   run's epoch equals the request's and the run's ``seq`` equals ``request.seq``.
 - ``claim`` hands a run to a new owner with a new, higher epoch, if the run is not
   final and its owner is absent, the caller itself, expired, or a dead process on
-  this host.
-- Driver errors leave the store as ``StoreError`` subclasses.
+  this host. ``release`` hands leases back: the run is free at once, same epoch.
+- A commit that is not plain writes the run's ``waiters``; a plain one leaves them.
+- ``deliver(limit=n)`` checks the inbox and adds the event in one atomic step.
+- Stored data is untrusted: a row that cannot be read fails that run only
+  (``JournalCorrupted`` naming the run and the column); listings skip and log it.
+- Driver errors leave the store as ``StoreError`` subclasses; no message, log or repr
+  shows a password (``redact_url``).
 """
 
 from __future__ import annotations
