@@ -1,9 +1,9 @@
 """The Store protocol every backend implements, and ``open_store(url)``.
 
 A store keeps, per run: a row (status, owner and lease epoch, last journal sequence
-number, wake-up deadline, number of waiters, result), an append-only journal of reducer inputs (JSON
-text), an optional snapshot that replaces the journal prefix it covers, the run's
-stream of published events, and an inbox of events sent from outside.
+number, wake-up deadline, number of waiters, result), an append-only journal of
+reducer inputs (JSON text), an optional snapshot that replaces the journal prefix it
+covers, the run's stream of published events, and an inbox of events sent from outside.
 
 Rules every backend keeps (``piton.testing.check_store`` checks them):
 
