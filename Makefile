@@ -22,3 +22,9 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/core.py --skip-llama-10k
+
+# the model checker's soak: PITON_SOAK_SCHEDULES (default 1000) schedules per store;
+# PITON_SOAK_STORES=sqlite,postgres,redis; or pass ARGS="--schedules 50 --first-seed 7"
+.PHONY: soak
+soak: $(VENV)/.installed
+	$(PY) bench/soak.py $(ARGS)

@@ -22,35 +22,15 @@ import pytest
 from model import flows
 from model.children import Child
 from model.files import read_lines
-from model.targets import KINDS, drop, new_url, query
+from model.fixtures import fresh_store, made_stores  # noqa: F401 - a fixture
+from model.targets import KINDS, query
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def made_stores() -> Iterator[list[str]]:
-    """Stores the tests made on shared servers, dropped at the end of the session (after
-    piton.testing's no_stuck_runs has looked into each)."""
-    urls: list[str] = []
-    yield urls
-    for url in urls:
-        drop(url)
-
-
 @pytest.fixture(params=KINDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path, made_stores: list[str]) -> str:
-    return _store(request.param, request, tmp_path, made_stores)
-
-
-def _store(kind: str, request: pytest.FixtureRequest, tmp_path: Path, made: list[str]) -> str:
-    if kind == "memory":
-        return "memory://"
-    base = None
-    if kind != "sqlite":  # skips (or fails under PITON_REQUIRE_SERVICES=1) without the server
-        base = request.getfixturevalue(f"{kind}_url")
-    url = new_url(kind, tmp_path, base)
-    made.append(url)
-    return url
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return fresh_store(request.param, request, tmp_path)
 
 
 class Processes:
@@ -124,23 +104,35 @@ def test_doc_loop_killed_at_the_sixth_document_never_converts_the_first_five_aga
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize(("asker_exit", "trials"), [("clean", 5), ("sigkill", 3)])
+@pytest.mark.parametrize(
+    ("asker_exit", "sender_exit", "trials"),
+    [("clean", "clean", 5), ("sigkill", "clean", 3), ("clean", "sigkill", 3)],
+)
 def test_answer_sent_from_a_process_that_exits_reaches_the_run(
-    procs: Processes, asker_exit: str, trials: int
+    procs: Processes, asker_exit: str, sender_exit: str, trials: int
 ) -> None:
-    """A asks and exits; B sends the answer and exits 0.5 s later; C gets the result."""
+    """A asks and exits; B sends the answer and exits 0.5 s later (or is SIGKILLed the
+    moment ``await send_event`` returned); C gets the result."""
     for trial in range(trials):
         run_id, answer = f"ask-{trial}", f"ada-{trial}"
         a = procs.spawn("ask", "AskFlow", run_id, kill=asker_exit == "sigkill")
         assert a.record("asked", 30) == {"asked": "name?"}
         a.wait(30)
-        b = procs.spawn("send", "AskFlow", run_id, event="Answer", text=answer, linger=0.5)
+        b = procs.spawn(
+            "send",
+            "AskFlow",
+            run_id,
+            event="Answer",
+            text=answer,
+            linger=0.5,
+            kill_after_send=sender_exit == "sigkill",
+        )
         assert b.record("sent", 30) == {"sent": answer}
         b.wait(30)
         c = procs.spawn("run", "AskFlow", run_id, timeout=10)
         got = _outcome(c)
         assert got == {"result": f"answer: {answer}"}, (
-            f"trial {trial + 1}/{trials} (A exits {asker_exit}): the answer B sent before "
+            f"trial {trial + 1}/{trials} (A exits {asker_exit}, B {sender_exit}): the answer B sent before "
             f"exiting never reached the run: C got {got}; stored: {_record(procs.url, run_id)}"
         )
 
@@ -157,10 +149,10 @@ def _record(url: str, run_id: str) -> Any:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", ["memory", *KINDS])
 async def test_event_sent_while_the_step_works_reaches_its_later_waiter(
-    kind: str, request: pytest.FixtureRequest, tmp_path: Path, made_stores: list[str]
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     """llama-index-workflows keeps an event sent before the waiter exists; so must piton."""
-    url = _store(kind, request, tmp_path, made_stores)
+    url = fresh_store(kind, request, tmp_path)
     w = flows.WorkThenWait() if kind == "memory" else flows.WorkThenWait(store=url)
     handler = w.run(run_id="work-then-wait") if kind != "memory" else w.run()
     await asyncio.sleep(0.05)  # the step is sleeping: no waiter yet

@@ -11,7 +11,8 @@ the ``run_id`` and options. The process reports on stdout, one JSON object a lin
 - ``ask``: start the run, read the stream up to the first ``Ask``, print ``{"asked": ...}``
   and exit (``kill``: SIGKILL itself right after reading it);
 - ``send``: attach, ``await handler.send_event(...)``, print ``{"sent": ...}``, exit
-  ``linger`` seconds later (or, with ``result_within``, print the run's result);
+  ``linger`` seconds later (or, with ``result_within``, print the run's result; with
+  ``kill_after_send``, SIGKILL itself the moment the send returned);
 - ``listen-kill``: start the run and SIGKILL itself the moment the stream shows an event
   whose type is in ``targets`` (after printing ``{"saw": ...}``).
 
@@ -107,6 +108,8 @@ async def send(opts: dict[str, Any]) -> None:
     handler = workflow(opts).run(run_id=opts["run_id"])
     await handler.send_event(event(opts))
     say(sent=opts["text"])
+    if opts.get("kill_after_send"):  # the send returned: the event must be stored
+        os.kill(os.getpid(), signal.SIGKILL)
     if "result_within" in opts:
         try:
             say(result=await asyncio.wait_for(handler, opts["result_within"]))
