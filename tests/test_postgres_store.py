@@ -509,7 +509,10 @@ async def test_a_worker_is_woken_by_notify_not_by_its_poll(url: str) -> None:
                 assert time.monotonic() - started < 5, "the worker was not woken"
                 await asyncio.sleep(0.02)
             assert worker.poll_interval == 30
-        assert await Approve(store=url).run(run_id="notify-1") == "answer: now"
+        reader = Approve(store=url)
+        assert await reader.run(run_id="notify-1") == "answer: now"
+        assert reader.store is not None
+        await reader.store.close()
     finally:
         for store in (worker_store, sender, owner.store):
             await store.close()
