@@ -370,6 +370,7 @@ def test_the_stuck_run_check_names_a_parked_run_nothing_can_wake() -> None:
     from piton.stores.base import CommitRequest, RunRecord
 
     async def make(store: MemoryStore) -> None:
+        await store.open()  # the check looks at stores a test opened
         record = RunRecord(run_id="lost", workflow="W", status="running", owner="o", epoch=1)
         await store.create(record, ["e1"], [])
         await store.commit(

@@ -173,6 +173,7 @@ async def test_first_use_opens_the_store(tmp_path: Path) -> None:
     await s.close()
 
 
+@pytest.mark.allow_stuck_runs  # a parked run with no waiter, made by hand
 async def test_commits_survive_a_new_store_instance(tmp_path: Path) -> None:
     async with SqliteStore(tmp_path / "runs.db") as s:
         await new_run(s, "r")
