@@ -146,6 +146,26 @@ def _record(url: str, run_id: str) -> Any:
     return query(url, lambda store: store.get(run_id))
 
 
+@pytest.mark.timeout(180)
+def test_answer_sent_right_after_attaching_to_a_parked_run_reaches_it(procs: Processes) -> None:
+    """A's run parks at its waiter while A still listens; A is SIGKILLed; B attaches and
+    sends the answer at once, then awaits the result (found by the model checker, seed 2)."""
+    for trial, delay in enumerate([0.0, 0.01, 0.02, 0.04, 0.08, 0.15]):
+        run_id, answer = f"parked-{trial}", f"cy-{trial}"
+        a = procs.spawn("ask", "AskFlow", run_id, kill_when_parked=True)
+        assert a.record("asked", 30) == {"asked": "name?"}
+        a.wait(30)
+        b = procs.spawn(
+            "send", "AskFlow", run_id, event="Answer", text=answer, send_after=delay,
+            result_within=10,
+        )  # fmt: skip
+        got = _outcome(b)
+        assert got == {"result": f"answer: {answer}"}, (
+            f"sent {delay} s after attaching, the answer was lost: {got}; "
+            f"stored: {_record(procs.url, run_id)}"
+        )
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", ["memory", *KINDS])
 async def test_event_sent_while_the_step_works_reaches_its_later_waiter(

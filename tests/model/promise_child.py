@@ -9,7 +9,8 @@ the ``run_id`` and options. The process reports on stdout, one JSON object a lin
   step wrote it, without awaiting the run, then ``linger`` seconds before exiting;
 - ``worker``: a ``piton.Worker`` finishes the run; then print the stored result;
 - ``ask``: start the run, read the stream up to the first ``Ask``, print ``{"asked": ...}``
-  and exit (``kill``: SIGKILL itself right after reading it);
+  and exit (``kill``: SIGKILL itself right after reading it; ``kill_when_parked``: once
+  the store shows the run parked, while still listening);
 - ``send``: attach, ``await handler.send_event(...)``, print ``{"sent": ...}``, exit
   ``linger`` seconds later (or, with ``result_within``, print the run's result; with
   ``kill_after_send``, SIGKILL itself the moment the send returned);
@@ -48,6 +49,14 @@ def workflow(opts: dict[str, Any]) -> Workflow:
     store = open_with_lease(opts["url"], opts.get("lease"))
     cls = flows.FLOWS[opts["flow"]]
     return cls(store=store, durability=opts.get("durability", "fast"))
+
+
+async def parked(store: Any, run_id: str) -> None:
+    while True:
+        record = await store.get(run_id)
+        if record is not None and record.status == "parked":
+            return
+        await asyncio.sleep(0.02)
 
 
 def event(opts: dict[str, Any]) -> Event:
@@ -94,11 +103,14 @@ async def worker(opts: dict[str, Any]) -> None:
 
 
 async def ask(opts: dict[str, Any]) -> None:
-    handler = workflow(opts).run(run_id=opts["run_id"])
+    w = workflow(opts)
+    handler = w.run(run_id=opts["run_id"])
     async for ev in handler.stream_events():
         if isinstance(ev, flows.Ask):
             say(asked=ev.question)
-            if opts.get("kill"):
+            if opts.get("kill_when_parked"):  # still listening when the run parked
+                await parked(w.store, opts["run_id"])
+            if opts.get("kill") or opts.get("kill_when_parked"):
                 os.kill(os.getpid(), signal.SIGKILL)
             return
     say(error="the stream ended without an Ask")
@@ -106,6 +118,7 @@ async def ask(opts: dict[str, Any]) -> None:
 
 async def send(opts: dict[str, Any]) -> None:
     handler = workflow(opts).run(run_id=opts["run_id"])
+    await asyncio.sleep(opts.get("send_after", 0.0))  # e.g. while the run is being resumed
     await handler.send_event(event(opts))
     say(sent=opts["text"])
     if opts.get("kill_after_send"):  # the send returned: the event must be stored
