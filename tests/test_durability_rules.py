@@ -439,3 +439,20 @@ async def test_an_inbox_event_that_cannot_be_read_fails_the_load_and_stays_store
             break
     other.send_event(Answer(text="fine"))
     assert await asyncio.wait_for(other, 5) == "fine"
+
+
+async def test_an_event_sent_while_a_run_id_is_being_created_reaches_the_existing_run() -> None:
+    """w.run(run_id=X, **start) first tries to create X; when X exists already (another
+    process made it), an event sent meanwhile must reach the existing run, not the state
+    of the creation that failed. Found by the model checker (seed 4)."""
+    store = Slowed(0.1)
+    w = Wait(store=store)
+    first = w.run(run_id="x1")
+    await _until_status(store, "x1", "parked")
+    first.cancel()
+    await asyncio.sleep(0.05)
+    again = w.run(run_id="x1", work=0.0)  # start arguments: a creation attempt first
+    await asyncio.sleep(0.02)  # the slow create is in flight
+    sent = again.send_event(Answer(text="not lost"))
+    await sent
+    assert await asyncio.wait_for(again, 5) == "not lost"

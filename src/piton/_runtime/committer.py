@@ -90,7 +90,12 @@ class DurableCommitter:
         # the run's status as of its last durable commit: what the world may be told
         self.durable_status = "queued" if create is not None else "running"
         self.runner: Runner  # set by the driver right after construction
-        self.outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.outcome: asyncio.Future[str] = loop.create_future()
+        # a new run: True once its row exists, False if the run_id was taken or it failed
+        self.created: asyncio.Future[bool] = loop.create_future()
+        if create is None:
+            self.created.set_result(True)
         self.inbox_done: list[int] = []  # taken, their removal not yet in a commit
         self.inbox_taken: set[int] = set()  # every message this run took, committed or not
         self.commits = 0
@@ -166,6 +171,8 @@ class DurableCommitter:
         if self.phase is not Phase.LOST:
             self._to(Phase.LOST)
         self.runner.abandon(exc)
+        if not self.created.done():
+            self.created.set_result(False)
         if not self.outcome.done():
             self.outcome.set_exception(exc)
 
@@ -262,6 +269,8 @@ class DurableCommitter:
         if not created:
             raise AlreadyCreated()
         self.create = None
+        if not self.created.done():
+            self.created.set_result(True)
         if self.phase is Phase.CREATING:
             self._to(Phase.RUNNING)
 

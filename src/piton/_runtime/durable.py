@@ -157,13 +157,36 @@ class RunDriver:
                 await asyncio.wait_for(asyncio.shield(waiter), 0.5)
 
     def send(self, event: Event, step: str | None) -> asyncio.Future[None]:
-        run = self.run
-        if run is not None and self.live:
+        run, committer = self.run, self.committer
+        if run is not None and committer is not None and self.live:
+            if committer.phase is Phase.CREATING:
+                # the run_id may be another process's: feed the event only to a run whose
+                # row exists, else it is lost with a state that never becomes the run
+                check_target(self.compiled, event, step)
+                return asyncio.ensure_future(self._send_once_created(committer, event, step))
             run.send(event, step)
             return _done_future(self.loop)
         check_target(self.compiled, event, step)
         text = self.ser.dumps(event, f"event {type(event).__name__}")
         return asyncio.ensure_future(self._deliver(text, step))
+
+    async def _send_once_created(
+        self, committer: DurableCommitter, event: Event, step: str | None
+    ) -> None:
+        created = await asyncio.shield(committer.created)
+        if created and self.run is not None and self.committer is committer and self.live:
+            self.run.send(event, step)
+            return
+        # another process made the run (or ours was let go): its inbox takes the event
+        text = self.ser.dumps(event, f"event {type(event).__name__}")
+        await self._deliver(text, step)
+
+    async def _cancel_once_created(self, committer: DurableCommitter) -> None:
+        created = await asyncio.shield(committer.created)
+        if created and self.run is not None and self.committer is committer and self.live:
+            self.run.cancel()
+            return
+        await self._deliver(json.dumps({"__piton_cancel__": True}), None)
 
     async def _deliver(self, text: str, step: str | None) -> None:
         await self.store.deliver(self.run_id, text, step, limit=MAX_PENDING_EVENTS)
@@ -176,7 +199,9 @@ class RunDriver:
 
     def cancel(self) -> asyncio.Future[None]:
         run = self.run
-        if run is not None and self.live:
+        if run is not None and self.live and self.committer is not None:
+            if self.committer.phase is Phase.CREATING:
+                return asyncio.ensure_future(self._cancel_once_created(self.committer))
             run.cancel()
             return _done_future(self.loop)
         return asyncio.ensure_future(self._deliver(json.dumps({"__piton_cancel__": True}), None))
