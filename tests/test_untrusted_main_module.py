@@ -101,16 +101,7 @@ def _python(args: list[str], cwd: Path, waiter_id: str | None) -> str:
     "waiter_id",
     [
         "answer",
-        pytest.param(
-            None,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the default waiter id embeds type_key(event_type) "
-                "(_runtime/runner.py, StepRun.wait_for_event): the resumed step asks for "
-                "'waiter:app.Answer:...' while the answer is kept under "
-                "'waiter:__main__.Answer:...', so the run parks again",
-            ),
-        ),
+        None,
     ],
 )
 def test_a_run_started_as_main_resumes_in_a_process_that_imports_the_module(

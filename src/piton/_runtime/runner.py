@@ -540,7 +540,7 @@ class StepRun:
         self, ev: Event, expected: list[type[Event]], buffer_id: str | None
     ) -> list[Event] | None:
         if buffer_id is None:  # cheap to derive: collect_events runs once per event
-            first = type_key(expected[0]) if expected else ""
+            first = expected[0].__qualname__ if expected else ""  # not __main__-bound
             buffer_id = f"{self.ex.attempt.step}:{first}*{len(expected)}"
         bid = buffer_id
 
@@ -561,10 +561,17 @@ class StepRun:
         timeout: float | None,
     ) -> Any:
         requirements = dict(requirements or {})
+        resolved_by = self.ex.attempt.resolved
         if waiter_id is None:
+            # named by the type's qualname, not its module: a run started by `python app.py`
+            # (module __main__) resumes in a worker that imports `app`
             reqs = ",".join(f"{k}={v!r}" for k, v in sorted(requirements.items()))
-            waiter_id = f"waiter:{type_key(event_type)}:{reqs}:{self.ex.attempt.envelope.id}"
-        resolved = self.ex.attempt.resolved.get(waiter_id)
+            at = self.ex.attempt.envelope.id
+            waiter_id = f"waiter:{event_type.__qualname__}:{reqs}:{at}"
+            legacy = f"waiter:{type_key(event_type)}:{reqs}:{at}"  # piton 0.1 runs
+            if legacy in resolved_by and waiter_id not in resolved_by:
+                waiter_id = legacy
+        resolved = resolved_by.get(waiter_id)
         if resolved is None:
             raise WaitingForEvent(waiter_id, event_type, requirements, waiter_event, timeout)
         raise_if_timed_out(resolved, event_type, waiter_id)
