@@ -745,7 +745,9 @@ def test_random_interleavings_keep_the_invariants() -> None:
 
 def _fail(state: RunState, at: float, exec_id: str, error: BaseException) -> Any:
     """Feed a step failure as a live run does: with the retry decision it recorded."""
-    return reduce(state, i.StepFailed(at, exec_id, error, retry_decision(state, exec_id, error, at)))
+    return reduce(
+        state, i.StepFailed(at, exec_id, error, retry_decision(state, exec_id, error, at))
+    )
 
 
 def _start(state: RunState) -> list[Execution]:

@@ -297,6 +297,15 @@ class Context(Generic[StateT]):
         """
         await self._step_only("sleep").sleep(seconds, sleep_id)
 
+    def kept_events(self) -> list[Event]:
+        """Events sent to the run that no step and no waiter has taken yet (promise 10).
+
+        The first ``wait_for_event`` they match takes them. A run keeps at most
+        ``MAX_PENDING_EVENTS`` (1,000); a send past that raises ``TooManyPendingEvents``.
+        """
+        state = self._run_state()
+        return [env.event for env in state.kept] if state is not None else []
+
     async def running_steps(self) -> list[str]:
         state = self._run_state()
         return sorted({ex.attempt.step for ex in state.running.values()}) if state else []

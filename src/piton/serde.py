@@ -644,6 +644,10 @@ def encode_run(state: RunState, s: JsonSerializer, *, keep_running: bool = False
         },
         "delivered": dict(state.delivered),
         "streamed": dict(state.streamed),
+        "kept": [
+            {"id": env.id, "event": s.encode(env.event, "kept event"), "target": env.target}
+            for env in state.kept
+        ],
         "counter": state.counter,
         "timeout": state.timeout,
         "active_elapsed": state.active_elapsed,
@@ -713,6 +717,15 @@ def decode_run(
         state.delivered = _counts(tree.get("delivered", {}), "delivered")
     with _reading("streamed"):
         state.streamed = _counts(tree.get("streamed", {}), "streamed")
+    with _reading("kept"):
+        state.kept = [
+            Envelope(
+                _text(k.get("id"), "event id"),
+                _event(s, k.get("event"), types, construct),
+                _opt_text(k.get("target"), "target step"),
+            )
+            for k in (_obj(k, "kept event") for k in _list(tree.get("kept", [])))
+        ]
     with _reading("counter"):
         state.counter = _count(tree.get("counter", 0), "counter")
     with _reading("timeout"):
