@@ -456,3 +456,20 @@ async def test_an_event_sent_while_a_run_id_is_being_created_reaches_the_existin
     sent = again.send_event(Answer(text="not lost"))
     await sent
     assert await asyncio.wait_for(again, 5) == "not lost"
+
+
+@pytest.mark.parametrize("fingerprint", ["[1, 2]", '{"steps": {"ask": 7}}', "[" * 5000])
+async def test_a_damaged_fingerprint_fails_only_that_run(fingerprint: str) -> None:
+    from piton import JournalCorrupted
+
+    store = MemoryStore()
+    w = Wait(store=store)
+    first = w.run(run_id="fp")
+    await _until_status(store, "fp", "parked")
+    first.cancel()
+    store._runs["fp"].fingerprint = fingerprint  # damaged in place, as a bad row would be
+    if fingerprint.startswith("{"):
+        with pytest.raises(JournalCorrupted, match="Run 'fp'"):
+            await asyncio.wait_for(w.get_run("fp"), 5)
+    else:  # not a fingerprint at all: read as "written by this code"
+        assert (await w.get_run("fp")).status == "parked"

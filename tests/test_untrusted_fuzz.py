@@ -319,13 +319,7 @@ def _redis(url: str, prefix: str) -> Kit:
     return Kit("redis", lambda: RedisStore(f"{url}?prefix={prefix}"), rows, write)
 
 
-# Closing a PostgresStore while its listener is still connecting leaks that connection:
-# Connector.connect (stores/_postgres_engine.py) discards it on psycopg.Error only, not when
-# cancelled during its set_config. Tolerated here until that is fixed; nothing else leaks.
-_PG_LEAK = pytest.mark.filterwarnings("ignore:<psycopg.AsyncConnection object:ResourceWarning")
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=_PG_LEAK), "redis"])
+@pytest.fixture(params=["memory", "sqlite", "postgres", "redis"])
 def kit(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     name = f"piton_fuzz_{uuid.uuid4().hex[:12]}"
     if request.param == "memory":
@@ -335,7 +329,7 @@ def kit(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     elif request.param == "postgres":
         url = request.getfixturevalue("postgres_url")
         yield _postgres(url, name)
-        gc.collect()  # a leaked connection (see _PG_LEAK) is reported here, not in a later test
+        gc.collect()  # a leaked connection would be reported here, not in a later test
         import psycopg
         from psycopg import sql
 

@@ -43,7 +43,7 @@ def rebuild(
 ) -> RunState:
     """Snapshot + journal tail -> RunState, replayed under the graph the run was written with."""
     record = loaded.record
-    graph = historical_graph(record.fingerprint, compiled)
+    graph = historical_graph(record.fingerprint, compiled, record.run_id)
     types = TypeResolver(compiled.graph.event_types)
     if compiled.graph.state_type is not None:
         types.known[type_key(compiled.graph.state_type)] = compiled.graph.state_type
@@ -89,16 +89,31 @@ def _check_entry(state: RunState, inp: Any) -> None:
             )
 
 
-def historical_graph(stored: str, compiled: Compiled) -> Graph:
+def historical_graph(stored: str, compiled: Compiled, run_id: str = "?") -> Graph:
+    if stored == fingerprint(compiled.graph):
+        return compiled.graph
     try:
         fp = json.loads(stored)
-    except ValueError:
+    except (ValueError, RecursionError):
         fp = {}
-    if not fp.get("steps") or stored == fingerprint(compiled.graph):
+    steps = fp.get("steps") if isinstance(fp, dict) else None
+    if not steps:
         return compiled.graph
+    try:
+        return _graph_of(steps, compiled)
+    except IncompatibleWorkflowChange:
+        raise
+    except Exception as exc:  # noqa: BLE001 - stored data is untrusted
+        raise JournalCorrupted(
+            f"Run '{run_id}' of workflow '{compiled.graph.workflow}': its stored fingerprint "
+            f"cannot be read ({type(exc).__name__}: {exc})."
+        ) from exc
+
+
+def _graph_of(steps: dict[str, Any], compiled: Compiled) -> Graph:
     types = TypeResolver(compiled.graph.event_types)
     nodes = {}
-    for name, info in fp["steps"].items():
+    for name, info in steps.items():
         accepted = []
         for key in info["accepts"]:
             found = types.resolve(key, Event)

@@ -68,6 +68,9 @@ class Connector:
             discard(conn)
             error = translate(exc, self.where, self.secrets)
             raise error from error.__cause__
+        except BaseException:  # cancelled while setting up (a store closing): never leak it
+            discard(conn)
+            raise
         return conn
 
 
