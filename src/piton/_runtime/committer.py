@@ -85,6 +85,9 @@ class DurableCommitter:
         self.snapshot_every = snapshot_every
         self.create = create  # the row to create with the first commit
         self.phase = Phase.CREATING if create is not None else Phase.RUNNING
+        # read on every input and step start: plain attributes, kept in step with the phase
+        self.holds_steps = strict or self.phase is Phase.CREATING
+        self.closed = False  # PARKED or LOST: later inputs are ignored here
         self.ticket = 0
         self.durable = 0
         # the run's status as of its last durable commit: what the world may be told
@@ -110,14 +113,6 @@ class DurableCommitter:
 
     # -- the Committer protocol -------------------------------------------------------------
 
-    @property
-    def holds_steps(self) -> bool:
-        return self.strict or self.phase is Phase.CREATING
-
-    @property
-    def closed(self) -> bool:
-        return self.phase is Phase.PARKED or self.phase is Phase.LOST
-
     def record(self, inp: i.Input) -> None:
         self._encoded.append(encode_input(inp, self.ser))
 
@@ -138,10 +133,14 @@ class DurableCommitter:
         self._stream_out.append(text)
 
     def after_feed(self) -> None:
-        self._queue_open()
-        if self.state.finished and self.phase in (Phase.CREATING, Phase.RUNNING):
-            self._to(Phase.FINISHED)
-        self.maybe_park()
+        if self._open is not None:
+            self._queue_open()
+        if self.state.status in FINAL:
+            if self.phase is Phase.CREATING or self.phase is Phase.RUNNING:
+                self._to(Phase.FINISHED)
+            return
+        if not self.holding and self.phase is Phase.RUNNING:
+            self.maybe_park()
 
     # -- phases ---------------------------------------------------------------------------
 
@@ -149,6 +148,8 @@ class DurableCommitter:
         if phase not in _NEXT[self.phase]:
             raise AssertionError(f"run {self.state.run_id}: no transition {self.phase} -> {phase}")
         self.phase = phase
+        self.holds_steps = self.strict or phase is Phase.CREATING
+        self.closed = phase is Phase.PARKED or phase is Phase.LOST
 
     def maybe_park(self) -> None:
         if self.holding or self.phase is not Phase.RUNNING or self.state.status != RUNNING:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from piton._core import inputs as i
 from piton._core.graph import type_key
 from piton._core.reducer import reduce, retry_decision, send_refusal
-from piton._core.state import COMPLETED, Execution, RunState
+from piton._core.state import COMPLETED, FINAL, Execution, RunState
 from piton.context import (
     Context,
     StepContext,
@@ -51,14 +51,8 @@ class Committer(Protocol):
 
     ticket: int  # the last commit asked for
     durable: int  # the last commit that is durable
-
-    @property
-    def holds_steps(self) -> bool: ...
-
-    @property
-    def closed(self) -> bool:
-        """The run was let go in this process (parked, lost): inputs are ignored."""
-        ...
+    holds_steps: bool  # a step waits for the commit that made it runnable
+    closed: bool  # the run was let go in this process (parked, lost): inputs are ignored
 
     def record(self, inp: i.Input) -> None:
         """Before the reducer sees ``inp``: a durable run encodes it (and may refuse it)."""
@@ -113,6 +107,7 @@ class Runner:
         self.ctx = ctx
         self.handler = handler
         self.committer: Committer = committer if committer is not None else InMemory()
+        self._durable = committer is not None
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.stream: list[Event] = stream if stream is not None else []
@@ -156,9 +151,15 @@ class Runner:
 
     def feed(self, inp: i.Input) -> None:
         committer = self.committer
+        if not self._durable:  # in memory: the reducer and its commands, nothing else
+            _, cmds = reduce(self.state, inp)
+            dispatch = self._dispatch
+            for cmd in cmds:
+                dispatch[type(cmd)](cmd)
+            return
         if committer.closed:
             return
-        if not self.state.finished:
+        if self.state.status not in FINAL:
             committer.record(inp)
         _, cmds = reduce(self.state, inp)
         dispatch = self._dispatch
