@@ -397,7 +397,8 @@ async def test_a_rebuilt_run_that_disagrees_with_its_record_fails_with_the_reaso
     parked: the run fails with RunStateMismatch, logged, instead of waiting for nothing."""
     from piton import RunStateMismatch
     from piton._core import inputs as i
-    from piton.serde import JsonSerializer, encode_input
+    from piton._journal_codec import encode_input
+    from piton.serde import JsonSerializer
     from piton.stores.base import CommitRequest
 
     store = MemoryStore()

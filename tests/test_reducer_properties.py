@@ -860,7 +860,8 @@ def test_a_recovered_run_keeps_the_active_time_it_had_used() -> None:
 def test_a_snapshot_keeps_the_run_clock_going_for_the_journal_tail() -> None:
     """Rebuilt from a mid-run snapshot plus the entries after it, a run has used the same
     active time as one rebuilt from its whole journal."""
-    from piton.serde import JsonSerializer, decode_run, encode_run
+    from piton._run_codec import decode_run, encode_run
+    from piton.serde import JsonSerializer
 
     state = RunState("r", CHAIN.graph, durable=True, timeout=60.0)
     (start,) = _runs(reduce(state, i.Begin(0.0, StartEvent()))[1]).values()

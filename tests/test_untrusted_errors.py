@@ -14,7 +14,8 @@ import pytest
 
 from piton import Context, PitonError, StartEvent, StopEvent, Workflow, step
 from piton._core import inputs as inp
-from piton.serde import JsonSerializer, StoredError, TypeResolver, decode_input, encode_input
+from piton._journal_codec import decode_input, encode_input
+from piton.serde import JsonSerializer, StoredError, TypeResolver
 from piton.stores.sqlite import SqliteStore
 
 calls: list[str] = []

@@ -10,13 +10,8 @@ import pytest
 
 from piton import Context, ContextSerdeError, StartEvent, StopEvent, Workflow, step
 from piton._core import inputs as inp
-from piton.serde import (
-    MAX_NESTING,
-    JsonSerializer,
-    TypeResolver,
-    decode_input,
-    encode_input,
-)
+from piton._journal_codec import decode_input, encode_input
+from piton.serde import MAX_NESTING, JsonSerializer, TypeResolver
 
 
 class Simple(Workflow):

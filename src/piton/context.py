@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ._core import paths
 from ._core.state import RunState, WaitTimedOut
+from ._run_codec import decode_run, encode_run
 from .errors import (
     ContextSerdeError,
     PitonError,
@@ -28,7 +29,7 @@ from .errors import (
 )
 from .events import Event
 from .retry import RetryInfo
-from .serde import JsonSerializer, decode_run, encode_run
+from .serde import JsonSerializer
 
 if TYPE_CHECKING:
     from ._runtime.runner import Runner, StepRun

@@ -28,10 +28,12 @@ from typing import TYPE_CHECKING, Any
 from piton._core import inputs as i
 from piton._core.reducer import waiting_count
 from piton._core.state import COMPLETED, FINAL, PARKED, RUN_TIMER, RUNNING, RunState
+from piton._journal_codec import encode_input
+from piton._run_codec import encode_run
 from piton._runtime import faults
 from piton.errors import ContextSerdeError, PitonError, StoreError
 from piton.events import Event
-from piton.serde import JsonSerializer, encode_input, encode_run
+from piton.serde import JsonSerializer
 from piton.stores.base import CommitRequest, RunRecord, Store
 
 if TYPE_CHECKING:

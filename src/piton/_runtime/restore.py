@@ -13,9 +13,11 @@ from piton._core import inputs as i
 from piton._core.graph import Graph, StepNode, build_graph, type_key
 from piton._core.reducer import reduce
 from piton._core.state import RunState
+from piton._journal_codec import decode_input
+from piton._run_codec import decode_run
 from piton.errors import IncompatibleWorkflowChange, JournalCorrupted
 from piton.events import Event
-from piton.serde import JsonSerializer, TypeResolver, decode_input, decode_run
+from piton.serde import JsonSerializer, TypeResolver
 from piton.stores.base import Loaded
 
 if TYPE_CHECKING:
