@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("piton.run")
 
 Message = tuple[int, Event | None, str | None]  # inbox id, event (None: cancel), target step
+LEAVE_TIMEOUT = 2.0  # seconds a leaving process waits for its last commits, then its release
 
 
 class RunDriver:
@@ -238,13 +239,16 @@ class RunDriver:
         finished = committer.phase is Phase.FINISHED
         committer.lose(asyncio.CancelledError())
         with contextlib.suppress(BaseException):
-            await committer.settled(timeout=2.0)
+            await committer.settled(timeout=LEAVE_TIMEOUT)
         if finished or not committer.has_row:
             return
-        try:
-            await self.store.release([(self.run_id, committer.epoch)], self.store.owner)
+        try:  # bounded: a process that is leaving must not hang on a store going away
+            await asyncio.wait_for(
+                self.store.release([(self.run_id, committer.epoch)], self.store.owner),
+                LEAVE_TIMEOUT,
+            )
         except Exception as exc:  # noqa: BLE001 - leaving anyway: the lease will expire
-            log.warning("piton: could not hand back the lease of run %r: %s", self.run_id, exc)
+            log.warning("piton: could not hand back the lease of run %r: %r", self.run_id, exc)
 
     async def _attach_and_run(self) -> str:
         store = self.store
