@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -40,3 +42,24 @@ def redis_url() -> str:
 def postgres_url() -> str:
     require_service("PostgreSQL", "127.0.0.1", 5432)
     return "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def drop_redis_keys(url: str, prefix: str) -> None:
+    """Delete every key under ``prefix`` (what a test's RedisStore made)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A Redis key prefix nobody uses; every key under it is deleted afterwards."""
+    name = f"piton_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    drop_redis_keys(redis_url, name)

@@ -26,7 +26,6 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 import redis.asyncio as aioredis
 from psycopg import errors as pg_errors
 from psycopg import sql
@@ -277,16 +276,8 @@ async def test_stores_creating_one_file_at_once_never_see_it_empty(tmp_path: Pat
 
 
 @pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    name = f"piton_test_{uuid.uuid4().hex[:12]}"
-    yield name
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"{name}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+def prefix(redis_prefix: str) -> str:
+    return redis_prefix
 
 
 @pytest.fixture

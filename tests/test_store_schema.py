@@ -14,7 +14,6 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 import redis.asyncio as aioredis
 from psycopg import sql
 
@@ -197,17 +196,6 @@ async def test_postgres_release_keeps_its_place_in_a_batch(pg_url: str) -> None:
 # --- Redis ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def redis_prefix(redis_url: str) -> Iterator[str]:
-    name = f"piton_test_{uuid.uuid4().hex[:12]}"
-    yield name
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"{name}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import drop_redis_keys
 from piton import (
     Context,
     ContextSerdeError,
@@ -338,15 +339,7 @@ def kit(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     else:
         url = request.getfixturevalue("redis_url")
         yield _redis(url, name)
-        import redis
-
-        client = redis.Redis.from_url(url)
-        try:
-            keys = list(client.scan_iter(match=f"{name}:*", count=1000))
-            if keys:
-                client.delete(*keys)
-        finally:
-            client.close()
+        drop_redis_keys(url, name)
 
 
 async def _park(w: Workflow, store: Store, run_id: str) -> None:
