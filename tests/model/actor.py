@@ -17,6 +17,7 @@ process goes on:
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import os
 import signal
@@ -144,6 +145,9 @@ class Actor:
         if fate == "stay":
             await self.stay()
             self.log("exit", reason="stay")
+            # a process that does not end soon after this says where it hangs (in .err)
+            faulthandler.dump_traceback_later(8.0, exit=False)
+            asyncio.get_running_loop().call_later(7.5, _dump_tasks)
             return
         await asyncio.sleep(self.plan["at"])
         await self.idle.wait()  # never in the middle of a send
@@ -168,10 +172,16 @@ class Actor:
         self.log("deadline")
 
 
+def _dump_tasks() -> None:
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=12, file=sys.stderr)
+
+
 def main() -> None:
     plan = json.loads(sys.argv[1])
     os.environ["PITON_MODEL_EFFECTS"] = plan["effects"]
     asyncio.run(Actor(plan).main())
+    faulthandler.cancel_dump_traceback_later()
 
 
 if __name__ == "__main__":

@@ -149,12 +149,17 @@ class Listener:
         await self.waiters.wait(timeout)
 
     async def _listen(self) -> None:
+        me = asyncio.current_task()
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(self.channel)
             self.waiters.wake()  # what was delivered before we listened: look once
             while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if me is not None and me.cancelling():
+                    # redis-py can swallow a cancellation that lands inside its read timeout
+                    # (redis/redis-py#2028, #2551): honour it, or the loop never ends
+                    raise asyncio.CancelledError
                 if message is not None:
                     self.waiters.wake()
         except (RedisError, OSError):
