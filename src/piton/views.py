@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ._core.state import RunState
-from .events import Event
+from .events import Event, StopEvent
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,8 @@ def view_of(
     updated_at: float | None = None,
 ) -> RunView:
     result = state.result
-    if result is not None and type(result).__name__ == "StopEvent":
-        result = getattr(result, "result", result)
+    if type(result) is StopEvent:  # as `await handler` gives it: a subclass stays itself
+        result = result.result
     return RunView(
         run_id=state.run_id,
         workflow=state.graph.workflow,
