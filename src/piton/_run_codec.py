@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel
 
@@ -23,6 +23,7 @@ from ._core.state import (
     Envelope,
     Execution,
     RunState,
+    StateStatus,
     Waiter,
 )
 from ._stored import (
@@ -172,7 +173,7 @@ def decode_run(
     with _reading("run_id"):
         state = RunState(run_id=_text(tree.get("run_id"), "run id"), graph=graph)
     with _reading("status"):
-        state.status = _choice(tree.get("status"), _STATUSES, "status")
+        state.status = cast(StateStatus, _choice(tree.get("status"), _STATUSES, "status"))
     with _reading("state"):
         state.values = s._dec(tree["state"], types, construct, 0)
     with _reading("work"):

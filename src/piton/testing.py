@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from piton._core.status import RunStatus
 from piton._runtime import faults
 from piton._runtime.stuck import recording_stores, stuck_report
 from piton.errors import LeaseLost, RunNotFound, TooManyPendingEvents
@@ -124,7 +125,7 @@ class _Kit:
     async def new_run(
         self,
         *,
-        status: str = "running",
+        status: RunStatus = "running",
         owner: str | None = OTHER,
         epoch: int = 1,
         lease: float | None = 30.0,
@@ -155,7 +156,7 @@ class _Kit:
         assert record is not None, f"get({run_id!r}) returned None for an existing run"
         return record
 
-    async def finish(self, run_id: str, status: str = "completed") -> None:
+    async def finish(self, run_id: str, status: RunStatus = "completed") -> None:
         record = await self.record(run_id)
         await self.store.commit(
             CommitRequest(run_id, record.epoch, record.seq, ["done"], status=status, result='"r"')

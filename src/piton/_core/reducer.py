@@ -49,6 +49,7 @@ from .state import (
     Waiter,
     WaitTimedOut,
 )
+from .status import RunStatus
 
 Cmds = list[Command]
 
@@ -548,7 +549,7 @@ def _cancel(state: RunState, inp: i.Cancel, cmds: Cmds) -> None:
 
 def _finish(
     state: RunState,
-    status: str,
+    status: RunStatus,
     cmds: Cmds,
     *,
     result: Any = None,

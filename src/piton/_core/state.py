@@ -8,18 +8,27 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, Literal
 
 from .graph import Graph
+from .status import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    PARKED,
+    RUNNING,
+    TIMED_OUT,
+    RunStatus,
+)
+from .status import FINAL_STATUSES as FINAL
 
-NEW = "new"
-RUNNING = "running"
-PARKED = "parked"
-COMPLETED = "completed"
-FAILED = "failed"
-CANCELLED = "cancelled"
-TIMED_OUT = "timed_out"
-FINAL = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT})
+NEW: Final = "new"  # a RunState not begun yet; shown to the world as "queued"
+StateStatus = RunStatus | Literal["new"]
+
+
+def shown_status(status: StateStatus) -> RunStatus:
+    """The status the world sees: a run not begun yet is ``queued``."""
+    return "queued" if status == NEW else status
 
 RUN_TIMER = "run"
 
@@ -104,7 +113,7 @@ class CollectBuffer:
 class RunState:
     run_id: str
     graph: Graph
-    status: str = NEW
+    status: StateStatus = NEW
     values: Any = field(default_factory=dict)
     queues: dict[str, deque[Attempt]] = field(default_factory=dict)
     running: dict[str, Execution] = field(default_factory=dict)

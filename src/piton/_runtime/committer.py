@@ -27,7 +27,15 @@ from typing import TYPE_CHECKING, Any
 
 from piton._core import inputs as i
 from piton._core.reducer import waiting_count
-from piton._core.state import COMPLETED, FINAL, PARKED, RUN_TIMER, RUNNING, RunState
+from piton._core.state import (
+    COMPLETED,
+    FINAL,
+    PARKED,
+    RUN_TIMER,
+    RUNNING,
+    RunState,
+    shown_status,
+)
 from piton._journal_codec import encode_input
 from piton._run_codec import encode_run
 from piton._runtime import faults
@@ -157,8 +165,9 @@ class DurableCommitter:
         if self.holding or self.phase is not Phase.RUNNING or self.state.status != RUNNING:
             return
         if self._idle():
+            state = self.state  # re-read: the reducer changes it
             self.runner.feed(i.Park(time.time()))  # the reducer parks it, or fails it
-            if self.state.status == PARKED:
+            if state.status == PARKED:
                 self._to(Phase.PARKED)
                 self.runner.drop_timers()  # the store holds the deadlines now
 
@@ -199,7 +208,7 @@ class DurableCommitter:
         self._open = None
         state = self.state
         request.stream, self._stream_out = self._stream_out, []
-        request.status = state.status
+        request.status = shown_status(state.status)
         request.waiters = waiting_count(state)
         if state.status == PARKED:
             deadlines = list(state.deadlines.values())

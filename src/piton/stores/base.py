@@ -34,18 +34,16 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlparse, urlsplit, urlunsplit
 
+from piton._core.status import FINAL_STATUSES, STATUSES, RunStatus
 from piton.errors import LeaseLost, TooManyPendingEvents, WorkflowConfigurationError
 from piton.stores._redact import redact_url
-
-FINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "timed_out"})
-STATUSES = ("queued", "running", "parked", *sorted(FINAL_STATUSES))
 
 
 @dataclass
 class RunRecord:
     run_id: str
     workflow: str
-    status: str
+    status: RunStatus
     fingerprint: str = "{}"
     owner: str | None = None
     epoch: int = 0
@@ -87,7 +85,7 @@ class CommitRequest:
     seq: int  # the run's seq before this commit; entries get seq+1, seq+2, ...
     entries: list[str] = field(default_factory=list)
     stream: list[str] = field(default_factory=list)
-    status: str = "running"
+    status: RunStatus = "running"
     result: str | None = None
     error: str | None = None
     wake_at: float | None = None
