@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import pickle
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -56,6 +59,74 @@ async def test_check_store_names_the_failed_check() -> None:
 
     with pytest.raises(AssertionError, match="check 'commit' failed"):
         await check_store(ForgetsStream)
+
+
+# --- open_store: the scheme table ---------------------------------------------------------------
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+BACKEND_MODULES = (
+    "piton.stores.memory",
+    "piton.stores.sqlite",
+    "piton.stores._sqlite_ops",
+    "piton.stores._sqlite_thread",
+    "piton.stores.postgres",
+    "piton.stores._postgres_engine",
+    "piton.stores._postgres_ops",
+    "piton.stores.redis",
+    "piton.stores._redis_engine",
+    "piton.stores._redis_codec",
+    "piton.stores._redis_scripts",
+    "sqlite3",
+    "psycopg",
+    "redis",
+)
+
+
+def imported_after(code: str) -> set[str]:
+    """The backend modules (and drivers) that a fresh interpreter holds after ``code``."""
+    probe = (
+        f"{code}\nimport sys\nprint(' '.join(m for m in {BACKEND_MODULES!r} if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
+    )
+    return set(out.stdout.split())
+
+
+def test_importing_the_store_protocol_imports_no_backend() -> None:
+    assert imported_after("import piton.stores.base") == set()
+    assert imported_after("import piton.stores") == set()
+
+
+def test_open_store_imports_only_the_backend_its_url_names() -> None:
+    memory = imported_after("from piton.stores import open_store; open_store('memory://')")
+    assert memory == {"piton.stores.memory"}
+    sqlite = imported_after("from piton.stores import open_store; open_store('sqlite:///x.db')")
+    assert "piton.stores.sqlite" in sqlite and "sqlite3" in sqlite
+    assert not sqlite & {"piton.stores.postgres", "piton.stores.redis", "psycopg", "redis"}
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("memory://", MemoryStore),
+        ("sqlite:///runs.db", SqliteStore),
+        ("sqlite:///runs.db?synchronous=NORMAL", SqliteStore),
+    ],
+)
+def test_open_store_picks_the_backend_by_scheme(url: str, kind: type[Store]) -> None:
+    assert type(open_store(url)) is kind
+    store = MemoryStore()
+    assert open_store(store) is store, "a store object is used as it is"
+
+
+@pytest.mark.parametrize("url", ["mysql://h/db", "runs.db", "sqlite3:///runs.db", ""])
+def test_an_unknown_scheme_names_the_known_ones(url: str) -> None:
+    with pytest.raises(WorkflowConfigurationError, match="Unknown store URL") as info:
+        open_store(url)
+    for scheme in ("sqlite://", "memory://", "postgresql://", "redis://"):
+        assert scheme in str(info.value)
 
 
 # --- SQLite ------------------------------------------------------------------------------------

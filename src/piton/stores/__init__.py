@@ -2,32 +2,37 @@
 
 ``SqliteStore`` (``sqlite:///path.db``) is the embedded default; ``MemoryStore``
 (``memory://``) keeps runs in a dict for tests. Postgres and Redis backends come with
-the ``piton[postgres]`` and ``piton[redis]`` extras.
+the ``piton[postgres]`` and ``piton[redis]`` extras. Each backend is imported on first
+use (``piton.stores.base.BACKENDS``): psycopg and redis-py are optional, and a program
+that keeps its runs in one store loads no other.
 """
 
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
+from piton.stores.base import BACKENDS
 from piton.stores.base import CommitRequest as CommitRequest
 from piton.stores.base import Loaded as Loaded
 from piton.stores.base import RunRecord as RunRecord
 from piton.stores.base import Store as Store
 from piton.stores.base import open_store as open_store
-from piton.stores.memory import MemoryStore as MemoryStore
-from piton.stores.sqlite import SqliteStore as SqliteStore
+
+if TYPE_CHECKING:
+    from piton.stores.memory import MemoryStore as MemoryStore
+    from piton.stores.postgres import PostgresStore as PostgresStore
+    from piton.stores.redis import RedisStore as RedisStore
+    from piton.stores.sqlite import SqliteStore as SqliteStore
+
+# class name -> the module that defines it
+_BACKEND_MODULES = {spec.partition(":")[2]: spec.partition(":")[0] for spec in BACKENDS.values()}
 
 
 def __getattr__(name: str) -> Any:
-    """``PostgresStore`` and ``RedisStore`` are imported on first use: psycopg and redis-py
-    are optional dependencies."""
-    if name == "PostgresStore":
-        from piton.stores.postgres import PostgresStore
-
-        return PostgresStore
-    if name == "RedisStore":
-        from piton.stores.redis import RedisStore
-
-        return RedisStore
-    raise AttributeError(f"module 'piton.stores' has no attribute {name!r}")
+    """The backend classes, imported on first use."""
+    module = _BACKEND_MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'piton.stores' has no attribute {name!r}")
+    return getattr(import_module(module), name)
 
 
 __all__ = [

@@ -24,6 +24,7 @@ Rules every backend keeps (``piton.testing.check_store`` checks them):
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import socket
 import time
@@ -133,6 +134,14 @@ class Store(ABC):
     def live(self) -> dict[str, Any]:
         """run_id -> the RunDriver driving it in this process, whichever store object it used."""
         return _LIVE.setdefault(self.identity, {})
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        """The store ``url`` names; ``open_store`` calls it for the schemes in ``BACKENDS``."""
+        raise WorkflowConfigurationError(
+            f"{cls.__name__} cannot be opened from a URL ({redact_url(url)!r}); create it "
+            "directly and pass the store object."
+        )
 
     @abstractmethod
     async def open(self) -> None: ...
@@ -374,41 +383,53 @@ def too_many_events(run_id: str, limit: int) -> TooManyPendingEvents:
     )
 
 
+# scheme -> "module:Class" of the backend that serves it, imported only when a URL asks for
+# it: this module imports no backend, and no driver. Each class makes its store with
+# ``Class.from_url(url)``.
+BACKENDS: dict[str, str] = {
+    "sqlite": "piton.stores.sqlite:SqliteStore",
+    "memory": "piton.stores.memory:MemoryStore",
+    "postgresql": "piton.stores.postgres:PostgresStore",
+    "postgres": "piton.stores.postgres:PostgresStore",
+    "redis": "piton.stores.redis:RedisStore",
+    "rediss": "piton.stores.redis:RedisStore",
+}
+# the extra that installs a backend's driver, for the backends that need one
+_EXTRAS = {"piton.stores.postgres": "postgres", "piton.stores.redis": "redis"}
+_EXAMPLES = "sqlite:///path.db, memory://, postgresql://user@host/db or redis://host:6379/0"
+
+
 def open_store(url: str | Store) -> Store:
-    """A store for ``url``: ``sqlite:///path.db``, ``memory://``, ``postgresql://...``, ``redis://...``."""
+    """A store for ``url``: ``sqlite:///path.db``, ``memory://``, ``postgresql://...``, ``redis://...``.
+
+    The scheme picks the backend (``BACKENDS``); a store object is returned as it is.
+    """
     if isinstance(url, Store):
         return url
     scheme = urlparse(url).scheme
-    if scheme == "sqlite":
-        from .sqlite import SqliteStore
-
-        return SqliteStore.from_url(url)
-    if scheme == "memory":
-        from .memory import MemoryStore
-
-        return MemoryStore()
-    if scheme in ("postgres", "postgresql"):
-        try:
-            from .postgres import PostgresStore
-        except ImportError as exc:
-            raise WorkflowConfigurationError(
-                f"Store URL {redact_url(url)!r} needs the Postgres backend: pip install 'piton[postgres]'."
-            ) from exc
-        return PostgresStore(url)
-    if scheme in ("redis", "rediss"):
-        try:
-            from .redis import RedisStore
-        except ImportError as exc:
-            raise WorkflowConfigurationError(
-                f"Store URL {redact_url(url)!r} needs the Redis backend: pip install 'piton[redis]'."
-            ) from exc
-        return RedisStore(url)
-    raise WorkflowConfigurationError(
-        f"Unknown store URL {redact_url(url)!r}. Use sqlite:///path.db, memory://, postgresql://... or redis://..."
-    )
+    spec = BACKENDS.get(scheme)
+    if spec is None:
+        raise WorkflowConfigurationError(
+            f"Unknown store URL {redact_url(url)!r}: the known schemes are "
+            f"{', '.join(f'{name}://' for name in BACKENDS)}. Use {_EXAMPLES}."
+        )
+    module_name, _, class_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:  # a driver the backend imports at its top is not installed
+        extra = _EXTRAS.get(module_name)
+        if extra is None:
+            raise
+        raise WorkflowConfigurationError(
+            f"Store URL {redact_url(url)!r} needs the {scheme} backend's driver ({exc}): "
+            f"pip install 'piton[{extra}]'."
+        ) from exc
+    backend: type[Store] = getattr(module, class_name)
+    return backend.from_url(url)
 
 
 __all__ = [
+    "BACKENDS",
     "FINAL_STATUSES",
     "STATUSES",
     "CommitRequest",

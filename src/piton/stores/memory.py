@@ -38,6 +38,11 @@ class MemoryStore(Store):
         self._inbox: dict[str, list[tuple[int, str, str | None]]] = {}
         self._inbox_id = 0
 
+    @classmethod
+    def from_url(cls, url: str) -> MemoryStore:
+        """``memory://``: a new, empty store (the rest of the URL is not read)."""
+        return cls()
+
     async def open(self) -> None:
         return None
 

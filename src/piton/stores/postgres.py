@@ -153,6 +153,11 @@ class PostgresStore(Store):
         # a store nobody closed: close its connections when it is collected, or at exit
         self._finalizer = weakref.finalize(self, _abandon_all, self._engines)
 
+    @classmethod
+    def from_url(cls, url: str) -> PostgresStore:
+        """``postgresql://user@host:port/db?schema=name&pool_size=4&lock_timeout=10``."""
+        return cls(url)
+
     @property
     def identity(self) -> str:
         """Host, port, database and schema: store objects on one schema share live runs."""

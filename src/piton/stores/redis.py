@@ -182,6 +182,11 @@ class RedisStore(Store):
         self._ready = False
         self._closed = False
 
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        """``redis://[user:password@]host:port/db?prefix=name`` (``rediss://`` for TLS)."""
+        return cls(url)
+
     @property
     def identity(self) -> str:
         """Host, port, database and prefix: store objects on one prefix share live runs."""
