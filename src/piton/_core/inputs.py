@@ -2,13 +2,18 @@
 
 Inputs are plain data: the events, values and errors they carry are what the
 journal of a durable run stores, and replaying them rebuilds the RunState.
+
+:data:`Input` lists every input kind once; :data:`INPUTS` is that list as a tuple. The
+reducer's dispatch and the journal codec's table of on-disk names both cover exactly
+these kinds (each checks it), so a new input cannot be handled but not stored, or the
+other way round.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Final, get_args
 
 from .state import Execution
 
@@ -19,8 +24,16 @@ Sends = tuple[tuple[int, Any, "str | None"], ...]
 # --- inputs -------------------------------------------------------------------------
 
 
+class _Input:
+    __slots__ = ()
+
+    commits: ClassVar[bool] = True
+    """A durable run commits its journal after this input. Inputs that say False (state
+    writes, stream writes, collect calls) ride along with the next commit."""
+
+
 @dataclass(slots=True, frozen=True)
-class Begin:
+class Begin(_Input):
     """Start a new run with ``start_event``, or resume a restored one (``start_event=None``)."""
 
     at: float
@@ -28,7 +41,7 @@ class Begin:
 
 
 @dataclass(slots=True, frozen=True)
-class StepDone:
+class StepDone(_Input):
     at: float
     exec_id: str
     result: Any = None
@@ -36,7 +49,7 @@ class StepDone:
 
 
 @dataclass(slots=True, frozen=True)
-class StepFailed:
+class StepFailed(_Input):
     """A step raised ``error``. ``retry_in`` is the decision the live run took (seconds
     until the retry, or None: give up), so replaying this entry never asks the retry
     policy again (see ``reducer.retry_decision``)."""
@@ -48,7 +61,7 @@ class StepFailed:
 
 
 @dataclass(slots=True, frozen=True)
-class StepWaits:
+class StepWaits(_Input):
     """A step called ``wait_for_event`` for an event that has not arrived.
 
     With ``event_type=None`` it is ``ctx.sleep()``: only the timeout wakes it.
@@ -65,7 +78,7 @@ class StepWaits:
 
 
 @dataclass(slots=True, frozen=True)
-class Checkpoint:
+class Checkpoint(_Input):
     """``ctx.checkpoint()``: deliver the sends made so far and commit."""
 
     at: float
@@ -74,7 +87,7 @@ class Checkpoint:
 
 
 @dataclass(slots=True, frozen=True)
-class Send:
+class Send(_Input):
     """An event from outside the run (``handler.send_event``)."""
 
     at: float
@@ -83,21 +96,27 @@ class Send:
 
 
 @dataclass(slots=True, frozen=True)
-class SetState:
+class SetState(_Input):
+    commits: ClassVar[bool] = False
+
     at: float
     path: str
     value: Any
 
 
 @dataclass(slots=True, frozen=True)
-class ReplaceState:
+class ReplaceState(_Input):
+    commits: ClassVar[bool] = False
+
     at: float
     value: Any
 
 
 @dataclass(slots=True, frozen=True)
-class Collect:
+class Collect(_Input):
     """``ctx.collect_events``; ``expected`` is the caller's list of types (not copied)."""
+
+    commits: ClassVar[bool] = False
 
     at: float
     exec_id: str
@@ -107,8 +126,10 @@ class Collect:
 
 
 @dataclass(slots=True, frozen=True)
-class StreamWrite:
+class StreamWrite(_Input):
     """``ctx.write_event_to_stream``; from a step, numbered so a re-run's repeats drop."""
+
+    commits: ClassVar[bool] = False
 
     at: float
     event: Any
@@ -117,18 +138,18 @@ class StreamWrite:
 
 
 @dataclass(slots=True, frozen=True)
-class TimerFired:
+class TimerFired(_Input):
     at: float
     timer_id: str
 
 
 @dataclass(slots=True, frozen=True)
-class Cancel:
+class Cancel(_Input):
     at: float
 
 
 @dataclass(slots=True, frozen=True)
-class Park:
+class Park(_Input):
     """The process lets go of an idle run (durable runs): the run clock stops."""
 
     at: float
@@ -149,6 +170,9 @@ Input = (
     | Cancel
     | Park
 )
+
+INPUTS: Final[tuple[type[Input], ...]] = get_args(Input)
+"""Every input kind, in one place (the members of :data:`Input`)."""
 
 # --- commands -----------------------------------------------------------------------
 

@@ -53,19 +53,6 @@ from .status import RunStatus
 
 Cmds = list[Command]
 
-# Inputs after which a durable run commits its journal.
-_COMMIT_POINTS: tuple[type[Any], ...] = (
-    i.Begin,
-    i.StepDone,
-    i.StepFailed,
-    i.StepWaits,
-    i.Checkpoint,
-    i.Send,
-    i.TimerFired,
-    i.Cancel,
-    i.Park,
-)
-
 
 def reduce(state: RunState, inp: i.Input) -> tuple[RunState, Cmds]:
     """Apply one input to ``state``; return it with the commands to execute."""
@@ -79,7 +66,7 @@ def reduce(state: RunState, inp: i.Input) -> tuple[RunState, Cmds]:
     _HANDLERS[type(inp)](state, inp, cmds)
     if state.durable:
         state.journal.append(inp)
-        if isinstance(inp, _COMMIT_POINTS) or state.finished:
+        if inp.commits or state.finished:
             entries = tuple(state.journal)
             state.journal.clear()
             # the commit goes before the commands that reveal its effects
@@ -591,6 +578,8 @@ _HANDLERS: dict[type[Any], Callable[[RunState, Any, Cmds], None]] = {
     i.Cancel: _cancel,
     i.Park: _park,
 }
+if _HANDLERS.keys() != set(i.INPUTS):  # inputs.Input is the one list of input kinds
+    raise TypeError("reduce() needs one handler per kind of input in piton._core.inputs.Input")
 
 __all__ = [
     "can_be_woken",
