@@ -42,7 +42,13 @@ from ._stored import (
     _time,
 )
 from .errors import ContextSerdeError, IncompatibleWorkflowChange
-from .serde import FORMAT, VERSION, JsonSerializer, TypeResolver
+from .serde import JsonSerializer, TypeResolver
+
+FORMAT = "piton.context"
+"""What a stored run (a journal snapshot, ``Context.to_dict()``) says it is."""
+VERSION = "1"
+"""The snapshot format's version. A change of the keys below or of how a part is stored
+needs a bump and a reader for the old version (see docs/storage-format.md)."""
 
 
 def _enc_attempt(s: JsonSerializer, a: Attempt) -> Any:
@@ -270,5 +276,4 @@ def _dec_buffer(
     return buf
 
 
-
-__all__ = ["decode_run", "encode_run"]
+__all__ = ["FORMAT", "VERSION", "decode_run", "encode_run"]

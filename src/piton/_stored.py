@@ -128,17 +128,8 @@ def _int(value: Any, what: str) -> int:
     raise ContextSerdeError(f"{what} is damaged: expected an integer, got {value!r:.80}")
 
 
-def _bool(value: Any, what: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise ContextSerdeError(f"{what} is damaged: expected true or false, got {value!r:.80}")
-
-
 def _opt_number(value: Any, what: str) -> float | None:
     return _number(value, what, optional=True)
-
-
-
 
 
 def _check_step(graph: Graph, step: str) -> None:

@@ -1,4 +1,7 @@
-"""Serialization of events, state values, errors and whole runs.
+"""The value codec: events, state values and errors as JSON trees, and back.
+
+Whole runs (snapshots, ``Context.to_dict``) are ``piton._run_codec``; journal entries are
+``piton._journal_codec``; both store their values through this module.
 
 Values become JSON trees. Pydantic models (events included) are tagged with their
 type's ``module.QualName``; when read back, that name is looked up among the types
@@ -34,15 +37,12 @@ import pydantic_core
 from pydantic import AnyUrl, BaseModel, TypeAdapter
 
 from ._core.graph import Graph, type_key
-from ._core.state import (
-    WaitTimedOut,
-)
+from ._core.state import WaitTimedOut
 from ._stored import _list, _pairs, _parse_json, _text, _why
 from .errors import ContextSerdeError, PitonError
 
 TAG = "__piton__"
-FORMAT = "piton.context"
-VERSION = "1"
+"""The key that marks a tagged value in a JSON tree (a model, tuple, set, bytes, error...)."""
 
 MAX_NESTING: Final = 200
 """How deeply values may nest (lists, dicts, models) to be stored or read back."""
