@@ -71,8 +71,18 @@ def check_piton(stdout: str, figures: dict[str, Any]) -> None:
         for goal in ("step_over_floor_at_most_2", "scale_at_least_5"):
             assert figures["goals"][f"piton_{mode}_{goal}"] in (True, False)
         assert figures["ratios"][f"piton_{mode}_c4_over_floor_rate"] > 0
-        assert f'goals for durability="{mode}"' in stdout
-        assert f"goal: piton {mode}" in stdout
+    check_goals_table(stdout)
+
+
+def check_goals_table(stdout: str) -> None:
+    """The goals, side by side for the two modes, each with a verdict."""
+    lines = stdout.splitlines()
+    head = lines.index(
+        'goals for each durability mode ("fast" is the default; no verdict: no goal):'
+    )
+    assert lines[head + 1].split() == ["ratio", "fast", "strict"]
+    goal = next(line for line in lines[head:] if line.startswith("piton step / floor commit"))
+    assert len([word for word in goal.split() if word in ("PASS", "FAIL")]) == 2
 
 
 def test_durable_bench_runs_without_dbos(tmp_path: Path) -> None:
@@ -144,6 +154,7 @@ def test_postgres_bench_runs(tmp_path: Path, postgres_url: str) -> None:
         assert figures["accounting"][f"piton_{mode}_entries_per_run"] >= 10
         assert figures["goals"][f"piton_{mode}_step_over_floor_at_most_2"] in (True, False)
         assert figures["ratios"][f"piton_{mode}_c4_over_floor_rate"] > 0
+    check_goals_table(proc.stdout)
     if HAS_DBOS:
         assert medians["dbos_us_step"] > 0 and medians["dbos_c4_steps_s"] > 0
         cp = figures["notes"]["dbos_checkpoints"]
