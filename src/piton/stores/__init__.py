@@ -7,10 +7,9 @@ use (``piton.stores.base.BACKENDS``): psycopg and redis-py are optional, and a p
 that keeps its runs in one store loads no other.
 """
 
-from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from piton.stores.base import BACKENDS
+from piton.stores.base import BACKENDS, backend
 from piton.stores.base import CommitRequest as CommitRequest
 from piton.stores.base import Loaded as Loaded
 from piton.stores.base import RunRecord as RunRecord
@@ -23,16 +22,16 @@ if TYPE_CHECKING:
     from piton.stores.redis import RedisStore as RedisStore
     from piton.stores.sqlite import SqliteStore as SqliteStore
 
-# class name -> the module that defines it
-_BACKEND_MODULES = {spec.partition(":")[2]: spec.partition(":")[0] for spec in BACKENDS.values()}
+# class name -> "module:Class"
+_BACKEND_CLASSES = {spec.partition(":")[2]: spec for spec in BACKENDS.values()}
 
 
 def __getattr__(name: str) -> Any:
     """The backend classes, imported on first use."""
-    module = _BACKEND_MODULES.get(name)
-    if module is None:
+    spec = _BACKEND_CLASSES.get(name)
+    if spec is None:
         raise AttributeError(f"module 'piton.stores' has no attribute {name!r}")
-    return getattr(import_module(module), name)
+    return backend(spec, name)
 
 
 __all__ = [

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cache
-from importlib import resources
 from typing import Any, TypeAlias
 
 import psycopg
@@ -25,6 +23,7 @@ from psycopg.pq import TransactionStatus
 
 from piton.errors import StoreError, StoreUnavailable
 from piton.stores._batching import BatchWriter, copy_error
+from piton.stores._migrations import read_migrations
 from piton.stores._postgres_ops import Conn
 from piton.stores._redact import scrub
 from piton.stores._wakeups import Waiters
@@ -34,7 +33,6 @@ Op: TypeAlias = Callable[[Conn], Awaitable[Any]]
 FastCommit: TypeAlias = Callable[[Conn, list[CommitRequest]], Awaitable[set[str]]]
 Outcome: TypeAlias = tuple["WriteJob", Any, BaseException | None]
 
-_MIGRATION_FILE = re.compile(r"^(\d+)_\w+\.sql$")
 _TRANSIENT = frozenset({"40001", "40P01"})  # serialization failure, deadlock: run it again
 _ATTEMPTS = 3
 
@@ -391,19 +389,7 @@ class Engine:
 @cache
 def migrations() -> tuple[tuple[int, str, str], ...]:
     """(version, file name, script) for every file in ``migrations/postgres``, in order."""
-    folder = resources.files("piton") / "stores" / "migrations" / "postgres"
-    found = []
-    for item in folder.iterdir():
-        match = _MIGRATION_FILE.match(item.name)
-        if match:
-            found.append((int(match.group(1)), item.name, item.read_text("utf-8")))
-    found.sort()
-    numbers = [version for version, _, _ in found]
-    if numbers != list(range(1, len(found) + 1)):
-        raise StoreError(
-            f"piton's PostgreSQL migrations are not numbered 1..N: {numbers}. Reinstall piton."
-        )
-    return tuple(found)
+    return read_migrations("postgres", "PostgreSQL", str)
 
 
 async def migrate(conn: Conn, schema: str, where: str) -> None:

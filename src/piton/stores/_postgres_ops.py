@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Any, TypeAlias
 
 import psycopg
 
-from piton.errors import JournalCorrupted, RunNotFound
-from piton.stores._rows import RowReader
+from piton._core.status import FINAL_STATUSES, PARKED, QUEUED, RUNNING
+from piton.errors import RunNotFound
+from piton.stores._rows import COLUMNS, LoadReader, RowReader
+from piton.stores._sql import ACTIVE, COLUMN_LIST, FINAL, STUCK, runs_filter
 from piton.stores.base import (
-    FINAL_STATUSES,
     CommitRequest,
     Loaded,
     RunRecord,
@@ -31,15 +32,12 @@ from piton.stores.base import (
 
 Conn: TypeAlias = psycopg.AsyncConnection[tuple[Any, ...]]
 
-_COLUMNS = tuple(f.name for f in fields(RunRecord))
-_COLUMN_LIST = ", ".join(f'"{name}"' for name in _COLUMNS)
-_SELECT_RUN = f"SELECT {_COLUMN_LIST} FROM runs"
-_FINAL = ", ".join(f"'{status}'" for status in sorted(FINAL_STATUSES))
+_SELECT_RUN = f"SELECT {COLUMN_LIST} FROM runs"
 
 # A new run with its first entries and stream events, in one statement.
 _CREATE = f"""
 WITH created AS (
-    INSERT INTO runs ({_COLUMN_LIST}) VALUES ({", ".join(["%s"] * len(_COLUMNS))})
+    INSERT INTO runs ({COLUMN_LIST}) VALUES ({", ".join(["%s"] * len(COLUMNS))})
     ON CONFLICT (run_id) DO NOTHING
     RETURNING run_id
 ), entries AS (
@@ -57,7 +55,7 @@ SELECT count(*) FROM created
 # The common commit, for a whole batch at once: runs that are running, at the expected
 # epoch and seq, advance; their entries and events are appended. Returns the runs that
 # advanced; a request whose run did not is retried alone by commit(), which says why.
-_COMMIT_PLAIN = """
+_COMMIT_PLAIN = f"""
 WITH req AS (
     SELECT * FROM unnest(%(ids)s::text[], %(epochs)s::bigint[], %(seqs)s::bigint[],
                          %(new_seqs)s::bigint[]) AS r(run_id, epoch, seq, new_seq)
@@ -65,7 +63,7 @@ WITH req AS (
     UPDATE runs SET seq = req.new_seq, updated_at = %(now)s
     FROM req
     WHERE runs.run_id = req.run_id AND runs.epoch = req.epoch AND runs.seq = req.seq
-      AND runs.owner IS NOT NULL AND runs.status = 'running'
+      AND runs.owner IS NOT NULL AND runs.status = '{RUNNING}'
     RETURNING runs.run_id
 ), entries AS (
     INSERT INTO journal (run_id, seq, entry)
@@ -137,7 +135,7 @@ _RELEASE = f"""
 UPDATE runs SET owner = NULL, lease_until = NULL, updated_at = %s
 FROM unnest(%s::text[], %s::bigint[]) AS r(run_id, epoch)
 WHERE runs.run_id = r.run_id AND runs.epoch = r.epoch AND runs.owner = %s
-  AND runs.status NOT IN ({_FINAL})
+  AND runs.status NOT IN ({FINAL})
 """
 
 # The run row is updated first: it is locked before the inbox row exists, so a commit
@@ -158,7 +156,7 @@ RETURNING id
 # stuck(): base.is_stuck() in SQL, oldest first.
 _STUCK = f"""
 {_SELECT_RUN}
-WHERE status = 'parked' AND inbox = 0 AND wake_at IS NULL AND waiters = 0
+WHERE {STUCK}
 """
 
 # Everything load() returns besides the run's row, as raw bytes: a row that is not
@@ -178,9 +176,9 @@ ORDER BY part, n
 """
 
 # Same-host owners holding an unexpired lease: whether they are alive is asked of /proc.
-_LOCAL_OWNERS = """
+_LOCAL_OWNERS = f"""
 SELECT DISTINCT owner FROM runs
-WHERE workflow = ANY(%(workflows)s::text[]) AND status = 'running'
+WHERE workflow = ANY(%(workflows)s::text[]) AND status = '{RUNNING}'
   AND (starts_with(owner, %(host)s) OR owner = '') AND owner <> %(me)s
   AND (lease_until IS NULL OR lease_until >= %(now)s)
 """
@@ -189,10 +187,10 @@ WHERE workflow = ANY(%(workflows)s::text[]) AND status = 'running'
 _RUNNABLE = f"""
 {_SELECT_RUN}
 WHERE workflow = ANY(%(workflows)s::text[])
-  AND status IN ('queued', 'running', 'parked') AND (
-       status = 'queued'
-    OR (status = 'parked' AND (inbox > 0 OR wake_at <= %(now)s))
-    OR (status = 'running' AND (owner IS NULL OR lease_until < %(now)s
+  AND status IN ({ACTIVE}) AND (
+       status = '{QUEUED}'
+    OR (status = '{PARKED}' AND (inbox > 0 OR wake_at <= %(now)s))
+    OR (status = '{RUNNING}' AND (owner IS NULL OR lease_until < %(now)s
                                 OR owner = ANY(%(dead)s::text[])))
   )
 ORDER BY created_at
@@ -204,7 +202,7 @@ LIMIT %(limit)s
 _PRUNE = f"""
 WITH doomed AS (
     SELECT run_id FROM runs
-    WHERE finished_at IS NOT NULL AND finished_at < %s AND status IN ({_FINAL})
+    WHERE finished_at IS NOT NULL AND finished_at < %s AND status IN ({FINAL})
     FOR UPDATE SKIP LOCKED
 ), journal_rows AS (
     DELETE FROM journal WHERE run_id IN (SELECT run_id FROM doomed)
@@ -229,6 +227,7 @@ class PostgresOps:
         self.channel = channel  # NOTIFY channel of the schema: work for a waiting worker
         self.host_prefix = socket.gethostname() + "/"
         self.rows = RowReader(where)
+        self.parts = LoadReader(where)
 
     def _missing(self, run_id: str) -> RunNotFound:
         return RunNotFound(f"No run '{run_id}' in {self.url}.")
@@ -240,7 +239,7 @@ class PostgresOps:
     ) -> bool:
         now = time.time()
         record = replace(record, seq=len(entries), inbox=0, created_at=now, updated_at=now)
-        values = [getattr(record, name) for name in _COLUMNS]
+        values = [getattr(record, name) for name in COLUMNS]
         cursor = await conn.execute(_CREATE, [*values, entries, stream])
         row = await cursor.fetchone()
         return bool(row and row[0])
@@ -265,7 +264,7 @@ class PostgresOps:
             return None
         epoch = record.epoch + 1
         await conn.execute(
-            "UPDATE runs SET owner = %s, epoch = %s, lease_until = %s, status = 'running', "
+            f"UPDATE runs SET owner = %s, epoch = %s, lease_until = %s, status = '{RUNNING}', "
             "updated_at = %s WHERE run_id = %s",
             [owner, epoch, now + lease, now, run_id],
         )
@@ -394,47 +393,21 @@ class PostgresOps:
         return self._loaded(record, rows)
 
     def _loaded(self, record: RunRecord, rows: list[tuple[Any, ...]]) -> Loaded:
-        run_id = record.run_id
+        """``_LOAD``'s rows (part, n, body, step), checked part by part, in that order."""
+        run_id, parts = record.run_id, self.parts
+        snapshots, journal, events, messages = (
+            [row[1:] for row in rows if row[0] == part] for part in range(4)
+        )
         snapshot: str | None = None
         snap_seq = 0
-        entries: list[tuple[int, str]] = []
-        stream: list[str] = []
-        inbox: list[tuple[int, str, str | None]] = []
-        for part, n, body, step in rows:
-            if part == 0:
-                snap_seq = n
-                snapshot = self._text(body, run_id, f"the snapshot at seq {n}")
-            elif part == 1:
-                expected = (entries[-1][0] if entries else snap_seq) + 1
-                if n != expected:
-                    raise self._damaged(run_id, f"journal entry seq {expected} is missing")
-                entries.append((n, self._text(body, run_id, f"journal entry seq {n}")))
-            elif part == 2:
-                stream.append(self._text(body, run_id, f"stream event {n}"))
-            else:
-                inbox.append((n, self._text(body, run_id, f"inbox event {n}"), step))
-        last = entries[-1][0] if entries else snap_seq
-        if last < record.seq:
-            raise self._damaged(run_id, f"journal entry seq {last + 1} is missing")
-        if last > record.seq:
-            raise self._damaged(run_id, f"the journal goes on past the run's seq {record.seq}")
+        for n, body, _ in snapshots:
+            snap_seq, snapshot = n, parts.text(body, run_id, f"the snapshot at seq {n}")
+        entries = parts.journal(record, snap_seq, ((n, body) for n, body, _ in journal))
+        stream = [parts.text(body, run_id, f"stream event {n}") for n, body, _ in events]
+        inbox = [
+            (n, parts.text(body, run_id, f"inbox event {n}"), step) for n, body, step in messages
+        ]
         return Loaded(record, snapshot, snap_seq, entries, stream, inbox)
-
-    def _text(self, body: bytes | None, run_id: str, what: str) -> str:
-        if body is None:
-            raise self._damaged(run_id, f"{what} is NULL")
-        try:
-            return bytes(body).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise self._damaged(
-                run_id, f"{what} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
-            ) from exc
-
-    def _damaged(self, run_id: str, what: str) -> JournalCorrupted:
-        return JournalCorrupted(
-            f"Run '{run_id}' cannot be loaded from {self.where}: {what}. Other runs are not "
-            "affected. Restore the database from a backup, or prune or delete this run."
-        )
 
     async def runnable(
         self, conn: Conn, workflows: list[str], now: float, limit: int
@@ -467,14 +440,7 @@ class PostgresOps:
     async def list_runs(
         self, conn: Conn, status: str | None, workflow: str | None, limit: int
     ) -> list[RunRecord]:
-        where, args = [], []
-        if status is not None:
-            where.append("status = %s")
-            args.append(status)
-        if workflow is not None:
-            where.append("workflow = %s")
-            args.append(workflow)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        clause, args = runs_filter(status, workflow, "%s")
         sql = f"{_SELECT_RUN}{clause} ORDER BY created_at DESC LIMIT %s"
         cursor = await conn.execute(sql, [*args, max(limit, 0)])
         return list(self.rows.records(await cursor.fetchall()))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, TypeAlias
 
+from piton._core.status import FINAL_STATUSES
 from piton.errors import JournalCorrupted, LeaseLost, RunNotFound, StoreError
 from piton.stores._rows import (
     COLUMNS,
@@ -18,10 +19,11 @@ from piton.stores._rows import (
     INTEGERS,
     TIMES,
     BadColumn,
+    LoadReader,
     RowReader,
     check_column,
 )
-from piton.stores.base import FINAL_STATUSES, CommitRequest, Loaded, RunRecord
+from piton.stores.base import CommitRequest, Loaded, RunRecord
 
 Arg: TypeAlias = bytes | str | int | float
 
@@ -112,29 +114,16 @@ class Codec:
     def __init__(self, where: str, url: str) -> None:
         self.where, self.url = where, url
         self.rows = RowReader(where, "the run's field")
+        self.parts = LoadReader(where, "the data")
 
     def missing(self, run_id: str) -> RunNotFound:
         return RunNotFound(f"No run '{run_id}' in {self.url}.")
-
-    def damaged(self, run_id: str, what: str) -> JournalCorrupted:
-        return JournalCorrupted(
-            f"Run '{run_id}' cannot be loaded from {self.where}: {what}. Other runs are not "
-            "affected. Restore the data from a backup, or prune or delete this run."
-        )
-
-    def text(self, value: bytes, run_id: str, what: str) -> str:
-        try:
-            return bytes(value).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise self.damaged(
-                run_id, f"{what} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
-            ) from exc
 
     def number(self, value: bytes | None, run_id: str, what: str) -> int:
         try:
             return int(value or b"")
         except ValueError:
-            raise self.damaged(run_id, f"{what} is {value!r}, not a number") from None
+            raise self.parts.damaged(run_id, f"{what} is {value!r}, not a number") from None
 
     def committed(self, r: CommitRequest, reply: list[bytes]) -> None:
         """The commit script's reply: nothing, or why it wrote nothing."""
@@ -188,37 +177,26 @@ class Codec:
         steps: dict[bytes, bytes],
     ) -> Loaded:
         """What ``load`` read, checked: the journal must run from the snapshot to the run's seq."""
-        run_id = record.run_id
+        run_id, parts = record.run_id, self.parts
         snap_seq, data = 0, None
         if snapshot:
             snap_seq = self.number(snapshot.get(b"seq"), run_id, "the snapshot's seq")
             if b"data" not in snapshot:
-                raise self.damaged(run_id, f"the snapshot at seq {snap_seq} is empty")
-            data = self.text(snapshot[b"data"], run_id, f"the snapshot at seq {snap_seq}")
+                raise parts.damaged(run_id, f"the snapshot at seq {snap_seq} is empty")
+            data = parts.text(snapshot[b"data"], run_id, f"the snapshot at seq {snap_seq}")
         numbered = sorted(
             (self.number(seq, run_id, "a journal entry's seq"), body)
             for seq, body in journal.items()
         )
-        entries: list[tuple[int, str]] = []
-        for seq, body in numbered:
-            if seq <= snap_seq:
-                continue  # covered by the snapshot
-            expected = (entries[-1][0] if entries else snap_seq) + 1
-            if seq != expected:
-                raise self.damaged(run_id, f"journal entry seq {expected} is missing")
-            entries.append((seq, self.text(body, run_id, f"journal entry seq {seq}")))
-        last = entries[-1][0] if entries else snap_seq
-        if last < record.seq:
-            raise self.damaged(run_id, f"journal entry seq {last + 1} is missing")
-        if last > record.seq:
-            raise self.damaged(run_id, f"the journal goes on past the run's seq {record.seq}")
-        events = [self.text(body, run_id, f"stream event {n}") for n, body in enumerate(stream)]
+        # entries up to the snapshot's seq are covered by it
+        entries = parts.journal(record, snap_seq, [e for e in numbered if e[0] > snap_seq])
+        events = [parts.text(body, run_id, f"stream event {n}") for n, body in enumerate(stream)]
         messages = []
         for key, body in inbox.items():
             n = self.number(key, run_id, "an inbox message id")
             step = steps.get(key)
-            event = self.text(body, run_id, f"inbox event {n}")
-            name = None if step is None else self.text(step, run_id, f"inbox step {n}")
+            event = parts.text(body, run_id, f"inbox event {n}")
+            name = None if step is None else parts.text(step, run_id, f"inbox step {n}")
             messages.append((n, event, name))
         messages.sort(key=lambda m: m[0])
         return Loaded(record, data, snap_seq, entries, events, messages)

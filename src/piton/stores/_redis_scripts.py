@@ -15,11 +15,21 @@ index update midway; such a run is refused, or left alone. Optional arguments ar
 
 from __future__ import annotations
 
-_PRELUDE = r"""
+from piton._core.status import FINAL_STATUSES, STATUSES
+
+# the final statuses as a Lua set: {completed = true, failed = true, ...}
+_FINAL = (
+    "{" + ", ".join(f"{status} = true" for status in STATUSES if status in FINAL_STATUSES) + "}"
+)
+
+_PRELUDE = (
+    f"""
 local P = ARGV[1]
+local FINAL = {_FINAL}
+"""
+    + r"""
 local IDX = {'workflow', 'status', 'created_at', 'owner', 'lease_until', 'wake_at', 'inbox',
              'finished_at'}
-local FINAL = {completed = true, failed = true, cancelled = true, timed_out = true}
 local NUMBERS = {'epoch', 'seq', 'inbox', 'waiters', 'lease_until', 'wake_at', 'created_at',
                  'updated_at', 'finished_at'}
 
@@ -104,8 +114,8 @@ local function reindex(id, old, new)
       return
     end
   end
-end
-"""
+end"""
+)
 
 # KEYS: run, journal, stream, inbox, inbox-step, snapshot
 # ARGV: prefix, run_id, n_fields, field, value, ..., n_entries, entries..., stream events...

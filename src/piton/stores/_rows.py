@@ -1,4 +1,5 @@
-"""Run rows read back from a store, checked before they become ``RunRecord``s.
+"""Run rows, and the rest of a run that ``load`` reads, checked as they come back from a
+store, before they become ``RunRecord``s and ``Loaded``s.
 
 Stored data is untrusted (DESIGN.md, promise 8): SQLite keeps whatever a hand-made
 ``UPDATE`` puts in a column, a Redis hash field can hold any bytes, and even a typed
@@ -6,7 +7,9 @@ PostgreSQL column can hold a NaN time or a status piton never writes. A row with
 value cannot become a record: ``get``, ``load`` and ``claim`` of that run raise
 ``JournalCorrupted`` naming the run and the column, and ``runnable``, ``list_runs`` and
 ``stuck`` leave the run out and log an error naming it (logger ``piton.store``), so
-every other run goes on.
+every other run goes on. Likewise a journal with a gap, or one that goes on past the
+run's seq, or an entry, event or snapshot that is NULL or not UTF-8, fails ``load`` of
+that run only (``LoadReader``).
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import MISSING, fields
 from typing import Any
 
+from piton._core.status import STATUSES
 from piton.errors import JournalCorrupted
-from piton.stores.base import STATUSES, RunRecord
+from piton.stores.base import RunRecord
 
 log = logging.getLogger("piton.store")
 
@@ -164,11 +168,56 @@ class RowReader:
         )
 
 
+class LoadReader:
+    """Checks what ``load`` read besides the run's row. ``where`` names the store in
+    errors, ``data`` what to restore from a backup (the database, the data)."""
+
+    def __init__(self, where: str, data: str = "the database") -> None:
+        self.where, self.data = where, data
+
+    def damaged(self, run_id: str, what: str) -> JournalCorrupted:
+        return JournalCorrupted(
+            f"Run '{run_id}' cannot be loaded from {self.where}: {what}. Other runs are not "
+            f"affected. Restore {self.data} from a backup, or prune or delete this run."
+        )
+
+    def text(self, body: bytes | bytearray | memoryview | None, run_id: str, what: str) -> str:
+        """A stored entry, event or snapshot as text; ``what`` names it in the error."""
+        if body is None:
+            raise self.damaged(run_id, f"{what} is NULL")
+        try:
+            return bytes(body).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise self.damaged(
+                run_id, f"{what} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+            ) from exc
+
+    def journal(
+        self, record: RunRecord, snapshot_seq: int, rows: Iterable[tuple[int, Any]]
+    ) -> list[tuple[int, str]]:
+        """The journal entries after the snapshot, (seq, body) in order of seq, as text.
+        They must run without a gap from ``snapshot_seq + 1`` to the run's seq."""
+        run_id = record.run_id
+        entries: list[tuple[int, str]] = []
+        expected = snapshot_seq + 1
+        for seq, body in rows:
+            if seq != expected:
+                raise self.damaged(run_id, f"journal entry seq {expected} is missing")
+            entries.append((seq, self.text(body, run_id, f"journal entry seq {seq}")))
+            expected += 1
+        if expected - 1 < record.seq:
+            raise self.damaged(run_id, f"journal entry seq {expected} is missing")
+        if expected - 1 > record.seq:
+            raise self.damaged(run_id, f"the journal goes on past the run's seq {record.seq}")
+        return entries
+
+
 __all__ = [
     "COLUMNS",
     "DEFAULTS",
     "NUMBERS",
     "BadColumn",
+    "LoadReader",
     "RowReader",
     "check_column",
     "to_record",

@@ -6,13 +6,14 @@ from __future__ import annotations
 import socket
 import sqlite3
 import time
-from dataclasses import astuple, fields, replace
+from dataclasses import astuple, replace
 from typing import Any
 
-from piton.errors import JournalCorrupted, RunNotFound
-from piton.stores._rows import TEXT, BadColumn, RowReader, check_column
+from piton._core.status import FINAL_STATUSES, PARKED, QUEUED, RUNNING
+from piton.errors import RunNotFound
+from piton.stores._rows import COLUMNS, TEXT, BadColumn, LoadReader, RowReader, check_column
+from piton.stores._sql import ACTIVE, COLUMN_LIST, FINAL, STUCK, runs_filter
 from piton.stores.base import (
-    FINAL_STATUSES,
     CommitRequest,
     Loaded,
     RunRecord,
@@ -21,9 +22,6 @@ from piton.stores.base import (
     may_claim,
     too_many_events,
 )
-
-_COLUMNS = tuple(f.name for f in fields(RunRecord))
-_COLUMN_LIST = ", ".join(f'"{name}"' for name in _COLUMNS)
 
 
 def _read(name: str) -> str:
@@ -36,18 +34,17 @@ def _read(name: str) -> str:
     return f"CASE typeof({column}) WHEN 'text' THEN CAST({column} AS BLOB) ELSE {column} END"
 
 
-_READ_LIST = ", ".join(_read(name) for name in _COLUMNS)
+_READ_LIST = ", ".join(_read(name) for name in COLUMNS)
 _SELECT_RUN = f"SELECT {_READ_LIST} FROM runs"
 # the columns a commit checks and compares, read as _read() does
 _COMMIT_COLUMNS = ("epoch", "owner", "seq", "status", "wake_at", "fingerprint", "waiters")
 _SELECT_COMMIT = f"SELECT {', '.join(map(_read, _COMMIT_COLUMNS))} FROM runs WHERE run_id = ?"
 # stuck(): the terms of the runs_stuck index's WHERE, word for word, so SQLite can use it
-_STUCK = "status = 'parked' AND inbox = 0 AND wake_at IS NULL AND waiters = 0"
+_STUCK = STUCK
 _INSERT_RUN = (
-    f"INSERT INTO runs ({_COLUMN_LIST}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+    f"INSERT INTO runs ({COLUMN_LIST}) VALUES ({', '.join('?' * len(COLUMNS))}) "
     "ON CONFLICT (run_id) DO NOTHING"
 )
-_FINAL = ", ".join(f"'{status}'" for status in sorted(FINAL_STATUSES))
 
 
 class SqliteOps:
@@ -57,6 +54,7 @@ class SqliteOps:
         self.path, self.url, self.owner = path, url, owner
         self.host_prefix = socket.gethostname() + "/"
         self.rows = RowReader(f"SQLite store {path!r}")
+        self.parts = LoadReader(repr(path))
 
     def _row(self, conn: sqlite3.Connection, run_id: str) -> RunRecord:
         record = self.get(conn, run_id)
@@ -93,7 +91,7 @@ class SqliteOps:
             return None
         epoch = record.epoch + 1
         conn.execute(
-            "UPDATE runs SET owner = ?, epoch = ?, lease_until = ?, status = 'running', "
+            f"UPDATE runs SET owner = ?, epoch = ?, lease_until = ?, status = '{RUNNING}', "
             "updated_at = ? WHERE run_id = ?",
             (owner, epoch, now + lease, now, run_id),
         )
@@ -104,7 +102,7 @@ class SqliteOps:
         if r.plain:  # a step of a running run: fence, check and advance in one UPDATE
             advanced = conn.execute(
                 "UPDATE runs SET seq = ?, updated_at = ? WHERE run_id = ? AND epoch = ? AND "
-                "seq = ? AND owner IS NOT NULL AND status = 'running'",
+                f"seq = ? AND owner IS NOT NULL AND status = '{RUNNING}'",
                 (new_seq, time.time(), run_id, r.epoch, r.seq),
             ).rowcount
             if advanced:
@@ -203,7 +201,7 @@ class SqliteOps:
         now = time.time()
         conn.executemany(
             "UPDATE runs SET owner = NULL, lease_until = NULL, updated_at = ? "
-            f"WHERE run_id = ? AND epoch = ? AND owner = ? AND status NOT IN ({_FINAL})",
+            f"WHERE run_id = ? AND epoch = ? AND owner = ? AND status NOT IN ({FINAL})",
             [(now, run_id, epoch, owner) for run_id, epoch in runs],
         )
 
@@ -233,6 +231,7 @@ class SqliteOps:
 
     def load(self, conn: sqlite3.Connection, run_id: str) -> Loaded:
         record = self._row(conn, run_id)
+        parts = self.parts
         snapshot: str | None = None
         snap_seq = 0
         row = conn.execute(
@@ -240,52 +239,27 @@ class SqliteOps:
         ).fetchone()
         if row is not None:
             snap_seq = row[0]
-            snapshot = self._text(row[1], run_id, f"the snapshot at seq {snap_seq}")
-        entries = []
-        expected = snap_seq + 1
-        for seq, blob in conn.execute(
+            snapshot = parts.text(row[1], run_id, f"the snapshot at seq {snap_seq}")
+        journal = conn.execute(
             "SELECT seq, CAST(entry AS BLOB) FROM journal WHERE run_id = ? AND seq > ? ORDER BY seq",
             (run_id, snap_seq),
-        ):
-            if seq != expected:
-                raise self._damaged(run_id, f"journal entry seq {expected} is missing")
-            entries.append((seq, self._text(blob, run_id, f"journal entry seq {seq}")))
-            expected += 1
-        if expected - 1 < record.seq:
-            raise self._damaged(run_id, f"journal entry seq {expected} is missing")
-        if expected - 1 > record.seq:
-            raise self._damaged(run_id, f"the journal goes on past the run's seq {record.seq}")
+        )
+        entries = parts.journal(record, snap_seq, journal)
         stream = [
-            self._text(blob, run_id, f"stream event {seq}")
+            parts.text(blob, run_id, f"stream event {seq}")
             for seq, blob in conn.execute(
                 "SELECT seq, CAST(event AS BLOB) FROM stream WHERE run_id = ? ORDER BY seq",
                 (run_id,),
             )
         ]
         inbox = [
-            (id_, self._text(blob, run_id, f"inbox event {id_}"), step)
+            (id_, parts.text(blob, run_id, f"inbox event {id_}"), step)
             for id_, blob, step in conn.execute(
                 "SELECT id, CAST(event AS BLOB), step FROM inbox WHERE run_id = ? ORDER BY id",
                 (run_id,),
             )
         ]
         return Loaded(record, snapshot, snap_seq, entries, stream, inbox)
-
-    def _text(self, blob: bytes | None, run_id: str, what: str) -> str:
-        if blob is None:
-            raise self._damaged(run_id, f"{what} is NULL")
-        try:
-            return blob.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise self._damaged(
-                run_id, f"{what} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
-            ) from exc
-
-    def _damaged(self, run_id: str, what: str) -> JournalCorrupted:
-        return JournalCorrupted(
-            f"Run '{run_id}' cannot be loaded from {self.path!r}: {what}. Other runs are not "
-            "affected. Restore the database from a backup, or prune or delete this run."
-        )
 
     def runnable(
         self, conn: sqlite3.Connection, workflows: list[str], now: float, limit: int
@@ -296,10 +270,10 @@ class SqliteOps:
         # a superset of is_runnable() in SQL; same-host owners are checked in Python
         sql = (
             f"{_SELECT_RUN} WHERE workflow IN ({marks}) "
-            "AND status IN ('queued', 'running', 'parked') AND ("
-            " status = 'queued'"
-            " OR (status = 'parked' AND (inbox > 0 OR wake_at <= ?))"
-            " OR (status = 'running' AND (owner IS NULL OR lease_until < ?"
+            f"AND status IN ({ACTIVE}) AND ("
+            f" status = '{QUEUED}'"
+            f" OR (status = '{PARKED}' AND (inbox > 0 OR wake_at <= ?))"
+            f" OR (status = '{RUNNING}' AND (owner IS NULL OR lease_until < ?"
             "     OR (substr(owner, 1, ?) = ? AND owner != ?)))"
             ") ORDER BY created_at"
         )
@@ -329,14 +303,7 @@ class SqliteOps:
     def list_runs(
         self, conn: sqlite3.Connection, status: str | None, workflow: str | None, limit: int
     ) -> list[RunRecord]:
-        where, args = [], []
-        if status is not None:
-            where.append("status = ?")
-            args.append(status)
-        if workflow is not None:
-            where.append("workflow = ?")
-            args.append(workflow)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        clause, args = runs_filter(status, workflow, "?")
         sql = f"{_SELECT_RUN}{clause} ORDER BY created_at DESC LIMIT ?"
         return list(self.rows.records(conn.execute(sql, (*args, limit))))
 
@@ -344,7 +311,7 @@ class SqliteOps:
         doomed = (
             "SELECT run_id FROM runs INDEXED BY runs_by_finished "
             "WHERE finished_at IS NOT NULL AND finished_at < ? "
-            f"AND status IN ({_FINAL})"
+            f"AND status IN ({FINAL})"
         )
         cutoff = (time.time() - older_than,)
         for table in ("journal", "snapshots", "stream", "inbox"):

@@ -12,40 +12,25 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
-import re
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 from typing import Any
 
 from piton.errors import JournalCorrupted, StoreError, StoreUnavailable
+from piton.stores._migrations import read_migrations
 
 Op = Callable[[sqlite3.Connection], Any]
 Outcome = tuple["_Job", Any, BaseException | None]
-
-_MIGRATION_FILE = re.compile(r"^(\d+)_\w+\.sql$")
 
 
 @cache
 def migrations() -> tuple[tuple[int, str, tuple[str, ...]], ...]:
     """(version, file name, statements) for every file in ``migrations/sqlite``, in order."""
-    folder = resources.files("piton") / "stores" / "migrations" / "sqlite"
-    found = []
-    for item in folder.iterdir():
-        match = _MIGRATION_FILE.match(item.name)
-        if match:
-            found.append((int(match.group(1)), item.name, _statements(item.read_text("utf-8"))))
-    found.sort()
-    numbers = [version for version, _, _ in found]
-    if numbers != list(range(1, len(found) + 1)):
-        raise StoreError(
-            f"piton's SQLite migrations are not numbered 1..N: {numbers}. Reinstall piton."
-        )
-    return tuple(found)
+    return read_migrations("sqlite", "SQLite", _statements)
 
 
 def _statements(script: str) -> tuple[str, ...]:

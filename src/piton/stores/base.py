@@ -35,7 +35,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlparse, urlsplit, urlunsplit
 
-from piton._core.status import FINAL_STATUSES, STATUSES, RunStatus
+from piton._core.status import FINAL_STATUSES, PARKED, QUEUED, RUNNING, STATUSES, RunStatus
 from piton.errors import LeaseLost, TooManyPendingEvents, WorkflowConfigurationError
 from piton.stores._redact import redact_url
 
@@ -86,7 +86,7 @@ class CommitRequest:
     seq: int  # the run's seq before this commit; entries get seq+1, seq+2, ...
     entries: list[str] = field(default_factory=list)
     stream: list[str] = field(default_factory=list)
-    status: RunStatus = "running"
+    status: RunStatus = RUNNING
     result: str | None = None
     error: str | None = None
     wake_at: float | None = None
@@ -100,7 +100,7 @@ class CommitRequest:
     def plain(self) -> bool:
         """Changes nothing on the run's row but its seq: a store's cheap, batchable case."""
         return (
-            self.status == "running"
+            self.status == RUNNING
             and not self.release
             and self.result is None
             and self.error is None
@@ -342,9 +342,9 @@ def is_runnable(record: RunRecord, now: float) -> bool:
     """Whether a worker should take the run now: queued, abandoned, or parked and due."""
     if record.finished:
         return False
-    if record.status == "queued":
+    if record.status == QUEUED:
         return True
-    if record.status == "parked":
+    if record.status == PARKED:
         return record.inbox > 0 or (record.wake_at is not None and record.wake_at <= now)
     if record.owner is None:
         return True
@@ -357,7 +357,7 @@ def is_stuck(record: RunRecord) -> bool:
     """Whether nothing will ever move the run: parked (so held by no process, and not
     final), with no inbox event, no wake-up deadline and no waiter."""
     return (
-        record.status == "parked"
+        record.status == PARKED
         and record.inbox == 0
         and record.wake_at is None
         and record.waiters == 0
@@ -394,9 +394,33 @@ BACKENDS: dict[str, str] = {
     "redis": "piton.stores.redis:RedisStore",
     "rediss": "piton.stores.redis:RedisStore",
 }
-# the extra that installs a backend's driver, for the backends that need one
-_EXTRAS = {"piton.stores.postgres": "postgres", "piton.stores.redis": "redis"}
+# module -> (the driver's package, its name, the extra that installs it): optional backends
+_EXTRAS = {
+    "piton.stores.postgres": ("psycopg", "psycopg 3", "postgres"),
+    "piton.stores.redis": ("redis", "redis-py", "redis"),
+}
 _EXAMPLES = "sqlite:///path.db, memory://, postgresql://user@host/db or redis://host:6379/0"
+
+
+def backend(spec: str, wanted: str) -> type[Store]:
+    """The class ``spec`` (``module:Class``, a value of ``BACKENDS``) names, imported now.
+
+    ``wanted`` (a URL, a class name) says in the error what needed the backend, when its
+    driver is not installed: the error names the extra that installs it.
+    """
+    module_name, _, class_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        package, driver, extra = _EXTRAS.get(module_name, ("", "", ""))
+        if not package or not (exc.name or "").startswith(package):
+            raise
+        raise WorkflowConfigurationError(
+            f"{wanted} needs {driver}, which is not installed ({exc}): "
+            f"pip install 'piton[{extra}]'."
+        ) from exc
+    found: type[Store] = getattr(module, class_name)
+    return found
 
 
 def open_store(url: str | Store) -> Store:
@@ -413,19 +437,7 @@ def open_store(url: str | Store) -> Store:
             f"Unknown store URL {redact_url(url)!r}: the known schemes are "
             f"{', '.join(f'{name}://' for name in BACKENDS)}. Use {_EXAMPLES}."
         )
-    module_name, _, class_name = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:  # a driver the backend imports at its top is not installed
-        extra = _EXTRAS.get(module_name)
-        if extra is None:
-            raise
-        raise WorkflowConfigurationError(
-            f"Store URL {redact_url(url)!r} needs the {scheme} backend's driver ({exc}): "
-            f"pip install 'piton[{extra}]'."
-        ) from exc
-    backend: type[Store] = getattr(module, class_name)
-    return backend.from_url(url)
+    return backend(spec, f"Store URL {redact_url(url)!r}").from_url(url)
 
 
 __all__ = [
@@ -436,6 +448,7 @@ __all__ = [
     "Loaded",
     "RunRecord",
     "Store",
+    "backend",
     "check_limit",
     "is_runnable",
     "is_stuck",

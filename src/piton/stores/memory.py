@@ -10,6 +10,7 @@ import time
 from dataclasses import replace
 from datetime import timedelta
 
+from piton._core.status import RUNNING
 from piton.errors import RunNotFound
 from piton.stores.base import (
     CommitRequest,
@@ -76,7 +77,7 @@ class MemoryStore(Store):
         if not may_claim(record, owner, now):
             return None
         record.owner, record.epoch = owner, record.epoch + 1
-        record.lease_until, record.status, record.updated_at = now + lease, "running", now
+        record.lease_until, record.status, record.updated_at = now + lease, RUNNING, now
         return record.epoch
 
     async def load(self, run_id: str) -> Loaded:

@@ -46,44 +46,29 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from piton.errors import StoreError, WorkflowConfigurationError
+from psycopg import ProgrammingError
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from piton.errors import WorkflowConfigurationError
+from piton.stores._engines import Engines, ServerStore
+from piton.stores._postgres_engine import Connector, Engine, Op, WriteJob, migrate, migrations
+from piton.stores._postgres_ops import PostgresOps
 from piton.stores._redact import scrub, secrets_of
 from piton.stores.base import (
     CommitRequest,
     Loaded,
     RunRecord,
-    Store,
     age_in_seconds,
     check_limit,
     redact_url,
     split_store_url,
 )
 
-try:
-    from psycopg import ProgrammingError
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    from piton.stores._postgres_engine import (
-        Connector,
-        Engine,
-        Op,
-        WriteJob,
-        migrate,
-        migrations,
-    )
-    from piton.stores._postgres_ops import PostgresOps
-except ImportError as exc:  # the `postgres` extra is not installed
-    if not (exc.name or "").startswith("psycopg"):
-        raise
-    _MISSING: ImportError | None = exc
-else:
-    _MISSING = None
-
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _OPTIONS = ("schema", "pool_size", "lock_timeout")  # piton's own URL options; the rest is libpq's
 
 
-class PostgresStore(Store):
+class PostgresStore(ServerStore[Engine]):
     """Runs kept in a PostgreSQL schema. ``PostgresStore("postgresql://host/db")``.
 
     ``schema`` (or ``?schema=`` in the URL; default ``piton``) is created if missing.
@@ -103,11 +88,6 @@ class PostgresStore(Store):
         pool_size: int | None = None,
         lock_timeout: float | None = None,
     ) -> None:
-        if _MISSING is not None:
-            raise WorkflowConfigurationError(
-                f"PostgresStore ({redact_url(url)!r}) needs psycopg 3: pip install "
-                f"'piton[postgres]' ({_MISSING})."
-            ) from _MISSING
         super().__init__()
         conninfo, options, libpq = _parse_url(url)
         self.schema = _option(url, "schema", schema, options, str, "piton")
@@ -131,7 +111,7 @@ class PostgresStore(Store):
         self.lease = float(lease)
         self.url = redact_url(url)  # a password never reaches a message or a log
         named = "" if "schema" in options else f" (schema '{self.schema}')"
-        where = f"PostgreSQL store '{self.url}'{named}"
+        self.where = where = f"PostgreSQL store '{self.url}'{named}"
         host = libpq.get("host") or libpq.get("hostaddr") or "localhost"
         dbname = libpq.get("dbname") or libpq.get("user") or ""
         self._identity = (
@@ -146,10 +126,6 @@ class PostgresStore(Store):
         )
         self._channel = _channel(self.schema)
         self._ops = PostgresOps(self.url, where, self.owner, self._channel)
-        self._engines: dict[asyncio.AbstractEventLoop, Engine] = {}
-        self._retired = [0, 0]  # transactions, commits of engines closed so far
-        self._ready = False
-        self._closed = False
         # a store nobody closed: close its connections when it is collected, or at exit
         self._finalizer = weakref.finalize(self, _abandon_all, self._engines)
 
@@ -158,28 +134,19 @@ class PostgresStore(Store):
         """``postgresql://user@host:port/db?schema=name&pool_size=4&lock_timeout=10``."""
         return cls(url)
 
-    @property
-    def identity(self) -> str:
-        """Host, port, database and schema: store objects on one schema share live runs."""
-        return self._identity
-
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def open(self) -> None:
-        """Connect, create or migrate the schema. Idempotent."""
-        if self._ready:
-            return
-        self._closed = False
-        schema, where = self.schema, self._connector.where
+    async def _start(self) -> None:
+        """Connect, create or migrate the schema."""
+        schema, where = self.schema, self.where
         await self._engine().pool.run(lambda conn: migrate(conn, schema, where))
-        self._ready = True
 
     async def close(self) -> None:
         """Finish the queued writes and close every connection. ``open()`` starts again."""
         self._closed, self._ready = True, False
         loop = asyncio.get_running_loop()
-        for engine_loop, engine in list(self._engines.items()):
-            self._retire(engine_loop)
+        for engine_loop, engine in self._engines.items():
+            self._engines.retire(engine_loop)
             if engine_loop is loop:
                 await engine.aclose()
             elif engine_loop.is_closed() or not engine_loop.is_running():
@@ -191,35 +158,14 @@ class PostgresStore(Store):
         loop = asyncio.get_running_loop()
         engine = self._engines.get(loop)
         if engine is None:
-            for old in [old for old in self._engines if old.is_closed()]:
-                self._retire(old).abandon()  # run_sync's loops: each one ends for good
+            for old in self._engines.ended():
+                self._engines.retire(old).abandon()
             engine = Engine(self._connector, self.pool_size, self._ops.commit_plain, self._channel)
-            self._engines[loop] = engine
+            self._engines.add(loop, engine)
         return engine
-
-    def _retire(self, loop: asyncio.AbstractEventLoop) -> Engine:
-        engine = self._engines.pop(loop)
-        self._retired[0] += engine.writer.transactions
-        self._retired[1] += engine.writer.commits
-        return engine
-
-    @property
-    def transactions(self) -> int:
-        """Write transactions committed so far (a group commit counts once)."""
-        return self._retired[0] + sum(e.writer.transactions for e in self._engines.values())
-
-    @property
-    def commits(self) -> int:
-        """``commit`` requests applied so far."""
-        return self._retired[1] + sum(e.writer.commits for e in self._engines.values())
 
     async def _ready_engine(self) -> Engine:
-        if not self._ready:
-            if self._closed:
-                raise StoreError(
-                    f"{self._connector.where} is closed; call `await store.open()` to use it again."
-                )
-            await self.open()
+        await self._opened()
         return self._engine()
 
     async def _read(self, op: Op) -> Any:
@@ -324,10 +270,9 @@ def _channel(schema: str) -> str:
     return "piton_" + hashlib.sha1(schema.encode()).hexdigest()
 
 
-def _abandon_all(engines: dict[asyncio.AbstractEventLoop, Engine]) -> None:
-    for engine in engines.values():
-        engine.abandon()
-    engines.clear()
+def _abandon_all(engines: Engines[Engine]) -> None:
+    for loop, _ in engines.items():
+        engines.retire(loop).abandon()
 
 
 # --- the URL ----------------------------------------------------------------------------------

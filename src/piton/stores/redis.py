@@ -66,7 +66,15 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from piton._core.status import PARKED, QUEUED
 from piton.errors import StoreError, WorkflowConfigurationError
+from piton.stores._engines import ServerStore
 from piton.stores._redact import secrets_of
 from piton.stores._redis_codec import (
     PARTS,
@@ -78,12 +86,19 @@ from piton.stores._redis_codec import (
     opt,
     values,
 )
+from piton.stores._redis_engine import (
+    CLIENT_DEFAULTS,
+    Decode,
+    Engine,
+    Job,
+    parse_store_url,
+    translate,
+)
 from piton.stores._rows import BadColumn, to_record
 from piton.stores.base import (
     CommitRequest,
     Loaded,
     RunRecord,
-    Store,
     age_in_seconds,
     check_limit,
     is_runnable,
@@ -92,28 +107,6 @@ from piton.stores.base import (
     redact_url,
     too_many_events,
 )
-
-try:
-    import redis.asyncio as aioredis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import RedisError
-
-    from piton.stores._redis_engine import (
-        CLIENT_DEFAULTS,
-        Decode,
-        Engine,
-        Job,
-        parse_store_url,
-        translate,
-    )
-except ImportError as exc:  # the `redis` extra is not installed
-    if not (exc.name or "").startswith("redis"):
-        raise
-    _MISSING: ImportError | None = exc
-else:
-    _MISSING = None
 
 # the data model's version, kept in <prefix>:schema. 2: a run's hash has a `waiters` field
 # (absent in runs written at version 1); open() raises a version 1 to 2, so an older piton
@@ -132,7 +125,7 @@ return redis.call('GET', KEYS[1])
 """
 
 
-class RedisStore(Store):
+class RedisStore(ServerStore[Engine]):
     """Runs kept in Redis under a key prefix. ``RedisStore("redis://host:6379/0")``.
 
     ``prefix`` (or ``?prefix=`` in the URL; default ``piton``): letters, digits, ``_``,
@@ -141,11 +134,6 @@ class RedisStore(Store):
     """
 
     def __init__(self, url: str, *, prefix: str | None = None, lease: float = 15.0) -> None:
-        if _MISSING is not None:
-            raise WorkflowConfigurationError(
-                f"RedisStore ({redact_url(url)!r}) needs redis-py: pip install 'piton[redis]' "
-                f"({_MISSING})."
-            ) from _MISSING
         super().__init__()
         client_url, options, connect = parse_store_url(url)
         if "prefix" in options and prefix is not None and prefix != options["prefix"]:
@@ -177,28 +165,16 @@ class RedisStore(Store):
             **{key: value for key, value in CLIENT_DEFAULTS.items() if key not in connect},
             "retry": Retry(NoBackoff(), 0),  # never resend a write: it may have been applied
         }
-        self._engines: dict[asyncio.AbstractEventLoop, Engine] = {}
-        self._retired = [0, 0]  # transactions, commits of engines closed so far
-        self._ready = False
-        self._closed = False
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
         """``redis://[user:password@]host:port/db?prefix=name`` (``rediss://`` for TLS)."""
         return cls(url)
 
-    @property
-    def identity(self) -> str:
-        """Host, port, database and prefix: store objects on one prefix share live runs."""
-        return self._identity
-
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def open(self) -> None:
-        """Connect and check the data model's version (written on first use). Idempotent."""
-        if self._ready:
-            return
-        self._closed = False
+    async def _start(self) -> None:
+        """Connect and check the data model's version (written on first use)."""
         engine = await self._engine()
         key = self._key("schema")
         try:
@@ -224,62 +200,39 @@ class RedisStore(Store):
                 f"piton (schema version {version}; this piton knows up to {SCHEMA_VERSION}). "
                 "Upgrade piton (pip install -U 'piton[redis]') to open it."
             )
-        self._ready = True
 
     async def close(self) -> None:
         """Finish the queued writes and close every connection. ``open()`` starts again."""
         self._closed, self._ready = True, False
         loop = asyncio.get_running_loop()
-        for engine_loop, engine in list(self._engines.items()):
+        for engine_loop, engine in self._engines.items():
             if engine_loop is loop:
                 await engine.shutdown()
             elif engine_loop.is_running():  # a loop running in another thread: close it there
                 asyncio.run_coroutine_threadsafe(engine.shutdown(), engine_loop)
             else:  # a loop that ended; its connections closed with it
-                self._forget(engine)
+                self._engines.retire(engine_loop)
 
     async def _engine(self) -> Engine:
         loop = asyncio.get_running_loop()
         engine = self._engines.get(loop)
         if engine is None:
-            for old in [old for old in self._engines if old.is_closed()]:
-                self._forget(self._engines[old])
+            for old in self._engines.ended():  # their connections closed with their loop
+                self._engines.retire(old)
             engine = Engine(
                 self._client_url,
                 self._client_options,
                 self.where,
                 self._channel,
-                self._forget,
+                self._engines.forget,
                 self._secrets,
             )
-            self._engines[loop] = engine
+            self._engines.add(loop, engine)
             await engine.start()
         return engine
 
-    def _forget(self, engine: Engine) -> None:
-        for loop, known in list(self._engines.items()):
-            if known is engine:
-                del self._engines[loop]
-                self._retired[0] += engine.writer.transactions
-                self._retired[1] += engine.writer.commits
-
-    @property
-    def transactions(self) -> int:
-        """Round trips of writes so far (a group commit counts once)."""
-        return self._retired[0] + sum(e.writer.transactions for e in self._engines.values())
-
-    @property
-    def commits(self) -> int:
-        """``commit`` requests applied so far."""
-        return self._retired[1] + sum(e.writer.commits for e in self._engines.values())
-
     async def _ready_engine(self) -> Engine:
-        if not self._ready:
-            if self._closed:
-                raise StoreError(
-                    f"{self.where} is closed; call `await store.open()` to use it again."
-                )
-            await self.open()
+        await self._opened()
         return await self._engine()
 
     async def _read(self, op: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
@@ -386,7 +339,7 @@ class RedisStore(Store):
         for part, key, reply in zip(PARTS, keys, replies, strict=True):
             if isinstance(reply, Exception):
                 if "WRONGTYPE" in str(reply):
-                    raise self._codec.damaged(
+                    raise self._codec.parts.damaged(
                         run_id, f"{part} (key '{key}') holds another type of value"
                     )
                 raise translate(reply, self.where, secrets=self._secrets)
@@ -454,7 +407,7 @@ class RedisStore(Store):
         async def candidates(client: aioredis.Redis) -> list[RunRecord]:
             pipe = client.pipeline(transaction=False)
             for name in names:
-                pipe.zrange(self._key("workflow-status", f"queued:{name}"), 0, limit - 1)
+                pipe.zrange(self._key("workflow-status", f"{QUEUED}:{name}"), 0, limit - 1)
                 pipe.zrangebyscore(self._key("wake", name), "-inf", now, start=0, num=limit)
                 pipe.zrange(self._key("mail", name), 0, limit - 1)
                 pipe.zrangebyscore(self._key("lease", name), "-inf", f"({now!r}", 0, limit)
@@ -480,10 +433,10 @@ class RedisStore(Store):
         if limit <= 0:
             return []
         if workflows is None:
-            indexes = [self._key("status", "parked")]
+            indexes = [self._key("status", PARKED)]
         else:
             names = dict.fromkeys(workflows)
-            indexes = [self._key("workflow-status", f"parked:{name}") for name in names]
+            indexes = [self._key("workflow-status", f"{PARKED}:{name}") for name in names]
 
         async def read(client: aioredis.Redis) -> list[RunRecord]:
             found: list[RunRecord] = []
