@@ -25,15 +25,24 @@ import argparse
 import asyncio
 import gc
 import inspect
-import json
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from _machine import load_average, machine_info, print_machine
+from _harness import (
+    Results,
+    add_common_args,
+    check_common_args,
+    load_average,
+    machine_info,
+    print_columns,
+    print_machine,
+    repeat,
+    verdict,
+    write_json,
+)
 
 CHAIN_STEPS = 10
 CHAIN_RUNS = 200
@@ -259,36 +268,7 @@ async def _abandon(handler: Any, task: "asyncio.Future[Any]") -> None:
         task.exception()  # mark retrieved: the run's cancellation error is expected
 
 
-@dataclass
-class Series:
-    """Timings (seconds) of one measurement on one system."""
-
-    samples: list[float] = field(default_factory=list)
-    cut_off: float | None = None  # the time limit, if a run overran it
-
-    @property
-    def median(self) -> float | None:
-        return statistics.median(self.samples) if self.samples else None
-
-
-@dataclass
-class Results:
-    series: dict[tuple[str, str], Series] = field(default_factory=dict)
-
-    def add(self, name: str, system: str, seconds: float | None, limit: float | None) -> None:
-        s = self.series.setdefault((name, system), Series())
-        if seconds is None:
-            s.cut_off = limit
-        else:
-            s.samples.append(seconds)
-
-    def median(self, name: str, system: str) -> float | None:
-        s = self.series.get((name, system))
-        return s.median if s is not None else None
-
-
-def order(rep: int) -> list[str]:
-    return ["piton", "llama"] if rep % 2 == 0 else ["llama", "piton"]
+ORDER = ["piton", "llama"]  # piton first on even repetitions, llama first on odd ones
 
 
 async def warm_up(built: dict[str, Workloads]) -> None:
@@ -300,54 +280,60 @@ async def warm_up(built: dict[str, Workloads]) -> None:
 
 
 async def measure(args: argparse.Namespace) -> Results:
+    """Each repetition's figures are seconds per workload and system (``chain_piton``,
+    ``fan10k_llama``, ...); a run cut off by its time limit leaves the limit in
+    ``res.notes["cut_off"]`` instead."""
     built = {name: define(api) for name, api in SYSTEMS.items()}
     await warm_up(built)
-    res = Results()
+    res = Results(notes={"cut_off": {}})
     chains = {name: w.chain() for name, w in built.items()}  # one instance for all reps
+    done: list[str] = []
+
+    def progress(prefix: str) -> Callable[[int, dict[str, float]], None]:
+        def show(rep: int, _figures: dict[str, float]) -> None:
+            print(f"  {prefix}rep {rep + 1}: " + ", ".join(done), flush=True)
+            done.clear()
+
+        return show
+
+    async def chain(system: str, rep: int, figures: dict[str, float]) -> None:
+        seconds = await run_chain(chains[system], CHAIN_RUNS)
+        figures[f"chain_{system}"] = seconds
+        done.append(f"{system} {seconds * 1e3:,.1f} ms")
+
+    def fan(name: str, n: int, make: str, llama_10k: bool) -> Callable[..., Awaitable[None]]:
+        """A fan-out of ``n`` events (``make``: ``fan_out`` or ``no_collect``); llama's 10k
+        case runs once, under the time limit, and only if ``llama_10k``."""
+
+        async def run(system: str, rep: int, figures: dict[str, float]) -> None:
+            limit = None
+            if system == "llama" and n == FAN_LARGE:
+                if not llama_10k or rep > 0:
+                    return
+                limit = args.llama_10k_timeout
+                print(f"  llama 10k: a single run, time limit {limit:.0f} s ...", flush=True)
+            seconds = await run_once(getattr(built[system], make)(n), n, limit)
+            if seconds is None:
+                res.notes["cut_off"][f"{name}_{system}"] = limit
+            else:
+                figures[f"{name}_{system}"] = seconds
+            done.append(_done_text(system, seconds, limit))
+
+        return run
 
     print(f"(a) chain of {CHAIN_STEPS} steps x {CHAIN_RUNS} runs, {args.repeat} repetitions")
-    for rep in range(args.repeat):
-        done = []
-        for system in order(rep):
-            seconds = await run_chain(chains[system], CHAIN_RUNS)
-            res.add("chain", system, seconds, None)
-            done.append(f"{system} {seconds * 1e3:,.1f} ms")
-        _progress(rep, done)
-
+    await repeat(res, args.repeat, ORDER, chain, progress(""))
     for label, n, name, reps in (
         ("b", FAN_SMALL, "fan1k", args.repeat),
         ("c", FAN_LARGE, "fan10k", args.repeat_10k),
     ):
         print(f"({label}) fan-out of {n:,} events, {reps} repetitions")
-        for rep in range(reps):
-            done = []
-            for system in order(rep):
-                limit = None
-                if system == "llama" and n == FAN_LARGE:
-                    if args.skip_llama_10k or rep > 0:
-                        continue
-                    limit = args.llama_10k_timeout
-                    print(f"  llama 10k: a single run, time limit {limit:.0f} s ...", flush=True)
-                seconds = await run_once(built[system].fan_out(n), n, limit)
-                res.add(name, system, seconds, limit)
-                done.append(_done_text(system, seconds, limit))
-            _progress(rep, done)
-
+        run = fan(name, n, "fan_out", not args.skip_llama_10k)
+        await repeat(res, reps, ORDER, run, progress(""))
     print(f"(d) fan-out without collect_events, {args.repeat} repetitions")
     for n, name in ((FAN_SMALL, "nc1k"), (FAN_LARGE, "nc10k")):
-        for rep in range(args.repeat):
-            done = []
-            for system in order(rep):
-                limit = None
-                if system == "llama" and n == FAN_LARGE:
-                    if not args.llama_no_collect_10k or rep > 0:
-                        continue
-                    limit = args.llama_10k_timeout
-                    print(f"  llama 10k: a single run, time limit {limit:.0f} s ...", flush=True)
-                seconds = await run_once(built[system].no_collect(n), n, limit)
-                res.add(name, system, seconds, limit)
-                done.append(_done_text(system, seconds, limit))
-            _progress(rep, done, f"{n:,} events ")
+        run = fan(name, n, "no_collect", args.llama_no_collect_10k)
+        await repeat(res, args.repeat, ORDER, run, progress(f"{n:,} events "))
     return res
 
 
@@ -355,10 +341,6 @@ def _done_text(system: str, seconds: float | None, limit: float | None) -> str:
     if seconds is None:
         return f"{system} CUT OFF at {limit:.0f} s"
     return f"{system} {seconds * 1e3:,.1f} ms"
-
-
-def _progress(rep: int, done: list[str], prefix: str = "") -> None:
-    print(f"  {prefix}rep {rep + 1}: " + ", ".join(done), flush=True)
 
 
 # -- reporting --------------------------------------------------------------------------
@@ -386,13 +368,13 @@ ROWS = [
 
 def figure(res: Results, row: Row, system: str) -> tuple[float | None, bool]:
     """(value, is_lower_bound): a run cut off by its time limit gives a lower bound."""
-    s = res.series.get((row.name, system))
-    if s is None:
-        return None, False
-    if s.median is not None:
-        return s.median / row.per * row.scale, False
-    if s.cut_off is not None:
-        return s.cut_off / row.per * row.scale, True
+    key = f"{row.name}_{system}"
+    seconds = res.median(key)
+    if seconds is not None:
+        return seconds / row.per * row.scale, False
+    cut_off = res.notes["cut_off"].get(key)
+    if cut_off is not None:
+        return cut_off / row.per * row.scale, True
     return None, False
 
 
@@ -417,8 +399,8 @@ def summarize(res: Results) -> dict[str, Any]:
                 "llama": ll,
                 "llama_cut_off": ll_bound,
                 "ratio": ratio,
-                "piton_samples": len(res.series.get((row.name, "piton"), Series()).samples),
-                "llama_samples": len(res.series.get((row.name, "llama"), Series()).samples),
+                "piton_samples": len(res.values(f"{row.name}_piton")),
+                "llama_samples": len(res.values(f"{row.name}_llama")),
             }
         )
     by = {r["workload"]: r for r in table}
@@ -443,25 +425,29 @@ def summarize(res: Results) -> dict[str, Any]:
 
 
 def print_report(summary: dict[str, Any]) -> None:
-    head = f"{'workload':<32} {'unit':>4} {'piton':>12} {'llama':>14} {'llama/piton':>12}"
-    print()
-    print(head)
-    print("-" * len(head))
+    rows = []
     for r in summary["table"]:
         ratio = r["ratio"]
         ratio_s = "-" if ratio is None else (">" if r["llama_cut_off"] else "") + f"{ratio:.1f}x"
-        print(
-            f"{r['workload']:<32} {r['unit']:>4} {fmt(r['piton']):>12} "
-            f"{fmt(r['llama'], r['llama_cut_off']):>14} {ratio_s:>12}"
+        rows.append(
+            [
+                r["workload"],
+                r["unit"],
+                fmt(r["piton"]),
+                fmt(r["llama"], r["llama_cut_off"]),
+                ratio_s,
+            ]
         )
+    columns = [("workload", "<32"), ("unit", ">4"), ("piton", ">12"), ("llama", ">14")]
+    print_columns([*columns, ("llama/piton", ">12")], rows)
     growth = summary["piton_fanout_growth_10k_over_1k"]
     nc_growth = summary["piton_no_collect_growth_10k_over_1k"]
     print()
     if growth is not None:
-        verdict = "linear" if growth <= LINEAR_LIMIT else "NOT linear"
+        shape = "linear" if growth <= LINEAR_LIMIT else "NOT linear"
         print(
             f"piton fan-out, per-event cost at 10k / at 1k: {growth:.2f} "
-            f"({verdict}; linear means <= {LINEAR_LIMIT}, quadratic would be ~10)"
+            f"({shape}; linear means <= {LINEAR_LIMIT}, quadratic would be ~10)"
         )
     if nc_growth is not None:
         print(f"piton no-collect fan-out, per-event cost at 10k / at 1k: {nc_growth:.2f}")
@@ -469,31 +455,24 @@ def print_report(summary: dict[str, Any]) -> None:
     print()
     print(
         f"goal: llama/piton >= {GOAL_RATIO:g} on (a) chain ........ "
-        + _pf(goals["chain_ratio_at_least_3"])
+        + verdict(goals["chain_ratio_at_least_3"])
     )
     print(
         f"goal: llama/piton >= {GOAL_RATIO:g} on (b) fan-out 1k ... "
-        + _pf(goals["fanout_ratio_at_least_3"])
+        + verdict(goals["fanout_ratio_at_least_3"])
     )
-    print("goal: piton fan-out cost linear in events ..... " + _pf(goals["fanout_linear"]))
-
-
-def _pf(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
+    print("goal: piton fan-out cost linear in events ..... " + verdict(goals["fanout_linear"]))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--repeat", type=int, default=None, help="repetitions for (a), (b), (d) (default 5)"
+    add_common_args(
+        p,
+        repeat_help="repetitions for (a), (b), (d) (default 5)",
+        quick_help="2 repetitions (1 for 10k) and no llama 10k run: a smoke test, not a measurement",
     )
     p.add_argument(
         "--repeat-10k", type=int, default=None, help="piton repetitions for (c) (default 3)"
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="2 repetitions (1 for 10k) and no llama 10k run: a smoke test, not a measurement",
     )
     p.add_argument("--skip-llama-10k", action="store_true", help="do not run llama's 10k fan-out")
     p.add_argument(
@@ -507,16 +486,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also run llama's 10k no-collect fan-out (d) once, under the same time limit",
     )
-    p.add_argument("--json", metavar="PATH", help="also write machine info and figures as JSON")
     args = p.parse_args(argv)
+    check_common_args(p, args)
     if args.quick:
         args.skip_llama_10k = True
-    if args.repeat is None:
-        args.repeat = 2 if args.quick else 5
     if args.repeat_10k is None:
         args.repeat_10k = 1 if args.quick else 3
-    if args.repeat < 1 or args.repeat_10k < 1:
-        p.error("repetitions must be >= 1")
+    if args.repeat_10k < 1:
+        p.error("--repeat-10k must be >= 1")
     return args
 
 
@@ -530,10 +507,7 @@ def main(argv: list[str] | None = None) -> None:
     summary["load_average_at_end"] = load_average()
     print_report(summary)
     print(f"\nload average at the end: {summary['load_average_at_end']}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": info, "args": vars(args), **summary}, f, indent=2)
-            f.write("\n")
+    write_json(args.json, {"machine": info, "args": vars(args), **summary})
 
 
 if __name__ == "__main__":
