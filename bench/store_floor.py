@@ -17,8 +17,9 @@ Run from the repository root::
 
 Each repetition times (a) and (b) back to back, in alternating order, since the cost of an
 fsync drifts; figures are medians over ``--repeat`` repetitions, in milliseconds per commit
-and commits per second, and the (b)/(a) ratio is the median of the per-repetition ratios. The database files live in ``.bench-tmp/`` next to this
-repository (the same disk as the repository, not a RAM disk) and are deleted afterwards.
+and commits per second, and the (b)/(a) ratio is the median of the per-repetition ratios.
+The database files live in a temporary directory under ``.bench-tmp/`` in this repository
+(the same disk as the repository, not a RAM disk), deleted afterwards.
 """
 
 from __future__ import annotations
@@ -26,33 +27,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import platform
-import shutil
 import sqlite3
-import statistics
 import sys
 import time
 from pathlib import Path
+
+from _harness import Results, print_columns, scratch_dir
 
 from piton.stores.base import CommitRequest, RunRecord
 from piton.stores.sqlite import SqliteStore
 
 ENTRY = "x" * 300
-ROOT = Path(__file__).resolve().parent.parent
-TMP = ROOT / ".bench-tmp"
-
-
-def fresh(name: str) -> Path:
-    path = TMP / name
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-    return path
 
 
 class RawFloor:
     """A bare sqlite3 WAL database: one row inserted per transaction, on the calling thread."""
 
-    def __init__(self, synchronous: str) -> None:
-        self.db = sqlite3.connect(fresh("raw.db"), isolation_level=None)
+    def __init__(self, path: Path, synchronous: str) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={synchronous}")
         self.db.execute(
@@ -75,8 +67,8 @@ class RawFloor:
 class StoreCommits:
     """A SqliteStore with ``width`` runs, committing one ~300-byte entry at a time."""
 
-    def __init__(self, name: str, synchronous: str, width: int) -> None:
-        self.store = SqliteStore(fresh(name), synchronous=synchronous)
+    def __init__(self, path: Path, synchronous: str, width: int) -> None:
+        self.store = SqliteStore(path, synchronous=synchronous)
         self.width = width
         self.seq = [1] * width
 
@@ -120,13 +112,14 @@ class StoreCommits:
         return (time.perf_counter() - started) / (per_run * self.width)
 
 
-async def measure(args: argparse.Namespace) -> tuple[dict[str, list[float]], list[float]]:
+async def measure(args: argparse.Namespace, directory: Path) -> Results:
+    """Each repetition's figures: ``raw``, ``store``, ``group``, ``runs`` (seconds per
+    commit), ``ratio`` (store / raw) and ``per_txn`` (commits per transaction in (c))."""
     sync, n = args.synchronous, args.commits
-    raw = RawFloor(sync)
-    single = await StoreCommits("single.db", sync, 1).open()
-    many = await StoreCommits("many.db", sync, 100).open()
-    samples: dict[str, list[float]] = {"raw": [], "store": [], "ratio": [], "group": [], "runs": []}
-    per_txn: list[float] = []
+    raw = RawFloor(directory / "raw.db", sync)
+    single = await StoreCommits(directory / "single.db", sync, 1).open()
+    many = await StoreCommits(directory / "many.db", sync, 100).open()
+    res = Results()
     for repeat in range(args.repeat):
         # (a) and (b) back to back, in alternating order: the disk's mood changes by the second
         if repeat % 2:
@@ -135,17 +128,22 @@ async def measure(args: argparse.Namespace) -> tuple[dict[str, list[float]], lis
         else:
             floor = raw.time(n)
             store = await single.sequential(n)
-        samples["raw"].append(floor)
-        samples["store"].append(store)
-        samples["ratio"].append(store / floor)
-        group, batch = await many.gathered(max(n // 20, 3))
-        samples["group"].append(group)
-        per_txn.append(batch)
-        samples["runs"].append(await many.runs(max(n // 20, 3)))
+        group, per_txn = await many.gathered(max(n // 20, 3))
+        runs = await many.runs(max(n // 20, 3))
+        res.reps.append(
+            {
+                "raw": floor,
+                "store": store,
+                "ratio": store / floor,
+                "group": group,
+                "per_txn": per_txn,
+                "runs": runs,
+            }
+        )
     raw.db.close()
     await single.store.close()
     await many.store.close()
-    return samples, per_txn
+    return res
 
 
 def main() -> None:
@@ -154,32 +152,31 @@ def main() -> None:
     parser.add_argument("--commits", type=int, default=200, help="sequential commits per repeat")
     parser.add_argument("--synchronous", default="FULL", choices=["OFF", "NORMAL", "FULL"])
     args = parser.parse_args()
-    TMP.mkdir(exist_ok=True)
-    try:
-        samples, per_txn = asyncio.run(measure(args))
-    finally:
-        shutil.rmtree(TMP, ignore_errors=True)
-    med = {name: statistics.median(values) for name, values in samples.items()}
+    with scratch_dir("store-floor-") as directory:
+        res = asyncio.run(measure(args, directory))
+    med = {name: res.median(name) or 0.0 for name in res.reps[0]}
     print(
         f"python {platform.python_version()}, sqlite {sqlite3.sqlite_version}, "
         f"{platform.system()} {platform.machine()}, synchronous={args.synchronous}, "
-        f"{args.repeat} repeats of {args.commits} commits, db in {TMP}"
+        f"{args.repeat} repeats of {args.commits} commits, db in {directory}"
     )
-    print(f"{'case':<38}{'ms/commit':>10}{'commits/s':>11}")
     rows = [
         ("(a) raw sqlite3 WAL commit (floor)", med["raw"]),
         ("(b) SqliteStore.commit, sequential", med["store"]),
         ("(c) 100 concurrent commits (gather)", med["group"]),
         ("(d) 100 runs committing in a loop", med["runs"]),
     ]
-    for label, seconds in rows:
-        print(f"{label:<38}{seconds * 1e3:>10.3f}{1 / seconds:>11.0f}")
+    print_columns(
+        [("case", "<37"), ("ms/commit", ">10"), ("commits/s", ">10")],
+        ([label, f"{seconds * 1e3:.3f}", f"{1 / seconds:.0f}"] for label, seconds in rows),
+        rule=False,
+    )
     print(f"(b) / (a), median of per-repeat ratios: {med['ratio']:.2f}x  (goal <= 2x)")
     print(
         f"(c) throughput / (b) throughput:        {med['store'] / med['group']:.1f}x  (goal >= 5x)"
     )
     print(f"(d) throughput / (b) throughput:        {med['store'] / med['runs']:.1f}x")
-    print(f"commits per transaction in (c):         {statistics.median(per_txn):.0f}")
+    print(f"commits per transaction in (c):         {med['per_txn']:.0f}")
     sys.stdout.flush()
 
 
