@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 # -- the machine --------------------------------------------------------------------------------
 
@@ -183,7 +184,7 @@ class Results:
         return table
 
 
-def block_order(rep: int, names: Sequence[str]) -> list[str]:
+def block_order(rep: int, names: Sequence[T]) -> list[T]:
     """``names`` in order on even repetitions, reversed on odd ones: what drifts in time
     (the disk, the machine's load) is not always charged to the same block."""
     return list(names) if rep % 2 == 0 else list(names)[::-1]
