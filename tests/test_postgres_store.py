@@ -1,14 +1,11 @@
-"""PostgresStore: the conformance suite, then what only a shared server has: fencing
-between stores, group commit, migrations, damaged rows, lost connections, and a durable
-workflow end to end. Each test works in a fresh schema, dropped afterwards."""
+"""PostgresStore: what only PostgreSQL has: its URL options, migrations, damaged rows, row
+locks and lost connections. What every server store must do (the conformance suite,
+fencing, group commit, durable workflows end to end) is in ``test_server_stores.py``. Each
+test works in a fresh schema, dropped afterwards."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import pickle
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -18,28 +15,14 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from piton import (
-    Context,
-    Event,
-    HumanResponseEvent,
-    InputRequiredEvent,
-    StartEvent,
-    StopEvent,
-    Workflow,
-    step,
-)
 from piton.errors import (
     JournalCorrupted,
-    LeaseLost,
     StoreError,
     StoreUnavailable,
     WorkflowConfigurationError,
 )
 from piton.stores.base import CommitRequest, RunRecord, Store, open_store
 from piton.stores.postgres import PostgresStore, migrations
-from piton.testing import check_store
-
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 
 
 @pytest.fixture
@@ -84,13 +67,7 @@ async def rows(conn: psycopg.AsyncConnection[Any], query: str, *args: Any) -> li
     return await cursor.fetchall()
 
 
-# --- the conformance suite, URLs ----------------------------------------------------------------
-
-
-@pytest.mark.allow_stuck_runs  # the conformance checks leave parked runs behind
-async def test_check_store(url: str) -> None:
-    passed = await check_store(lambda: PostgresStore(url))
-    assert "concurrent_commits" in passed and passed[-1] == "prune"
+# --- URLs -------------------------------------------------------------------------------------
 
 
 @pytest.mark.allow_stuck_runs  # its store cannot be opened: no stuck-run check after it
@@ -119,34 +96,6 @@ def test_url_options_identity_and_redaction() -> None:
         PostgresStore("postgresql://h/d?schema=a", schema="b")
     with pytest.raises(WorkflowConfigurationError, match="lease"):
         PostgresStore("postgresql://h/d", lease=0)
-
-
-def test_without_psycopg_the_store_asks_for_the_extra() -> None:
-    code = (
-        "import sys\n"
-        "sys.modules['psycopg'] = None\n"
-        "from piton.errors import WorkflowConfigurationError\n"
-        "from piton.stores.base import open_store\n"
-        "try:\n"
-        "    open_store('postgresql://localhost/db')\n"
-        "except WorkflowConfigurationError as exc:\n"
-        "    print(exc)\n"
-    )
-    env = {**os.environ, "PYTHONPATH": SRC}
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
-    )
-    assert "pip install 'piton[postgres]'" in out.stdout, out.stdout + out.stderr
-
-
-@pytest.mark.allow_stuck_runs  # its store cannot be opened: no stuck-run check after it
-async def test_unreachable_server_is_store_unavailable() -> None:
-    s = PostgresStore("postgresql://postgres@127.0.0.1:1/test")
-    with pytest.raises(StoreUnavailable, match="cannot be reached.*server is running") as info:
-        await s.get("r")
-    assert "127.0.0.1:1" in str(info.value)
-    assert pickle.loads(pickle.dumps(info.value)).args == info.value.args
-    await s.close()
 
 
 # --- schema and migrations ------------------------------------------------------------------
@@ -224,85 +173,6 @@ async def test_an_older_schema_is_migrated(
         assert (await s.get("r")) is not None
     assert await rows(db, "SELECT max(version) FROM piton_schema") == [(number,)]
     assert await rows(db, "SELECT note FROM runs") == [(None,)]
-
-
-# --- fencing and group commit ---------------------------------------------------------------
-
-
-async def test_two_stores_on_one_schema_are_fenced(url: str) -> None:
-    a, b = PostgresStore(url), PostgresStore(url)
-    b.owner = "elsewhere.invalid/1/1"
-    await asyncio.gather(a.open(), b.open())
-    try:
-        assert a.identity == b.identity
-        await new_run(a, "r")
-        assert await b.claim("r", b.owner, 30.0) is None  # a holds it and is alive
-        await a.commit(CommitRequest("r", 1, 1, ["e2"], ["s1"], status="parked", release=True))
-        assert await b.claim("r", b.owner, 30.0) == 2
-        before = await b.load("r")
-        for late in (
-            CommitRequest("r", 1, 2, ["late"], ["late"]),  # the plain, batched path
-            CommitRequest("r", 1, 2, ["late"], status="completed", result='"x"'),
-        ):
-            with pytest.raises(LeaseLost, match="Run 'r'.*epoch 2, ours 1"):
-                await a.commit(late)
-        after = await b.load("r")
-        assert (after.entries, after.stream) == (before.entries, before.stream), "a fenced write"
-        assert (after.record.seq, after.record.status, after.record.owner) == (
-            2,
-            "running",
-            b.owner,
-        )
-        await b.commit(CommitRequest("r", 2, 2, ["e3"]))
-        assert [seq for seq, _ in (await a.load("r")).entries] == [1, 2, 3]
-    finally:
-        await asyncio.gather(a.close(), b.close())
-
-
-async def test_group_commit_batches_concurrent_commits(store: PostgresStore) -> None:
-    runs = await asyncio.gather(*(new_run(store, f"r{i}") for i in range(50)))
-    transactions, commits = store.transactions, store.commits
-    await asyncio.gather(*(store.commit(CommitRequest(r, 1, 1, ["x" * 300], ["s"])) for r in runs))
-    assert store.commits - commits == 50
-    assert store.transactions - transactions <= 5, "50 concurrent commits should share transactions"
-    for run_id in runs[:3]:
-        loaded = await store.load(run_id)
-        assert loaded.entries == [(1, "e1"), (2, "x" * 300)] and loaded.stream == ["s"]
-
-
-async def test_a_fenced_commit_does_not_disturb_its_batch(store: PostgresStore) -> None:
-    await new_run(store, "a")
-    await new_run(store, "b")
-    transactions = store.transactions
-    results = await asyncio.gather(  # queued together: one batch
-        store.commit(CommitRequest("a", 1, 1, ["a2"])),
-        store.commit(CommitRequest("b", 9, 1, ["stale epoch"])),
-        store.commit(CommitRequest("a", 1, 2, ["a3"])),  # chains on the first one
-        store.commit(CommitRequest("b", 1, 1, ["b2"], ["sb"])),
-        store.commit(CommitRequest("a", 1, 2, ["a3 again"])),  # seq already taken
-        return_exceptions=True,
-    )
-    assert store.transactions - transactions == 1, "the five commits should be one transaction"
-    assert [type(r).__name__ for r in results] == [
-        "NoneType",
-        "LeaseLost",
-        "NoneType",
-        "NoneType",
-        "LeaseLost",
-    ]
-    assert (await store.load("a")).entries == [(1, "e1"), (2, "a2"), (3, "a3")]
-    loaded = await store.load("b")
-    assert loaded.entries == [(1, "e1"), (2, "b2")] and loaded.stream == ["sb"]
-
-
-def test_store_shared_across_event_loops(url: str) -> None:
-    """``run_sync`` runs a fresh loop per call; the store connects again on each."""
-    s = PostgresStore(url)
-    asyncio.run(new_run(s, "r"))
-    assert asyncio.run(s.get("r")) is not None
-    asyncio.run(s.commit(CommitRequest("r", 1, 1, ["e2"])))
-    assert s.commits == 1
-    asyncio.run(s.close())
 
 
 # --- failures ---------------------------------------------------------------------------------
@@ -411,108 +281,3 @@ async def test_prune_deletes_every_row_of_old_runs(
     for table in ("journal", "snapshots", "stream", "inbox"):
         assert await rows(db, f"SELECT count(*) FROM {table} WHERE run_id = 'old'") == [(0,)]
     assert await rows(db, "SELECT run_id FROM runs") == [("young",)]
-
-
-# --- a durable workflow end to end -------------------------------------------------------------
-
-calls: list[str] = []
-
-
-class Counted(Event):
-    n: int
-
-
-class Count(Workflow):
-    @step
-    async def start(self, ev: StartEvent) -> Counted:
-        calls.append("start")
-        return Counted(n=ev.n)
-
-    @step
-    async def double(self, ev: Counted, ctx: Context) -> StopEvent:
-        calls.append("double")
-        await ctx.store.set("last", ev.n)
-        return StopEvent(result=ev.n * 2)
-
-
-class Approve(Workflow):
-    @step
-    async def ask(self, ev: StartEvent, ctx: Context) -> StopEvent:
-        answer = await ctx.wait_for_event(
-            HumanResponseEvent, waiter_event=InputRequiredEvent(question="ship it?")
-        )
-        return StopEvent(result=f"answer: {answer.response}")
-
-
-async def test_durable_workflow_on_postgres(url: str) -> None:
-    made: list[Workflow] = []
-
-    def make(cls: type[Workflow]) -> Workflow:
-        made.append(cls(store=url))  # a store object of its own, from the URL
-        return made[-1]
-
-    try:
-        calls.clear()
-        assert await make(Count).run(run_id="count-1", n=21) == 42
-        assert calls == ["start", "double"]
-        calls.clear()
-        assert await make(Count).run(run_id="count-1") == 42 and calls == []  # stored result
-
-        first = make(Approve).run(run_id="approve-1")
-        async for ev in first.stream_events():
-            if isinstance(ev, InputRequiredEvent):
-                break
-        first.cancel()  # nobody listens: the run parks in the store and this handler lets go
-        probe = made[-1].store
-        assert isinstance(probe, PostgresStore)
-        deadline = time.monotonic() + 5
-        while "approve-1" in probe.live or (await probe.get("approve-1")).status != "parked":
-            assert time.monotonic() < deadline, "the run never parked"
-            await asyncio.sleep(0.01)
-        record = await probe.get("approve-1")
-        assert record is not None and record.owner is None
-
-        later = make(Approve).run(run_id="approve-1")  # another store object attaches
-        await later.send_event(HumanResponseEvent(response="yes"))
-        assert await later == "answer: yes"
-        assert await make(Approve).run(run_id="approve-1") == "answer: yes"
-    finally:
-        for workflow in made:
-            assert workflow.store is not None
-            await workflow.store.close()
-
-
-async def test_a_worker_is_woken_by_notify_not_by_its_poll(url: str) -> None:
-    """An event delivered from another connection wakes an idle worker at once, although
-    it would poll only every 30 s."""
-    from piton import Worker
-    from piton.serde import JsonSerializer
-
-    owner = Approve(store=url)
-    first = owner.run(run_id="notify-1")
-    assert owner.store is not None
-    deadline = time.monotonic() + 5
-    while getattr(await owner.store.get("notify-1"), "status", None) != "parked":
-        assert time.monotonic() < deadline, "the run never parked"
-        await asyncio.sleep(0.01)
-    first.cancel()  # nobody listens any more: the run stays parked in the store
-
-    worker_store = PostgresStore(url)
-    sender = PostgresStore(url)
-    try:
-        async with Worker(worker_store, workflows=[Approve], poll_interval=30) as worker:
-            await asyncio.sleep(0.3)  # the worker's first poll found nothing; it now waits
-            started = time.monotonic()
-            text = JsonSerializer().dumps(HumanResponseEvent(response="now"), "event")
-            await sender.deliver("notify-1", text)
-            while getattr(await sender.get("notify-1"), "status", None) != "completed":
-                assert time.monotonic() - started < 5, "the worker was not woken"
-                await asyncio.sleep(0.02)
-            assert worker.poll_interval == 30
-        reader = Approve(store=url)
-        assert await reader.run(run_id="notify-1") == "answer: now"
-        assert reader.store is not None
-        await reader.store.close()
-    finally:
-        for store in (worker_store, sender, owner.store):
-            await store.close()

@@ -1,19 +1,14 @@
-"""RedisStore: the conformance suite, then what only a shared server has: fencing between
-stores, group commit, the schema version, damaged keys, several event loops, an absent
-server, and a durable workflow end to end. Each test works under a fresh key prefix,
-whose keys are deleted afterwards; after each, the indexes are checked against the runs.
+"""RedisStore: what only Redis has: its URL options, connections and errors, the schema
+version, lost scripts, damaged keys. What every server store must do (the conformance
+suite, fencing, group commit, several event loops, durable workflows end to end) is in
+``test_server_stores.py``. Each test works under a fresh key prefix, whose keys are deleted
+afterwards; after each, the indexes are checked against the runs (``assert_indexes_match``,
+which ``test_server_stores.py`` uses too).
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
-import os
-import pickle
-import subprocess
-import sys
-import threading
-import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -23,20 +18,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from piton import (
-    Context,
-    Event,
-    HumanResponseEvent,
-    InputRequiredEvent,
-    StartEvent,
-    StopEvent,
-    Worker,
-    Workflow,
-    step,
-)
 from piton.errors import (
     JournalCorrupted,
-    LeaseLost,
     StoreError,
     StoreUnavailable,
     WorkflowConfigurationError,
@@ -44,9 +27,6 @@ from piton.errors import (
 from piton.stores import RedisStore as LazyRedisStore
 from piton.stores.base import FINAL_STATUSES, CommitRequest, RunRecord, Store, open_store
 from piton.stores.redis import SCHEMA_VERSION, RedisStore
-from piton.testing import check_store
-
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 
 
 @pytest.fixture
@@ -139,13 +119,7 @@ async def assert_indexes_match(db: aioredis.Redis, prefix: str) -> None:
     assert actual_s == sets, "the owner indexes do not match the runs"
 
 
-# --- the conformance suite, URLs ----------------------------------------------------------------
-
-
-@pytest.mark.allow_stuck_runs  # the conformance checks leave parked runs behind
-async def test_check_store(url: str, db: aioredis.Redis) -> None:
-    passed = await check_store(lambda: RedisStore(url))
-    assert "concurrent_commits" in passed and passed[-1] == "prune"
+# --- URLs, connections, errors -----------------------------------------------------------------
 
 
 @pytest.mark.allow_stuck_runs  # its store cannot be opened: no stuck-run check after it
@@ -171,34 +145,6 @@ def test_url_options_identity_and_redaction() -> None:
         RedisStore("redis://h/0?prefix=a", prefix="b")
     with pytest.raises(WorkflowConfigurationError, match="lease"):
         RedisStore("redis://h/0", lease=0)
-
-
-def test_without_redis_py_the_store_asks_for_the_extra() -> None:
-    code = (
-        "import sys\n"
-        "sys.modules['redis'] = None\n"
-        "from piton.errors import WorkflowConfigurationError\n"
-        "from piton.stores.base import open_store\n"
-        "try:\n"
-        "    open_store('redis://localhost:6379/0')\n"
-        "except WorkflowConfigurationError as exc:\n"
-        "    print(exc)\n"
-    )
-    env = {**os.environ, "PYTHONPATH": SRC}
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
-    )
-    assert "pip install 'piton[redis]'" in out.stdout, out.stdout + out.stderr
-
-
-@pytest.mark.allow_stuck_runs  # its store cannot be opened: no stuck-run check after it
-async def test_unreachable_server_is_store_unavailable() -> None:
-    s = RedisStore("redis://127.0.0.1:1/0?prefix=nowhere")
-    with pytest.raises(StoreUnavailable, match="cannot be reached.*server is running") as info:
-        await s.get("r")
-    assert "127.0.0.1:1" in str(info.value)
-    assert pickle.loads(pickle.dumps(info.value)).args == info.value.args
-    await s.close()
 
 
 @pytest.mark.allow_stuck_runs  # its store cannot be opened: no stuck-run check after it
@@ -306,75 +252,7 @@ async def test_schema_version_is_written_and_a_newer_one_refused(
     assert [key async for key in db.scan_iter(match=f"{prefix}:*")] == [f"{prefix}:schema".encode()]
 
 
-# --- fencing and group commit ---------------------------------------------------------------
-
-
-async def test_two_stores_on_one_prefix_are_fenced(
-    url: str, prefix: str, db: aioredis.Redis
-) -> None:
-    a, b = RedisStore(url), RedisStore(url)
-    b.owner = "elsewhere.invalid/1/1"
-    await asyncio.gather(a.open(), b.open())
-    try:
-        assert a.identity == b.identity
-        await new_run(a, "r")
-        assert await b.claim("r", b.owner, 30.0) is None  # a holds it and is alive
-        await a.commit(CommitRequest("r", 1, 1, ["e2"], ["s1"], status="parked", release=True))
-        assert await b.claim("r", b.owner, 30.0) == 2
-        before = await keys_of(db, prefix, "r")
-        for late in (
-            CommitRequest("r", 1, 2, ["late"], ["late"]),
-            CommitRequest("r", 1, 2, ["late"], status="completed", result='"x"', snapshot="S"),
-        ):
-            with pytest.raises(LeaseLost, match="Run 'r'.*epoch 2, ours 1"):
-                await a.commit(late)
-        assert await keys_of(db, prefix, "r") == before, "a fenced commit wrote"
-        with pytest.raises(LeaseLost, match="Run 'r' journal is at seq 2, expected 1"):
-            await b.commit(CommitRequest("r", 2, 1, ["behind"]))
-        assert await keys_of(db, prefix, "r") == before, "a commit at the wrong seq wrote"
-        await b.commit(CommitRequest("r", 2, 2, ["e3"]))
-        assert [seq for seq, _ in (await a.load("r")).entries] == [1, 2, 3]
-    finally:
-        await asyncio.gather(a.close(), b.close())
-
-
-async def test_group_commit_pipelines_concurrent_commits(store: RedisStore) -> None:
-    runs = await asyncio.gather(*(new_run(store, f"r{i}") for i in range(50)))
-    transactions, commits = store.transactions, store.commits
-    await asyncio.gather(*(store.commit(CommitRequest(r, 1, 1, ["x" * 300], ["s"])) for r in runs))
-    assert store.commits - commits == 50
-    assert store.transactions - transactions <= 5, "50 concurrent commits should share round trips"
-    for run_id in runs[:3]:
-        loaded = await store.load(run_id)
-        assert loaded.entries == [(1, "e1"), (2, "x" * 300)] and loaded.stream == ["s"]
-
-
-async def test_a_fenced_commit_does_not_disturb_its_batch(store: RedisStore) -> None:
-    await new_run(store, "a")
-    await new_run(store, "b")
-    transactions = store.transactions
-    results = await asyncio.gather(  # queued together: one pipeline
-        store.commit(CommitRequest("a", 1, 1, ["a2"])),
-        store.commit(CommitRequest("b", 9, 1, ["stale epoch"])),
-        store.commit(CommitRequest("a", 1, 2, ["a3"])),  # chains on the first one
-        store.commit(CommitRequest("b", 1, 1, ["b2"], ["sb"], status="parked", wake_at=5.0)),
-        store.commit(CommitRequest("a", 1, 2, ["a3 again"])),  # seq already taken
-        store.commit(CommitRequest("missing", 1, 1, ["x"])),
-        return_exceptions=True,
-    )
-    assert store.transactions - transactions == 1, "the six commits should be one round trip"
-    assert [type(r).__name__ for r in results] == [
-        "NoneType",
-        "LeaseLost",
-        "NoneType",
-        "NoneType",
-        "LeaseLost",
-        "RunNotFound",
-    ]
-    assert (await store.load("a")).entries == [(1, "e1"), (2, "a2"), (3, "a3")]
-    loaded = await store.load("b")
-    assert loaded.entries == [(1, "e1"), (2, "b2")] and loaded.stream == ["sb"]
-    assert (loaded.record.status, loaded.record.wake_at) == ("parked", 5.0)
+# --- group commit ------------------------------------------------------------------------------
 
 
 async def test_lost_scripts_are_loaded_again(store: RedisStore, db: aioredis.Redis) -> None:
@@ -385,60 +263,6 @@ async def test_lost_scripts_are_loaded_again(store: RedisStore, db: aioredis.Red
     )
     loaded = await store.load("r")
     assert loaded.entries == [(1, "e1"), (2, "e2")] and len(loaded.inbox) == 1
-
-
-async def test_a_delivered_event_wakes_waiters_of_other_stores(url: str, store: RedisStore) -> None:
-    await new_run(store, "r")
-    other = RedisStore(url)
-    try:
-        # once subscribed, the listener wakes its waiters once (for what came before);
-        # after that, with nothing delivered, a wait lasts its whole timeout
-        await other.wait_for_work(2.0)
-        started = time.monotonic()
-        await other.wait_for_work(0.1)
-        assert time.monotonic() - started >= 0.09
-        waiting = asyncio.create_task(other.wait_for_work(10.0))
-        started = time.monotonic()
-        while not waiting.done():  # until its subscription is in place
-            await store.deliver("r", "{}")
-            await asyncio.wait({waiting}, timeout=0.05)
-        assert time.monotonic() - started < 2.0, "pub/sub did not wake the waiter"
-        assert (await store.get("r")) is not None
-    finally:
-        await other.close()
-
-
-def test_store_shared_across_event_loops(url: str, db: aioredis.Redis) -> None:
-    """``run_sync`` runs a fresh loop per call: one client per loop, closed with its loop."""
-    s = RedisStore(url)
-    asyncio.run(new_run(s, "r"))
-    assert asyncio.run(s.get("r")) is not None
-    asyncio.run(s.commit(CommitRequest("r", 1, 1, ["e2"])))
-    assert s.commits == 1
-
-    errors: list[BaseException] = []
-
-    def advance(run_id: str) -> None:  # two loops at once, in two threads
-        async def main() -> None:
-            await new_run(s, run_id)
-            for seq in range(1, 4):
-                await s.commit(CommitRequest(run_id, 1, seq, [f"e{seq + 1}"]))
-
-        try:
-            asyncio.run(main())
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=advance, args=(f"t{n}",)) for n in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    assert s.commits == 7
-    assert [seq for seq, _ in asyncio.run(s.load("t1")).entries] == [1, 2, 3, 4]
-    asyncio.run(s.close())
-    gc.collect()  # an unclosed connection would warn here, and warnings are errors
 
 
 # --- failures ---------------------------------------------------------------------------------
@@ -498,105 +322,3 @@ async def test_prune_deletes_every_key_of_old_runs(
     assert await store.prune(timedelta(milliseconds=10)) == 1
     assert await keys_of(db, prefix, "old") == {}
     assert [r.run_id for r in await store.list_runs()] == ["young"]
-
-
-# --- a durable workflow end to end -------------------------------------------------------------
-
-calls: list[str] = []
-
-
-class Counted(Event):
-    n: int
-
-
-class Count(Workflow):
-    @step
-    async def start(self, ev: StartEvent) -> Counted:
-        calls.append("start")
-        return Counted(n=ev.n)
-
-    @step
-    async def double(self, ev: Counted, ctx: Context) -> StopEvent:
-        calls.append("double")
-        await ctx.store.set("last", ev.n)
-        return StopEvent(result=ev.n * 2)
-
-
-class Approve(Workflow):
-    @step
-    async def ask(self, ev: StartEvent, ctx: Context) -> StopEvent:
-        answer = await ctx.wait_for_event(
-            HumanResponseEvent, waiter_event=InputRequiredEvent(question="ship it?")
-        )
-        return StopEvent(result=f"answer: {answer.response}")
-
-
-async def test_durable_workflow_on_redis(url: str, db: aioredis.Redis) -> None:
-    made: list[Workflow] = []
-
-    def make(cls: type[Workflow]) -> Workflow:
-        made.append(cls(store=url))  # a store object of its own, from the URL
-        return made[-1]
-
-    try:
-        calls.clear()
-        assert await make(Count).run(run_id="count-1", n=21) == 42
-        assert calls == ["start", "double"]
-        calls.clear()
-        assert await make(Count).run(run_id="count-1") == 42 and calls == []  # stored result
-
-        first = make(Approve).run(run_id="approve-1")
-        async for ev in first.stream_events():
-            if isinstance(ev, InputRequiredEvent):
-                break
-        first.cancel()  # nobody listens: the run parks in the store and this handler lets go
-        probe = made[-1].store
-        assert isinstance(probe, RedisStore)
-        deadline = time.monotonic() + 5
-        while "approve-1" in probe.live or (await probe.get("approve-1")).status != "parked":
-            assert time.monotonic() < deadline, "the run never parked"
-            await asyncio.sleep(0.01)
-        record = await probe.get("approve-1")
-        assert record is not None and record.owner is None
-
-        later = make(Approve).run(run_id="approve-1")  # another store object attaches
-        await later.send_event(HumanResponseEvent(response="yes"))
-        assert await later == "answer: yes"
-        assert await make(Approve).run(run_id="approve-1") == "answer: yes"
-    finally:
-        for workflow in made:
-            assert workflow.store is not None
-            await workflow.store.close()
-
-
-class Nap(Workflow):
-    @step
-    async def nap(self, ev: StartEvent, ctx: Context) -> StopEvent:
-        await ctx.sleep(0.3)
-        return StopEvent(result="rested")
-
-
-async def test_a_worker_finishes_a_parked_run_nobody_listens_to(
-    url: str, db: aioredis.Redis
-) -> None:
-    napping = Nap(store=url)
-    probe = RedisStore(url)
-    try:
-        first = napping.run(run_id="nap-1")
-        deadline = time.monotonic() + 5
-        while (await probe.get("nap-1")) is None or "nap-1" not in probe.live:
-            assert time.monotonic() < deadline, "the run never started"
-            await asyncio.sleep(0.01)
-        first.cancel()  # the run parks with its deadline; no process holds it
-        while "nap-1" in probe.live or (await probe.get("nap-1")).status != "parked":
-            assert time.monotonic() < deadline, "the run never parked"
-            await asyncio.sleep(0.01)
-        async with Worker(url, workflows=[Nap], poll_interval=0.05):
-            while (await probe.get("nap-1")).status != "completed":
-                assert time.monotonic() < deadline, "the worker never finished the run"
-                await asyncio.sleep(0.02)
-        assert await Nap(store=probe).run(run_id="nap-1") == "rested"
-    finally:
-        assert napping.store is not None
-        await napping.store.close()
-        await probe.close()
