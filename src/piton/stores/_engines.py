@@ -12,6 +12,7 @@ the base class of those stores.
 from __future__ import annotations
 
 import asyncio
+from abc import abstractmethod
 from typing import Any, Generic, Protocol, TypeVar
 
 from piton.errors import StoreError
@@ -90,8 +91,8 @@ class ServerStore(Store, Generic[E]):
 
     @property
     def identity(self) -> str:
-        """Host, port, database and schema (or key prefix): store objects on one share
-        their live runs."""
+        """Host, port, database and schema (or key prefix): store objects with one
+        identity hold the same runs."""
         return self._identity
 
     @property
@@ -112,9 +113,9 @@ class ServerStore(Store, Generic[E]):
         await self._start()
         self._ready = True
 
+    @abstractmethod
     async def _start(self) -> None:
         """Open's work: connect, and create, migrate or check the schema."""
-        raise NotImplementedError
 
     async def _opened(self) -> None:
         """Open the store on first use; a store that ``close()`` closed stays closed."""
