@@ -382,6 +382,36 @@ async def test_snapshot_of_a_run_waiting_for_a_human() -> None:
     assert runs["ask"] == 2  # the first run, then the re-run with the answer
 
 
+async def test_a_snapshot_carries_a_stopped_run_clock() -> None:
+    """The time a to_dict() payload is kept is not active time: its clock is stopped, so a
+    send that reaches the restored run before it begins cannot time it out (the committed
+    sample tests/data/wait.json, taken long ago, checks the same)."""
+
+    class W(Workflow):
+        @step
+        async def ask(self, ev: StartEvent, ctx: Context) -> StopEvent:
+            answer = await ctx.wait_for_event(
+                HumanResponseEvent, waiter_event=InputRequiredEvent(prefix="name?")
+            )
+            return StopEvent(result=answer.response)
+
+    handler = W(timeout=5).run()
+    async for ev in handler.stream_events():
+        if isinstance(ev, InputRequiredEvent):
+            break
+    data = handler.ctx.to_dict()
+    await handler.cancel_run()
+    with pytest.raises(WorkflowCancelledByUser):
+        await handler
+    assert json.loads(data["active_since"]) is None
+    assert 0 <= json.loads(data["active_elapsed"]) < 5
+
+    w = W(timeout=5)
+    restored = w.run(ctx=Context.from_dict(w, data))
+    await restored.send_event(HumanResponseEvent(response="Ada"))  # before it begins
+    assert await asyncio.wait_for(restored, 10) == "Ada"
+
+
 # --- serializers ---------------------------------------------------------------------
 
 

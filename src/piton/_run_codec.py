@@ -89,8 +89,10 @@ def _dec_attempt(s: JsonSerializer, t: Any, types: TypeResolver, construct: bool
 def encode_run(state: RunState, s: JsonSerializer, *, keep_running: bool = False) -> dict[str, Any]:
     """The run as JSON trees, one per top-level part.
 
-    In-flight work counts as queued (a restore re-runs it), unless ``keep_running``:
-    a journal snapshot keeps executions as they are, since later entries name them.
+    In-flight work counts as queued (a restore re-runs it) and the run's clock is stopped
+    (the time a payload is kept is not active time, even for an input that reaches the
+    restored run before its Begin), unless ``keep_running``: a journal snapshot keeps
+    executions and the clock as they are, since the entries after it go on from there.
     """
     work = [] if keep_running else [_enc_attempt(s, ex.attempt) for ex in state.running.values()]
     running = (
@@ -149,7 +151,7 @@ def encode_run(state: RunState, s: JsonSerializer, *, keep_running: bool = False
         "counter": state.counter,
         "timeout": state.timeout,
         "active_elapsed": state.active_elapsed,
-        "active_since": state.active_since,  # a journal tail after a snapshot goes on counting
+        "active_since": state.active_since if keep_running else None,
         "result": s.encode(state.result, "result"),
         "error": None if state.error is None else s.encode_error(state.error),
     }
