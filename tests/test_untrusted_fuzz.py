@@ -343,20 +343,31 @@ def kit(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
 
 
 async def _park(w: Workflow, store: Store, run_id: str) -> None:
-    handler = w.run(run_id=run_id, text="hello", by="ada")
+    w.run(run_id=run_id, text="hello", by="ada")
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         record = await store.get(run_id)
         if record is not None and record.status == "parked":
-            break
+            return
         await asyncio.sleep(0.02)
-    else:
-        raise AssertionError(f"run {run_id} did not park")
-    task = handler._task  # like the process exiting: the run stays parked
-    assert task is not None
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
+    raise AssertionError(f"run {run_id} did not park")
+
+
+async def _park_in_a_loop_that_ends(kit: Kit, run_ids: list[str]) -> None:
+    """Park the runs on an event loop of its own (in a thread), then end it as a process
+    that exits does: its tasks are cancelled, then its store is closed. The runs stay
+    parked in the store, and nothing in this process holds them."""
+
+    async def park() -> None:
+        async with _opened(kit) as store:
+            w = Review(store=store)
+            await asyncio.gather(*(_park(w, store, run_id) for run_id in run_ids))
+            others = asyncio.all_tasks() - {asyncio.current_task()}
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+
+    await asyncio.to_thread(asyncio.run, park())
 
 
 async def _resume(w: Workflow, run_id: str) -> Any:
@@ -376,11 +387,7 @@ async def test_a_damaged_journal_row_fails_only_its_own_run(kit: Kit, data: st.D
     parks again, waiting for what the damage asks for); the other one completes."""
     n = next(_counter)
     victim, control = f"victim-{n}", f"control-{n}"
-    async with _opened(kit) as store:
-        first = Review(store=store)
-        await _within(
-            "parking", asyncio.gather(_park(first, store, victim), _park(first, store, control))
-        )
+    await _within("parking", _park_in_a_loop_that_ends(kit, [victim, control]))
 
     rows = await _within("reading the journal", kit.rows(victim))
     seq, text = rows[data.draw(POSITION, label="row") % len(rows)]
