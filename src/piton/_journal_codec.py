@@ -361,7 +361,7 @@ def decode_input(
         raise ContextSerdeError(
             f"A journal entry must be a JSON object, not {type(tree).__name__}."
         )
-    version = tree.pop(_VERSION_KEY, JOURNAL_VERSION)
+    version = tree.pop(_VERSION_KEY, 1)  # unmarked entries are version 1
     if version != JOURNAL_VERSION:
         raise ContextSerdeError(
             f"A journal entry has format version {version!r:.40}; this piton reads version "
