@@ -1,7 +1,6 @@
 """piton: durable, event-driven workflows for Python."""
 
 from ._core.state import MAX_PENDING_EVENTS as MAX_PENDING_EVENTS
-from ._runtime.worker import Worker as Worker
 from .context import Context as Context
 from .context import DictState as DictState
 from .decorators import step as step
@@ -41,6 +40,7 @@ from .serde import JsonSerializer as JsonSerializer
 from .serde import PickleSerializer as PickleSerializer
 from .views import RunView as RunView
 from .views import Waiting as Waiting
+from .worker import Worker as Worker
 from .workflow import Workflow as Workflow
 
 __version__ = "0.1.0"

@@ -12,27 +12,27 @@ import copy
 import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict
 
 from ._core import paths
-from ._core.state import RunState, WaitTimedOut
+from ._core.state import RunState
 from ._run_codec import decode_run, encode_run
+from ._runtime.engine import RunLink
+from ._runtime.runner import Runner
+from ._runtime.steps import StepRun, WaitingForEvent
 from .errors import (
     ContextSerdeError,
     PitonError,
     StateKeyError,
     WorkflowRuntimeError,
-    WorkflowTimeoutError,
 )
 from .events import Event
 from .retry import RetryInfo
 from .serde import JsonSerializer
 
 if TYPE_CHECKING:
-    from ._runtime.runner import Runner, StepRun
     from .workflow import Workflow
 
 StateT = TypeVar("StateT")
@@ -59,28 +59,6 @@ class DictState(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__pydantic_extra__ or {})
-
-
-class WaitingForEvent(BaseException):  # noqa: N818 - control flow, not an error
-    """Raised inside a step by ``wait_for_event``: the step is suspended, not failed.
-
-    A BaseException so that a step's ``except Exception`` does not swallow it.
-    """
-
-    def __init__(
-        self,
-        waiter_id: str,
-        event_type: type[Event] | None,
-        requirements: dict[str, Any],
-        waiter_event: Event | None,
-        timeout: float | None,
-    ) -> None:
-        super().__init__(waiter_id)
-        self.waiter_id = waiter_id
-        self.event_type = event_type
-        self.requirements = requirements
-        self.waiter_event = waiter_event
-        self.timeout = timeout
 
 
 def _get_path(root: Any, path: str) -> Any:
@@ -157,12 +135,17 @@ class Context(Generic[StateT]):
 
     def __init__(self, workflow: Workflow, *, serializer: JsonSerializer | None = None) -> None:
         self._workflow = workflow
-        self._serializer = serializer or JsonSerializer()
-        self._state: RunState | None = None
-        self._runner: Runner | None = None
-        self._detached_values: Any = None
-        self._lock: asyncio.Lock | None = None
+        self._link = RunLink(
+            serializer=serializer or JsonSerializer(), for_step=self._for_step, owner=self
+        )
         self._store: StateStore[StateT] = StateStore(self)
+
+    def _for_step(self, step_run: StepRun) -> StepContext[StateT]:
+        return StepContext(self, step_run)
+
+    @property
+    def _serializer(self) -> JsonSerializer:
+        return self._link.serializer
 
     # -- the state store ------------------------------------------------------
 
@@ -171,17 +154,15 @@ class Context(Generic[StateT]):
         return self._store
 
     def _run_state(self) -> RunState | None:
-        if self._runner is not None:
-            return self._runner.state
-        return self._state
+        return self._link.current()
 
     def _values(self) -> Any:
-        state = self._run_state()
+        state = self._link.current()
         if state is not None:
             return state.values
-        if self._detached_values is None:
-            self._detached_values = self._initial_state()
-        return self._detached_values
+        if self._link.values is None:
+            self._link.values = self._initial_state()
+        return self._link.values
 
     def _initial_state(self) -> Any:
         state_type = self._workflow._compiled().graph.state_type
@@ -206,44 +187,44 @@ class Context(Generic[StateT]):
         )
 
     def _update(self, path: str, value: Any) -> None:
-        if self._runner is not None:
-            self._runner.set_state(path, value)
-            return
-        from ._core.reducer import set_path
-
-        state = self._run_state()
-        if state is not None:
-            state.values = set_path(state.values, path, value)
+        link = self._link
+        if link.run is not None:
+            link.run.set_state(path, value)
+        elif link.state is not None:
+            link.state.values = paths.set_path(link.state.values, path, value)
         else:
-            self._detached_values = set_path(self._values(), path, value)
+            link.values = paths.set_path(self._values(), path, value)
 
     def _replace(self, value: Any) -> None:
-        if self._runner is not None:
-            self._runner.replace_state(value)
-        elif self._state is not None:
-            self._state.values = value
+        link = self._link
+        if link.run is not None:
+            link.run.replace_state(value)
+        elif link.state is not None:
+            link.state.values = value
         else:
-            self._detached_values = value
+            link.values = value
 
     def _edit_lock(self) -> asyncio.Lock:
-        owner = self._runner.ctx if self._runner is not None else self
-        if owner._lock is None:
-            owner._lock = asyncio.Lock()
-        return owner._lock
+        link = self._link  # shared by the run's context and its steps' contexts
+        if link.lock is None:
+            link.lock = asyncio.Lock()
+        return link.lock
 
     # -- events -----------------------------------------------------------------
 
     @property
     def is_running(self) -> bool:
-        return self._runner is not None and not self._runner.state.finished
+        run = self._link.run
+        return run is not None and not run.state.finished
 
     def _live(self, what: str) -> Runner:
-        if self._runner is None or self._runner.state.finished:
+        run = self._link.run
+        if run is None or run.state.finished:
             raise WorkflowRuntimeError(
                 f"ctx.{what}() needs a running workflow; this context's run has not started "
                 "or has finished. Call it from a step or while `handler` is running."
             )
-        return self._runner
+        return run
 
     def send_event(self, event: Event, step: str | None = None) -> None:
         """Send ``event`` to every step that accepts it, or only to ``step``."""
@@ -323,9 +304,10 @@ class Context(Generic[StateT]):
         if state is None:
             state = self._workflow._new_state("", values=self._values())
         snapshot = state
-        if self._runner is not None and not self._runner.done:
+        run = self._link.run
+        if run is not None and not run.done:
             # a threaded step must not read the state while the loop thread changes it
-            tree = self._runner.call(lambda: encode_run(snapshot, ser))
+            tree = run.call(lambda: encode_run(snapshot, ser))
         else:
             tree = encode_run(snapshot, ser)
         tree["serializer"] = ser.name
@@ -350,7 +332,7 @@ class Context(Generic[StateT]):
             )
         ctx: Context[Any] = cls(workflow, serializer=ser)
         try:
-            ctx._state = decode_run(tree, graph, ser)
+            ctx._link.state = decode_run(tree, graph, ser)
         except ContextSerdeError:
             raise
         except PitonError as exc:  # e.g. work for a step this workflow no longer has
@@ -404,11 +386,7 @@ class StepContext(Context[StateT]):
 
     def __init__(self, parent: Context[StateT], step_run: StepRun) -> None:
         self._workflow = parent._workflow
-        self._serializer = parent._serializer
-        self._state = None
-        self._runner = parent._runner
-        self._detached_values = None
-        self._lock = None
+        self._link = parent._link  # the run's: its state, its runner, its edit lock
         self._store = parent._store
         self._step_run = step_run
 
@@ -423,28 +401,22 @@ class StepContext(Context[StateT]):
             self._step_run.stream_write(event)
 
 
-def retry_info_of(
-    retry_number: int,
-    first_at: float | None,
-    last_error: BaseException | None,
-    last_failed_at: float | None,
-    now: float,
-) -> RetryInfo:
-    return RetryInfo(
-        retry_number=retry_number,
-        elapsed_seconds=0.0 if retry_number == 0 or first_at is None else max(0.0, now - first_at),
-        last_exception=last_error,
-        last_failed_at=None
-        if last_failed_at is None
-        else datetime.fromtimestamp(last_failed_at, UTC),
-    )
+def link_of(ctx: Context[Any]) -> RunLink:
+    """The runtime's side of ``ctx`` (what a run started with it updates)."""
+    return ctx._link
 
 
-def raise_if_timed_out(resolved: Any, event_type: type[Event], waiter_id: str) -> None:
-    if isinstance(resolved, WaitTimedOut):
-        raise WorkflowTimeoutError(
-            f"Timed out waiting for {event_type.__name__} (waiter '{waiter_id}')."
+def prepare_run(ctx: Context[Any], workflow: Workflow) -> RunLink:
+    """Check that ``ctx`` may start a run of ``workflow``, and bind it to that instance."""
+    if ctx._workflow is not workflow and type(ctx._workflow) is not type(workflow):
+        raise WorkflowRuntimeError(
+            f"This context belongs to workflow '{ctx._workflow.workflow_name}', not "
+            f"'{workflow.workflow_name}'."
         )
+    if ctx.is_running:
+        raise WorkflowRuntimeError("This context is already running a workflow.")
+    ctx._workflow = workflow
+    return ctx._link
 
 
 __all__ = ["Context", "DictState", "StateStore", "StepContext", "WaitingForEvent"]

@@ -3,42 +3,41 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Generator
+from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any
 
-from .errors import WorkflowRuntimeError
+from ._core.status import RunStatus
+from ._runtime.engine import RunControl
 from .events import Event, StopEvent
 from .views import Waiting, waiting_of
 
 if TYPE_CHECKING:
-    from ._runtime.durable import RunDriver
-    from ._runtime.runner import Runner
     from .context import Context
-
-
-class _Done:
-    """An awaitable for an operation that already happened (so forgetting ``await`` is harmless)."""
-
-    __slots__ = ()
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return
-        yield
 
 
 class WorkflowHandler(asyncio.Future[Any]):
     """A running workflow: ``await handler`` gives the result (or raises the run's error).
 
     The result is ``StopEvent.result``, or the event itself for a StopEvent subclass.
+    Several handlers may follow one run (callers in one process attaching to it).
     """
 
-    def __init__(self, *, run_id: str, ctx: Context[Any], loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop=loop)
+    def __init__(self, *, run_id: str, ctx: Context[Any], control: RunControl) -> None:
+        super().__init__(loop=control.outcome.get_loop())
         self._run_id = run_id
         self._ctx = ctx
-        self._runner: Runner | RunDriver | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stored_outcome = False  # the outcome is the run's own, as stored (durable runs)
+        self._control = control
+        control.outcome.add_done_callback(self._take_outcome)
+
+    def _take_outcome(self, outcome: asyncio.Future[Any]) -> None:
+        if self.done():
+            return
+        if outcome.cancelled():
+            self.cancel()
+        elif (error := outcome.exception()) is not None:
+            self.set_exception(error)
+        else:
+            self.set_result(outcome.result())
 
     @property
     def run_id(self) -> str:
@@ -52,24 +51,18 @@ class WorkflowHandler(asyncio.Future[Any]):
         return self.done()
 
     @property
-    def status(self) -> str:
+    def status(self) -> RunStatus:
         """Where the run stands: ``queued`` (not started yet), ``running``, ``parked``
         (a durable run waiting for an event or a deadline, held by no process), or its
         final status: ``completed``, ``failed``, ``cancelled``, ``timed_out``. For a
         durable run it is the status of its last durable commit."""
-        return self._runner.status if self._runner is not None else "queued"
+        return self._control.status
 
     @property
     def waiting_for(self) -> list[Waiting]:
         """What the run waits for now: one entry per ``wait_for_event`` / ``ctx.sleep``."""
-        runner = self._runner
-        state = runner.latest if runner is not None else None
+        state = self._control.latest
         return [] if state is None or state.finished else waiting_of(state)
-
-    def _live(self) -> Runner | RunDriver:
-        if self._runner is None:
-            raise WorkflowRuntimeError(f"Run '{self._run_id}' has not started yet.")
-        return self._runner
 
     async def stream_events(
         self, expose_internal: bool = False, *, cursor: int = 0
@@ -84,32 +77,26 @@ class WorkflowHandler(asyncio.Future[Any]):
         """
         if cursor < 0:
             raise ValueError(f"stream_events(cursor={cursor}): the cursor counts events, >= 0.")
-        if self._runner is None and self._task is not None:
-            await asyncio.sleep(0)
-        async for ev in self._live().events(cursor):
+        async for ev in self._control.events(cursor):
             yield ev
 
     def get_stop_event(self) -> StopEvent | None:
         """The event that closed the run's stream, once it is done: its ``StopEvent``, or a
         ``WorkflowFailedEvent`` / ``WorkflowTimedOutEvent`` / ``WorkflowCancelledEvent``."""
-        if not self.done() or self._runner is None:
+        if not self.done():
             return None
-        for ev in reversed(self._runner.stream):
+        for ev in reversed(self._control.stream):
             if isinstance(ev, StopEvent):
                 return ev
         return None
 
     def send_event(self, event: Event, step: str | None = None) -> Awaitable[None]:
         """Send ``event`` into the run. It is sent at once; awaiting waits until it is stored."""
-        sent = self._live().send(event, step)
-        return sent if sent is not None else _Done()
+        return self._control.send_event(event, step)
 
     def cancel_run(self) -> Awaitable[None]:
         """Stop the run; ``await handler`` then raises ``WorkflowCancelledByUser``."""
-        if self._runner is None:
-            return _Done()
-        cancelled = self._runner.cancel()
-        return cancelled if cancelled is not None else _Done()
+        return self._control.cancel_run()
 
     def cancel(self, msg: Any | None = None) -> bool:
         """Stop waiting for this run (``asyncio.wait_for`` does on timeout).
@@ -119,8 +106,8 @@ class WorkflowHandler(asyncio.Future[Any]):
         ``cancel_run()`` is what ends a run.
         """
         cancelled = super().cancel(msg)
-        if cancelled and self._runner is not None:
-            self._runner.listener_gone()
+        if cancelled:
+            self._control.listener_gone()
         return cancelled
 
     def __repr__(self) -> str:

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
-import sys
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from ._core.graph import Graph, StepNode, build_graph
+from ._compile import Compiled, build_engine, compile_workflow
 from ._core.state import RunState
-from ._runtime.runner import Runner
-from ._waits import OPEN, Waits, merge, scan
-from .context import Context
-from .decorators import STEP_ATTR, StepOptions, StepSpec, _Unresolved, build_spec
+from ._runtime.clock import SYSTEM_CLOCK, Clock
+from ._runtime.engine import DURABILITY, Engine, RunConfig, RunLink
+from ._runtime.live import live_runs
+from ._runtime.restore import rebuild
+from .context import Context, link_of, prepare_run
+from .decorators import STEP_ATTR
 from .errors import (
     RunNotFound,
     WorkflowConfigurationError,
@@ -28,51 +26,25 @@ from .errors import (
 )
 from .events import StartEvent
 from .handler import WorkflowHandler
-from .resource import ResourceManager
 from .serde import JsonSerializer
 from .stores.base import Store, open_store
 from .views import RunView, view_of
-
-DURABILITY = ("fast", "strict")
-
-
-@dataclass(frozen=True)
-class Compiled:
-    """A workflow class's steps and graph, built once and cached."""
-
-    specs: dict[str, StepSpec]
-    graph: Graph
-    waits: Waits = OPEN  # the event types steps wait for (read from their source)
-
-    @functools.cached_property
-    def known_events(self) -> frozenset[type[Any]]:
-        """Event types a send may carry: consumed, returned or waited for by a step."""
-        return frozenset(self.graph.event_types.values()) | self.waits.types
-
-    @functools.cached_property
-    def fingerprint(self) -> str:
-        """What a durable run stores to recognise the code it was written with."""
-        from ._runtime.restore import fingerprint
-
-        return fingerprint(self.graph)
 
 
 class Workflow:
     """Subclass it and decorate methods with ``@step``.
 
     ``timeout`` is the run's limit in seconds of active time (``None`` for none);
-    ``num_concurrent_runs`` caps runs of this instance executing at once.
+    ``num_concurrent_runs`` caps runs of this instance executing at once. ``clock`` is
+    where runs read time (``piton.testing.FakeClock`` in tests); the real clock by default.
     """
 
     _piton_added_steps: ClassVar[dict[str, Callable[..., Any]]] = {}
 
     # Defaults live on the class, so subclasses whose __init__ skips super() still work.
-    _timeout: float | None = 45.0
+    _config: RunConfig = RunConfig()
     _disable_validation: bool = False
-    _num_concurrent_runs: int | None = None
     _store_arg: Store | None = None
-    _snapshot_every: int = 100
-    _durability: str = "fast"
     verbose: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -88,6 +60,7 @@ class Workflow:
         store: Store | str | None = None,
         snapshot_every: int = 100,
         durability: str = "fast",
+        clock: Clock | None = None,
     ) -> None:
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
@@ -103,7 +76,6 @@ class Workflow:
             raise WorkflowConfigurationError(
                 f"num_concurrent_runs must be an integer >= 1 or None, got {num_concurrent_runs!r}."
             )
-        self._timeout = timeout
         self._disable_validation = disable_validation
         self.verbose = verbose
         if (
@@ -120,9 +92,13 @@ class Workflow:
                 f"{durability!r}. 'fast': a step may start while the commit of its input is "
                 "on its way to disk; 'strict': it starts only once that commit is durable."
             )
-        self._num_concurrent_runs = num_concurrent_runs
-        self._snapshot_every = snapshot_every
-        self._durability = durability
+        self._config = RunConfig(
+            timeout=timeout,
+            durability="strict" if durability == "strict" else "fast",
+            snapshot_every=snapshot_every,
+            num_concurrent_runs=num_concurrent_runs,
+            clock=clock if clock is not None else SYSTEM_CLOCK,
+        )
         self._store_arg = open_store(store) if store is not None else None
         self._compiled()
 
@@ -162,38 +138,20 @@ class Workflow:
         key = bool(self._disable_validation)
         compiled = cache.get(key)
         if compiled is None:
-            compiled = cache[key] = _compile(cls, validate=not self._disable_validation)
+            compiled = cache[key] = compile_workflow(cls, validate=not self._disable_validation)
         return compiled
 
-    # -- per-instance runtime objects (created lazily) ---------------------------------
-
-    def _resources(self) -> ResourceManager:
-        manager = self.__dict__.get("_piton_resources")
-        if manager is None:
-            manager = self.__dict__["_piton_resources"] = ResourceManager()
-        return manager
-
-    def _executor(self) -> ThreadPoolExecutor:
-        pool = self.__dict__.get("_piton_executor")
-        if pool is None:
-            workers = sum(s.num_workers for s in self._compiled().specs.values() if not s.is_async)
-            pool = self.__dict__["_piton_executor"] = ThreadPoolExecutor(
-                max_workers=max(workers, 4), thread_name_prefix=f"piton-{self.workflow_name}"
+    def _engine(self) -> Engine:
+        """This instance as the runtime sees it (made once, on first use)."""
+        engine: Engine | None = self.__dict__.get("_piton_engine")
+        if engine is None:
+            engine = self.__dict__["_piton_engine"] = build_engine(
+                self, self._compiled(), self._config, self._new_link
             )
-        return pool
+        return engine
 
-    def _run_semaphore(self) -> asyncio.Semaphore | None:
-        if self._num_concurrent_runs is None:
-            return None
-        loop = asyncio.get_running_loop()
-        held = self.__dict__.get("_piton_semaphore")
-        if held is None or held[0] is not loop:  # a semaphore works in one event loop only
-            held = self.__dict__["_piton_semaphore"] = (
-                loop,
-                asyncio.Semaphore(self._num_concurrent_runs),
-            )
-        sem: asyncio.Semaphore = held[1]
-        return sem
+    def _new_link(self) -> RunLink:
+        return link_of(Context(self))
 
     @property
     def store(self) -> Store | None:
@@ -225,10 +183,8 @@ class Workflow:
         record = await store.get(run_id)
         if record is None:
             raise RunNotFound(f"No run '{run_id}' in {store.url}.")
-        from ._runtime.restore import rebuild
-
         loaded = await store.load(run_id)
-        state = rebuild(loaded, self, self._compiled(), JsonSerializer())
+        state = rebuild(loaded, self._engine(), JsonSerializer())
         return view_of(
             state,
             status=record.status,
@@ -238,10 +194,7 @@ class Workflow:
         )
 
     def _new_state(self, run_id: str, values: Any = None) -> RunState:
-        graph = self._compiled().graph
-        if values is None:
-            values = graph.state_type() if graph.state_type is not None else {}
-        return RunState(run_id=run_id, graph=graph, values=values, timeout=self._timeout)
+        return self._engine().new_state(run_id, values)
 
     # -- running --------------------------------------------------------------------
 
@@ -259,7 +212,7 @@ class Workflow:
         its state.
         """
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except RuntimeError:
             raise WorkflowRuntimeError(
                 "Workflow.run() needs a running event loop: use `await w.run(...)` inside "
@@ -268,24 +221,13 @@ class Workflow:
         compiled = self._compiled()
         if ctx is None:
             ctx = Context(self)
-        elif ctx._workflow is not self and type(ctx._workflow) is not type(self):
-            raise WorkflowRuntimeError(
-                f"This context belongs to workflow '{ctx._workflow.workflow_name}', not "
-                f"'{self.workflow_name}'."
-            )
-        if ctx._runner is not None and not ctx._runner.state.finished:
-            raise WorkflowRuntimeError("This context is already running a workflow.")
+        link = prepare_run(ctx, self)
         store = self.store
         if store is not None:
-            return self._run_durable(store, ctx, run_id, start_event, kwargs, compiled, loop)
-        state, start = self._prepare(ctx, run_id, start_event, kwargs, compiled)
-        ctx._workflow = self
-        ctx._state = None
-        handler = WorkflowHandler(run_id=state.run_id, ctx=ctx, loop=loop)
-        runner = Runner(self, compiled, state, ctx, handler)
-        handler._runner = runner
-        handler._task = loop.create_task(runner.start(start))
-        return handler
+            return self._run_durable(store, ctx, run_id, start_event, kwargs, compiled)
+        state, start = self._prepare(link, run_id, start_event, kwargs, compiled)
+        runner = self._engine().start(link, state, start)
+        return WorkflowHandler(run_id=state.run_id, ctx=ctx, control=runner)
 
     def _run_durable(
         self,
@@ -295,62 +237,44 @@ class Workflow:
         start_event: StartEvent | None,
         kwargs: dict[str, Any],
         compiled: Compiled,
-        loop: asyncio.AbstractEventLoop,
     ) -> WorkflowHandler:
         if run_id is not None:
-            live = store.live.get(run_id)
-            if live is not None and not live.handler.done():
-                shared: WorkflowHandler = live.handler  # this process runs it already: share
-                return shared
+            live = live_runs(store).get(run_id)
+            if live is not None and live.followable():
+                # this process drives the run already: follow that driver, never a second
+                live.listen()
+                owner = live.link.owner
+                follow = owner if isinstance(owner, Context) else ctx
+                return WorkflowHandler(run_id=run_id, ctx=follow, control=live)
         try:
             start: StartEvent | None = self._start_event(compiled, start_event, kwargs)
         except WorkflowRuntimeError:
             if start_event is not None or kwargs or run_id is None:
                 raise
             start = None  # attaching to an existing run needs no start event
-        return self._attach(run_id or uuid.uuid4().hex, ctx=ctx, start=start, loop=loop)
-
-    def _attach(
-        self,
-        run_id: str,
-        *,
-        ctx: Context[Any] | None = None,
-        start: StartEvent | None = None,
-        stay: bool = True,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> WorkflowHandler:
-        from ._runtime.durable import RunDriver
-
-        store = self.store
-        assert store is not None
-        loop = loop or asyncio.get_running_loop()
-        ctx = ctx or Context(self)
-        ctx._workflow = self
-        handler = WorkflowHandler(run_id=run_id, ctx=ctx, loop=loop)
-        driver = RunDriver(self, self._compiled(), store, run_id, ctx, handler, start, stay=stay)
-        handler._runner = driver
-        store.live[run_id] = driver
-        handler._task = loop.create_task(driver.main())
-        return handler
+        run_id = run_id or uuid.uuid4().hex
+        driver = self._engine().attach(store, run_id, link_of(ctx), start)
+        return WorkflowHandler(run_id=run_id, ctx=ctx, control=driver)
 
     def _prepare(
         self,
-        ctx: Context[Any],
+        link: RunLink,
         run_id: str | None,
         start_event: StartEvent | None,
         kwargs: dict[str, Any],
         compiled: Compiled,
     ) -> tuple[RunState, StartEvent | None]:
-        previous = ctx._runner.state if ctx._runner is not None else ctx._state
+        """The state a memory run starts from: a restored unfinished run goes on; else a
+        new run, keeping the state values of an earlier run or set on the context."""
+        previous = link.current()
+        link.run = link.state = None
         if previous is not None and not previous.finished and previous.status != "new":
-            previous.timeout = self._timeout
+            previous.timeout = self._config.timeout
             if run_id is not None:
                 previous.run_id = run_id
-            ctx._runner = None
             return previous, None
-        values = previous.values if previous is not None else ctx._detached_values
+        values = previous.values if previous is not None else link.values
         state = self._new_state(run_id or uuid.uuid4().hex, values)
-        ctx._runner = None
         return state, self._start_event(compiled, start_event, kwargs)
 
     def _start_event(
@@ -393,67 +317,4 @@ class Workflow:
         return asyncio.run(main())
 
 
-def _compile(cls: type[Workflow], *, validate: bool) -> Compiled:
-    specs: dict[str, StepSpec] = {}
-    module = sys.modules.get(cls.__module__)
-    localns = dict(vars(module)) if module is not None else {}
-    localns.update(vars(cls))
-    localns.setdefault(cls.__name__, cls)
-    added = _added(cls)
-    for name, func in cls._step_functions().items():
-        options: StepOptions = getattr(func, STEP_ATTR)
-        is_method = func not in added
-        try:
-            spec = build_spec(
-                func, options, is_method=is_method, owner=cls.__name__, localns=localns
-            )
-        except _Unresolved as exc:
-            raise WorkflowValidationError(
-                f"{exc}. Define the types a step's annotations name before the workflow runs."
-            ) from exc
-        specs[name] = spec
-    state_types = {s.state_type for s in specs.values() if s.state_type is not None}
-    if len(state_types) > 1:
-        raise WorkflowValidationError(
-            f"Workflow '{cls.__name__}': steps declare different state types "
-            f"({', '.join(sorted(t.__name__ for t in state_types))}); use one Context[State] type."
-        )
-    state_type = next(iter(state_types), None)
-    if state_type is not None:
-        _check_state_type(cls.__name__, state_type)
-    nodes = {
-        name: StepNode(
-            name=name,
-            accepted=spec.accepted,
-            returns=spec.returns,
-            num_workers=spec.num_workers,
-            retry_policy=spec.options.retry_policy,
-            timeout=spec.options.timeout,
-        )
-        for name, spec in specs.items()
-    }
-    graph = build_graph(cls.__name__, nodes, state_type=state_type, validate=validate)
-    waits = merge([scan(spec.func, spec.ctx_param, localns) for spec in specs.values()])
-    return Compiled(specs=specs, graph=graph, waits=waits)
-
-
-def _check_state_type(workflow: str, state_type: type[Any]) -> None:
-    if not (isinstance(state_type, type) and issubclass(state_type, BaseModel)):
-        raise WorkflowValidationError(
-            f"Workflow '{workflow}': Context[{getattr(state_type, '__name__', state_type)}] needs "
-            "a pydantic BaseModel subclass as its state type."
-        )
-    try:
-        state_type()
-    except ValidationError as exc:
-        raise WorkflowValidationError(
-            f"Workflow '{workflow}': the state model {state_type.__name__} must be constructible "
-            f"without arguments (give every field a default): {exc}"
-        ) from exc
-
-
-def _added(cls: type[Workflow]) -> set[Callable[..., Any]]:
-    return {f for klass in cls.__mro__ for f in vars(klass).get("_piton_added_steps", {}).values()}
-
-
-__all__ = ["Compiled", "Workflow"]
+__all__ = ["DURABILITY", "Compiled", "Workflow"]

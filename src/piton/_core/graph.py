@@ -6,6 +6,7 @@ tables from it; validation reports every structural mistake with its fix.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,15 +42,24 @@ class Graph:
     def consumers(self, event_type: type[Event]) -> tuple[str, ...]:
         return self.routes.get(event_type, ())
 
-    def fingerprint(self) -> dict[str, Any]:
-        """Names of the steps and event types a stored run depends on."""
-        return {
-            "workflow": self.workflow,
+
+
+def fingerprint(graph: Graph) -> str:
+    """What a durable run stores to recognise the code it was written with: its steps and
+    the event types each consumes (a resume under changed code replays under this graph)."""
+    return json.dumps(
+        {
+            "workflow": graph.workflow,
             "steps": {
-                n: sorted(type_key(t) for t in s.accepted) for n, s in sorted(self.steps.items())
+                name: {
+                    "accepts": sorted(type_key(t) for t in node.accepted),
+                    "workers": node.num_workers,
+                }
+                for name, node in sorted(graph.steps.items())
             },
-            "events": sorted(self.event_types),
-        }
+        },
+        sort_keys=True,
+    )
 
 
 def type_key(cls: type[Any]) -> str:

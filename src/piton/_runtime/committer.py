@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
-import time
 from typing import TYPE_CHECKING, Any
 
 from piton._core import inputs as i
@@ -36,9 +35,11 @@ from piton._core.state import (
     RunState,
     shown_status,
 )
+from piton._core.status import RunStatus
 from piton._journal_codec import encode_input
 from piton._run_codec import encode_run
 from piton._runtime import faults
+from piton._runtime.clock import Clock
 from piton.errors import ContextSerdeError, PitonError, StoreError
 from piton.events import Event
 from piton.serde import JsonSerializer
@@ -84,8 +85,10 @@ class DurableCommitter:
         seq: int,
         strict: bool,
         snapshot_every: int,
+        clock: Clock,
         create: RunRecord | None = None,
     ) -> None:
+        self.clock = clock
         self.store = store
         self.state = state
         self.ser = ser
@@ -101,7 +104,7 @@ class DurableCommitter:
         self.ticket = 0
         self.durable = 0
         # the run's status as of its last durable commit: what the world may be told
-        self.durable_status = "queued" if create is not None else "running"
+        self.durable_status: RunStatus = "queued" if create is not None else "running"
         self.runner: Runner  # set by the driver right after construction
         loop = asyncio.get_running_loop()
         self.outcome: asyncio.Future[str] = loop.create_future()
@@ -166,7 +169,7 @@ class DurableCommitter:
             return
         if self._idle():
             state = self.state  # re-read: the reducer changes it
-            self.runner.feed(i.Park(time.time()))  # the reducer parks it, or fails it
+            self.runner.feed(i.Park(self.clock.now()))  # the reducer parks it, or fails it
             if state.status == PARKED:
                 self._to(Phase.PARKED)
                 self.runner.drop_timers()  # the store holds the deadlines now
@@ -176,7 +179,7 @@ class DurableCommitter:
         if state.running or any(state.queues.values()):
             return False
         deadlines = [d for k, d in state.deadlines.items() if k != RUN_TIMER]
-        return not deadlines or min(deadlines) > time.time() + PARK_GRACE
+        return not deadlines or min(deadlines) > self.clock.now() + PARK_GRACE
 
     def lose(self, exc: BaseException) -> None:
         """Stop working on this run here; what was committed stays."""

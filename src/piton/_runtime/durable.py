@@ -14,36 +14,33 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import signal
-import threading
-import time
-import weakref
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
 from piton._core import inputs as i
-from piton._core.state import COMPLETED, MAX_PENDING_EVENTS, RunState
+from piton._core.state import (
+    COMPLETED,
+    MAX_PENDING_EVENTS,
+    RunState,
+    StateStatus,
+    shown_status,
+)
+from piton._core.status import RunStatus
 from piton._runtime.committer import AlreadyCreated, DurableCommitter, Phase
+from piton._runtime.engine import Engine, RunLink
+from piton._runtime.live import LeaseKeeper, LeaveCleanly, live_runs
 from piton._runtime.restore import rebuild
-from piton._runtime.runner import Runner, check_target
+from piton._runtime.runner import Runner
 from piton.errors import (
     ContextSerdeError,
     JournalCorrupted,
-    LeaseLost,
     RunNotFound,
     RunStateMismatch,
-    StoreError,
     WorkflowRuntimeError,
 )
 from piton.events import Event, StopEvent
 from piton.serde import JsonSerializer, TypeResolver
 from piton.stores.base import CommitRequest, Loaded, RunRecord, Store, may_claim
-
-if TYPE_CHECKING:
-    from piton.context import Context
-    from piton.handler import WorkflowHandler
-    from piton.workflow import Compiled, Workflow
 
 log = logging.getLogger("piton.run")
 
@@ -52,39 +49,60 @@ LEAVE_TIMEOUT = 2.0  # seconds a leaving process waits for its last commits, the
 
 
 class RunDriver:
-    """Attaches a handler to a durable run and keeps it going while the caller listens."""
+    """Attaches a caller to a durable run and keeps it going while the caller listens.
+
+    ``outcome`` gets the run's result or error, as stored. The driver is the handlers'
+    ``RunControl``: every caller in this process that attaches to the run follows it.
+    """
 
     def __init__(
         self,
-        workflow: Workflow,
-        compiled: Compiled,
+        engine: Engine,
         store: Store,
         run_id: str,
-        ctx: Context[Any],
-        handler: WorkflowHandler,
+        link: RunLink,
         start_event: Event | None,
         *,
         stay: bool = True,
     ) -> None:
-        self.workflow = workflow
-        self.compiled = compiled
+        self.engine = engine
+        self.clock = engine.clock
         self.store = store
         self.run_id = run_id
-        self.ctx = ctx
-        self.handler = handler
+        self.link = link
+        self.loop = asyncio.get_running_loop()
+        self.outcome: asyncio.Future[Any] = self.loop.create_future()
         self.start_event = start_event
         self.stay = stay
-        self.ser: JsonSerializer = ctx._serializer
-        self.snapshot_every = workflow._snapshot_every
+        self.ser: JsonSerializer = link.serializer
+        self.task: asyncio.Task[None] | None = None
+        self.stored_outcome = False  # the outcome is the run's own, as stored
+        self.abandoned = False  # its caller stopped listening (a cancelled handler)
         self.stream: list[Event] = []
         self.run: Runner | None = None
         self.committer: DurableCommitter | None = None
-        self.loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._stream_wake: asyncio.Future[None] | None = None
         self.finished = False
-        self.final_status: str | None = None  # a finished run's status, as stored
+        self.final_status: RunStatus | None = None  # a finished run's status, as stored
         self._latest: RunState | None = None
+
+    @classmethod
+    def launch(
+        cls,
+        engine: Engine,
+        store: Store,
+        run_id: str,
+        link: RunLink,
+        start_event: Event | None,
+        *,
+        stay: bool = True,
+    ) -> RunDriver:
+        """A driver for ``run_id``, registered as this process's and started on the loop."""
+        driver = cls(engine, store, run_id, link, start_event, stay=stay)
+        live_runs(store)[run_id] = driver
+        driver.task = driver.loop.create_task(driver.main())
+        return driver
 
     @property
     def latest(self) -> RunState | None:
@@ -92,7 +110,7 @@ class RunDriver:
         return self._latest
 
     @property
-    def status(self) -> str:
+    def status(self) -> RunStatus:
         """The run's status as of its last durable commit (promise 9: never ahead of it)."""
         if self.final_status is not None:
             return self.final_status
@@ -116,19 +134,20 @@ class RunDriver:
     def resolve(self, result: Any, error: BaseException | None) -> None:
         self.finished = True
         self._notify_stream()
-        if self.handler.done():
+        if self.outcome.done():
             return
-        self.handler._stored_outcome = True
+        self.stored_outcome = True
         if error is not None:
-            self.handler.set_exception(error)
+            self.outcome.set_exception(error)
         else:
             value = result.result if type(result) is StopEvent else result
-            self.handler.set_result(value)
+            self.outcome.set_result(value)
 
     def _on_finish(self, cmd: i.Finish) -> None:
         """The run's final commit is durable: now the caller may learn how it ended."""
         state = self.run.state if self.run is not None else None
-        self.final_status = cmd.status if state is None else state.status
+        status = cmd.status if state is None else state.status
+        self.final_status = shown_status(cast(StateStatus, status))
         if state is not None and state.status == COMPLETED:
             self.resolve(state.result, None)
         else:
@@ -147,7 +166,7 @@ class RunDriver:
                 yield ev
                 if isinstance(ev, StopEvent):
                     return
-            if self.finished or self.handler.done():
+            if self.finished or self.outcome.done():
                 return
             if self.run is not None and self.live:
                 waiter = self.run.news()
@@ -157,17 +176,17 @@ class RunDriver:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(waiter), 0.5)
 
-    def send(self, event: Event, step: str | None) -> asyncio.Future[None]:
+    def send_event(self, event: Event, step: str | None) -> asyncio.Future[None]:
         run, committer = self.run, self.committer
         if run is not None and committer is not None and self.live:
             if committer.phase is Phase.CREATING:
                 # the run_id may be another process's: feed the event only to a run whose
                 # row exists, else it is lost with a state that never becomes the run
-                check_target(self.compiled, event, step)
+                self.engine.check_target(event, step)
                 return asyncio.ensure_future(self._send_once_created(committer, event, step))
             run.send(event, step)
             return _done_future(self.loop)
-        check_target(self.compiled, event, step)
+        self.engine.check_target(event, step)
         text = self.ser.dumps(event, f"event {type(event).__name__}")
         return asyncio.ensure_future(self._deliver(text, step))
 
@@ -193,12 +212,22 @@ class RunDriver:
         await self.store.deliver(self.run_id, text, step, limit=MAX_PENDING_EVENTS)
         self._wake.set()
 
+    def followable(self) -> bool:
+        """Another caller in this process may follow this driver rather than start a
+        second one: it still runs or waits, and its caller did not walk away from it."""
+        return not self.outcome.done() and not self.abandoned
+
+    def listen(self) -> None:
+        """Another caller in this process follows the run: keep it until it finishes."""
+        self.stay = True
+
     def listener_gone(self) -> None:
         """The handler was cancelled: finish or park the run, then let it go (never cancel it)."""
         self.stay = False
+        self.abandoned = True
         self._wake.set()
 
-    def cancel(self) -> asyncio.Future[None]:
+    def cancel_run(self) -> asyncio.Future[None]:
         run = self.run
         if run is not None and self.live and self.committer is not None:
             if self.committer.phase is Phase.CREATING:
@@ -212,23 +241,24 @@ class RunDriver:
     async def main(self) -> None:
         try:
             await self.store.open()
-            _LeaveCleanly.install(self.loop)
+            LeaveCleanly.install(self.loop)
             while True:  # attach at least once, even if the caller stopped listening
-                outcome = await self._attach_and_run()
-                if outcome == "finished" or not self.stay or self.handler.done():
+                ended = await self._attach_and_run()
+                if ended == "finished" or not self.stay or self.outcome.done():
                     return
                 await self._wait_for_wake()
-                if not self.stay or self.handler.done():
+                if not self.stay or self.outcome.done():
                     return  # the caller stopped listening: leave the run parked
         except asyncio.CancelledError:
             await self._leave()
             raise
-        except BaseException as exc:  # noqa: BLE001 - every failure reaches the handler
-            if not self.handler.done():
-                self.handler.set_exception(exc)
+        except BaseException as exc:  # noqa: BLE001 - every failure reaches the caller
+            if not self.outcome.done():
+                self.outcome.set_exception(exc)
         finally:
-            if self.store.live.get(self.run_id) is self:
-                del self.store.live[self.run_id]
+            live = live_runs(self.store)
+            if live.get(self.run_id) is self:
+                del live[self.run_id]
 
     async def _leave(self) -> None:
         """The process lets go of the run (its loop ends, SIGTERM, a worker closes): stop the
@@ -259,10 +289,10 @@ class RunDriver:
         record = await store.get(self.run_id)
         if record is None:
             raise RunNotFound(f"No run '{self.run_id}' in {store.url}.")
-        if record.workflow != self.compiled.graph.workflow:
+        if record.workflow != self.engine.name:
             raise WorkflowRuntimeError(
                 f"Run '{self.run_id}' belongs to workflow '{record.workflow}', not "
-                f"'{self.compiled.graph.workflow}'. Use another run_id."
+                f"'{self.engine.name}'. Use another run_id."
             )
         if record.finished:
             await self._replay_finished(record)
@@ -272,8 +302,8 @@ class RunDriver:
             return "busy"
         try:
             loaded = await store.load(self.run_id)
-            state = rebuild(loaded, self.workflow, self.compiled, self.ser)
-            inbox = self._decode_inbox(loaded.inbox)
+            state = rebuild(loaded, self.engine, self.ser)
+            inbox = self.decode_inbox(loaded.inbox)
             self.stream[:] = [self._decode_stream(text) for text in loaded.stream]
         except BaseException:
             with contextlib.suppress(Exception):  # another process may try at once
@@ -284,12 +314,12 @@ class RunDriver:
         first: Event | None = None
         if not loaded.entries and loaded.snapshot is None and record.start is not None:
             # created, but its first commit never landed: start it from the stored event
-            first = self.ser.loads(record.start, TypeResolver(self.compiled.graph.event_types))
+            first = self.ser.loads(record.start, TypeResolver(self.engine.graph.event_types))
         return await self._execute(
             state,
             epoch=epoch,
             seq=loaded.record.seq,
-            begin=i.Begin(time.time(), first),
+            begin=i.Begin(self.clock.now(), first),
             loaded=loaded,
             inbox=inbox,
         )
@@ -322,31 +352,31 @@ class RunDriver:
 
         Raises ``AlreadyCreated`` when the run_id is taken; the caller then attaches to it.
         """
-        store, now = self.store, time.time()
+        store, now = self.store, self.clock.now()
         start = self.ser.dumps(start_event, f"start event {type(start_event).__name__}")
         record = RunRecord(
             run_id=self.run_id,
-            workflow=self.compiled.graph.workflow,
+            workflow=self.engine.name,
             status="running",
-            fingerprint=self.compiled.fingerprint,
+            fingerprint=self.engine.fingerprint,
             owner=store.owner,
             epoch=1,
             lease_until=now + store.lease,
             start=start,
         )
-        state = self.workflow._new_state(self.run_id, values=self._initial_values())
+        state = self.engine.new_state(self.run_id, values=self._initial_values())
         return await self._execute(
             state, epoch=1, seq=0, begin=i.Begin(now, start_event), create=record
         )
 
     def _initial_values(self) -> Any:
-        values = self.ctx._detached_values
-        if values is None and self.ctx._state is not None:
-            values = self.ctx._state.values
+        values = self.link.values
+        if values is None and self.link.state is not None:
+            values = self.link.state.values
         return values
 
     def _decode_stream(self, text: str) -> Event:
-        value = self.ser.loads(text, TypeResolver(self.compiled.graph.event_types))
+        value = self.ser.loads(text, TypeResolver(self.engine.graph.event_types))
         return value if isinstance(value, Event) else Event(unreadable=value)
 
     async def _execute(
@@ -367,17 +397,17 @@ class RunDriver:
             self.ser,
             epoch=epoch,
             seq=seq,
-            strict=self.workflow._durability == "strict",
-            snapshot_every=self.snapshot_every,
+            strict=self.engine.config.durability == "strict",
+            snapshot_every=self.engine.config.snapshot_every,
+            clock=self.clock,
             create=create,
         )
         run = Runner(
-            self.workflow,
-            self.compiled,
+            self.engine,
             state,
-            self.ctx,
-            self.handler,
+            self.link,
             committer=committer,
+            outcome=self.outcome,
             stream=self.stream,  # shared across re-attachments
         )
         committer.runner = run
@@ -385,18 +415,17 @@ class RunDriver:
         self._latest = state
         self.run, self.committer = run, committer
         self._notify_stream()  # a listener that came before the run follows it now
-        self.store.live[self.run_id] = self
-        self.handler._runner = self
-        keeper = _LeaseKeeper.of(self.store, self.loop)
+        live_runs(self.store)[self.run_id] = self
+        keeper = LeaseKeeper.of(self.store, self.loop)
         keeper.runs[self.run_id] = self
         try:
             committer.snapshot_due = loaded is not None  # compact on every resume
             committer.holding = True
-            if loaded is not None and loaded.record.fingerprint != self.compiled.fingerprint:
-                committer.fingerprint = self.compiled.fingerprint  # resumed by new code
+            if loaded is not None and loaded.record.fingerprint != self.engine.fingerprint:
+                committer.fingerprint = self.engine.fingerprint  # resumed by new code
             run.feed(begin)
             if inbox:
-                self._take_inbox(inbox)
+                self.take_inbox(inbox)
             committer.holding = False
             committer.maybe_park()
             return await committer.outcome
@@ -404,13 +433,12 @@ class RunDriver:
             if keeper.runs.get(self.run_id) is self:
                 del keeper.runs[self.run_id]
             if committer.outcome.done() and not committer.outcome.cancelled():
-                self.ctx._state = run.state
-                self.ctx._runner = None
+                self.link.let_go(run.state)
 
-    def _decode_inbox(self, inbox: list[tuple[int, str, str | None]]) -> list[Message]:
+    def decode_inbox(self, inbox: list[tuple[int, str, str | None]]) -> list[Message]:
         """The inbox's events, decoded before any is taken: an event this process cannot
         read fails the load of this run (JournalCorrupted naming it), and stays stored."""
-        types = TypeResolver(self.compiled.graph.event_types)
+        types = TypeResolver(self.engine.graph.event_types)
         messages: list[Message] = []
         for msg_id, text, step in inbox:
             try:
@@ -429,7 +457,7 @@ class RunDriver:
             messages.append((msg_id, event, step))
         return messages
 
-    def _take_inbox(self, messages: list[Message]) -> None:
+    def take_inbox(self, messages: list[Message]) -> None:
         run, committer = self.run, self.committer
         assert run is not None and committer is not None
         for msg_id, event, step in messages:
@@ -437,15 +465,15 @@ class RunDriver:
                 continue  # taken already; its removal is on its way to the store
             committer.inbox_taken.add(msg_id)
             committer.inbox_done.append(msg_id)
-            run.feed(i.Cancel(time.time()) if event is None else i.Send(time.time(), event, step))
+            run.feed(i.Cancel(self.clock.now()) if event is None else i.Send(self.clock.now(), event, step))
         if committer.inbox_done and self.live:
-            run.feed(i.Checkpoint(time.time(), ""))  # commits the inbox removal
+            run.feed(i.Checkpoint(self.clock.now(), ""))  # commits the inbox removal
 
     async def _replay_finished(self, record: RunRecord) -> None:
         self.final_status = record.status
         loaded = await self.store.load(self.run_id)
         self.stream[:] = [self._decode_stream(text) for text in loaded.stream]
-        types = TypeResolver(self.compiled.graph.event_types)
+        types = TypeResolver(self.engine.graph.event_types)
         if record.status == COMPLETED and record.result is not None:
             self.resolve(self.ser.loads(record.result, types), None)
         else:
@@ -459,14 +487,14 @@ class RunDriver:
     async def _wait_for_wake(self) -> None:
         """Parked (or held by another process): wait for an event, a deadline or the end."""
         self.run = None
-        while not self.handler.done():
+        while not self.outcome.done():
             record = await self.store.get(self.run_id)
             if record is None:
                 return
             if record.finished:
                 await self._replay_finished(record)
                 return
-            now = time.time()
+            now = self.clock.now()
             if record.status == "parked" and (
                 record.inbox > 0 or (record.wake_at is not None and record.wake_at <= now)
             ):
@@ -490,111 +518,6 @@ class RunDriver:
         finally:
             woken.cancel()
             told.cancel()
-
-
-class _LeaseKeeper:
-    """Renews the leases of every run one store object drives on one loop, in one call.
-
-    It also looks for events another process put in a running run's inbox. One keeper
-    per (store, loop) instead of a task per run: a renewal costs one store call for all.
-    """
-
-    _keepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, _LeaseKeeper]] = (
-        weakref.WeakKeyDictionary()
-    )
-
-    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
-        self.store = store
-        self.runs: dict[str, RunDriver] = {}
-        self.task = loop.create_task(self._loop())
-
-    @classmethod
-    def of(cls, store: Store, loop: asyncio.AbstractEventLoop) -> _LeaseKeeper:
-        keepers = cls._keepers.setdefault(loop, {})
-        keeper = keepers.get(id(store))
-        if keeper is None or keeper.store is not store or keeper.task.done():
-            keeper = keepers[id(store)] = cls(store, loop)
-        return keeper
-
-    @classmethod
-    def drivers(cls, loop: asyncio.AbstractEventLoop) -> list[RunDriver]:
-        return [d for k in cls._keepers.get(loop, {}).values() for d in k.runs.values()]
-
-    async def _loop(self) -> None:
-        store = self.store
-        interval = min(store.lease / 3, 0.5)
-        idle = 0
-        while idle < 10:  # a keeper with nothing to keep ends after a few rounds
-            await asyncio.sleep(interval)
-            active = [
-                driver
-                for driver in list(self.runs.values())
-                if driver.live
-                and driver.committer is not None
-                and driver.committer.has_row  # a run being created has no row yet
-            ]
-            idle = 0 if active else idle + 1
-            if active:
-                with contextlib.suppress(StoreError):
-                    await self._renew(active)
-
-    async def _renew(self, active: list[RunDriver]) -> None:
-        store = self.store
-        pairs = [(d.run_id, d.committer.epoch) for d in active if d.committer is not None]
-        lost = set(await store.renew(pairs, store.owner, store.lease))
-        for driver in active:
-            if driver.run_id in lost and driver.committer is not None:
-                driver.committer.lose(
-                    LeaseLost(f"Run '{driver.run_id}' was taken over by another process.")
-                )
-        records = await asyncio.gather(*(store.get(d.run_id) for d in active))
-        for driver, record in zip(active, records, strict=True):
-            if record is not None and record.inbox > 0 and driver.live:
-                loaded = await store.load(driver.run_id)
-                try:
-                    messages = driver._decode_inbox(loaded.inbox)
-                except JournalCorrupted as exc:
-                    log.error("piton: %s", exc)
-                    continue
-                if driver.live:
-                    driver._take_inbox(messages)
-
-
-class _LeaveCleanly:
-    """On SIGTERM, hand back the leases of the runs this process drives, then die of
-    SIGTERM as the process would have (promise 12). Installed on a loop in the main
-    thread when nobody else handles SIGTERM there."""
-
-    _installed: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
-
-    @classmethod
-    def install(cls, loop: asyncio.AbstractEventLoop) -> None:
-        if loop in cls._installed or threading.current_thread() is not threading.main_thread():
-            return
-        cls._installed.add(loop)
-        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-            return  # the application handles SIGTERM itself
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signal.SIGTERM, cls._on_sigterm, loop)
-
-    @classmethod
-    def _on_sigterm(cls, loop: asyncio.AbstractEventLoop) -> None:
-        loop.create_task(cls._leave(loop))
-
-    @staticmethod
-    async def _leave(loop: asyncio.AbstractEventLoop) -> None:
-        tasks = [
-            d.handler._task
-            for d in _LeaseKeeper.drivers(loop)
-            if d.handler._task is not None and not d.handler._task.done()
-        ]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5.0)
-        loop.remove_signal_handler(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _ignore_failure(task: asyncio.Task[None]) -> None:

@@ -1,4 +1,4 @@
-"""Restoring a durable run: its fingerprint, and snapshot + journal tail -> RunState.
+"""Restoring a durable run: snapshot + journal tail -> RunState.
 
 A run stores the fingerprint of the graph it was written with, so a resume under changed
 code replays under the old graph and then checks that the current code can go on.
@@ -21,34 +21,16 @@ from piton.serde import JsonSerializer, TypeResolver
 from piton.stores.base import Loaded
 
 if TYPE_CHECKING:
-    from piton.workflow import Compiled, Workflow
+    from piton._runtime.engine import Engine
 
 
-def fingerprint(graph: Graph) -> str:
-    return json.dumps(
-        {
-            "workflow": graph.workflow,
-            "steps": {
-                name: {
-                    "accepts": sorted(type_key(t) for t in node.accepted),
-                    "workers": node.num_workers,
-                }
-                for name, node in sorted(graph.steps.items())
-            },
-        },
-        sort_keys=True,
-    )
-
-
-def rebuild(
-    loaded: Loaded, workflow: Workflow, compiled: Compiled, ser: JsonSerializer
-) -> RunState:
+def rebuild(loaded: Loaded, engine: Engine, ser: JsonSerializer) -> RunState:
     """Snapshot + journal tail -> RunState, replayed under the graph the run was written with."""
     record = loaded.record
-    graph = historical_graph(record.fingerprint, compiled, record.run_id)
-    types = TypeResolver(compiled.graph.event_types)
-    if compiled.graph.state_type is not None:
-        types.known[type_key(compiled.graph.state_type)] = compiled.graph.state_type
+    graph = historical_graph(record.fingerprint, engine, record.run_id)
+    types = TypeResolver(engine.graph.event_types)
+    if engine.graph.state_type is not None:
+        types.known[type_key(engine.graph.state_type)] = engine.graph.state_type
     if loaded.snapshot is not None:
         try:
             state = decode_run(json.loads(loaded.snapshot), graph, ser)
@@ -60,8 +42,8 @@ def rebuild(
                 f"read ({type(exc).__name__}: {exc})."
             ) from exc
     else:
-        state = RunState(run_id=record.run_id, graph=graph, timeout=workflow._timeout)
-        state.values = compiled.graph.state_type() if compiled.graph.state_type is not None else {}
+        state = RunState(run_id=record.run_id, graph=graph, timeout=engine.config.timeout)
+        state.values = engine.graph.state_type() if engine.graph.state_type is not None else {}
     for seq, text in loaded.entries:
         try:
             inp = decode_input(text, ser, types)
@@ -76,8 +58,8 @@ def rebuild(
                 "are not affected. Inspect the entry, or fail the run by hand."
             ) from exc
     state.journal.clear()
-    _check_compatible(state, compiled)
-    state.graph = compiled.graph
+    _check_compatible(state, engine)
+    state.graph = engine.graph
     return state
 
 
@@ -91,29 +73,29 @@ def _check_entry(state: RunState, inp: Any) -> None:
             )
 
 
-def historical_graph(stored: str, compiled: Compiled, run_id: str = "?") -> Graph:
-    if stored == fingerprint(compiled.graph):
-        return compiled.graph
+def historical_graph(stored: str, engine: Engine, run_id: str = "?") -> Graph:
+    if stored == engine.fingerprint:
+        return engine.graph
     try:
         fp = json.loads(stored)
     except (ValueError, RecursionError):
         fp = {}
     steps = fp.get("steps") if isinstance(fp, dict) else None
     if not steps:
-        return compiled.graph
+        return engine.graph
     try:
-        return _graph_of(steps, compiled)
+        return _graph_of(steps, engine)
     except IncompatibleWorkflowChange:
         raise
     except Exception as exc:  # noqa: BLE001 - stored data is untrusted
         raise JournalCorrupted(
-            f"Run '{run_id}' of workflow '{compiled.graph.workflow}': its stored fingerprint "
+            f"Run '{run_id}' of workflow '{engine.graph.workflow}': its stored fingerprint "
             f"cannot be read ({type(exc).__name__}: {exc})."
         ) from exc
 
 
-def _graph_of(steps: dict[str, Any], compiled: Compiled) -> Graph:
-    types = TypeResolver(compiled.graph.event_types)
+def _graph_of(steps: dict[str, Any], engine: Engine) -> Graph:
+    types = TypeResolver(engine.graph.event_types)
     nodes = {}
     for name, info in steps.items():
         accepted = []
@@ -122,10 +104,10 @@ def _graph_of(steps: dict[str, Any], compiled: Compiled) -> Graph:
             if found is None:
                 raise IncompatibleWorkflowChange(
                     f"The stored run's step '{name}' consumes event type '{key}', which the "
-                    f"current code of workflow '{compiled.graph.workflow}' no longer defines."
+                    f"current code of workflow '{engine.graph.workflow}' no longer defines."
                 )
             accepted.append(found)
-        current = compiled.graph.steps.get(name)
+        current = engine.graph.steps.get(name)
         nodes[name] = StepNode(
             name=name,
             accepted=tuple(accepted),
@@ -135,24 +117,24 @@ def _graph_of(steps: dict[str, Any], compiled: Compiled) -> Graph:
             timeout=current.timeout if current else None,
         )
     return build_graph(
-        compiled.graph.workflow, nodes, state_type=compiled.graph.state_type, validate=False
+        engine.graph.workflow, nodes, state_type=engine.graph.state_type, validate=False
     )
 
 
-def _check_compatible(state: RunState, compiled: Compiled) -> None:
+def _check_compatible(state: RunState, engine: Engine) -> None:
     needed = {ex.attempt.step for ex in state.running.values()}
     needed |= {step for step, q in state.queues.items() if q}
     needed |= {w.attempt.step for w in state.waiters.values()}
     needed |= {a.step for a in state.delayed.values()}
-    missing = sorted(needed - set(compiled.graph.steps))
+    missing = sorted(needed - set(engine.graph.steps))
     if missing:
         raise IncompatibleWorkflowChange(
             f"Run '{state.run_id}' has pending work for step(s) {', '.join(missing)}, which "
-            f"workflow '{compiled.graph.workflow}' no longer has. Restore them (or run the "
+            f"workflow '{engine.graph.workflow}' no longer has. Restore them (or run the "
             "previous code) to finish this run."
         )
     for step in needed:
-        node = compiled.graph.steps[step]
+        node = engine.graph.steps[step]
         pending = [a.envelope.event for a in state.queues.get(step, ())]
         for ev in pending:
             if type(ev) not in node.accepted:
@@ -162,4 +144,4 @@ def _check_compatible(state: RunState, compiled: Compiled) -> None:
                 )
 
 
-__all__ = ["fingerprint", "historical_graph", "rebuild"]
+__all__ = ["historical_graph", "rebuild"]

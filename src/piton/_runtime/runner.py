@@ -6,36 +6,24 @@ import asyncio
 import contextvars
 import functools
 import threading
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from piton._core import inputs as i
-from piton._core.graph import type_key
 from piton._core.reducer import reduce, retry_decision, send_refusal
-from piton._core.state import COMPLETED, FINAL, Execution, RunState
-from piton.context import (
-    Context,
-    StepContext,
-    WaitingForEvent,
-    raise_if_timed_out,
-    retry_info_of,
-)
+from piton._core.state import COMPLETED, FINAL, Execution, RunState, shown_status
+from piton._core.status import RunStatus
+from piton._runtime.clock import Timer
+from piton._runtime.engine import DONE, Done, Engine, RunLink, StepCall
+from piton._runtime.steps import StepRun, WaitingForEvent
 from piton.errors import (
     ContextSerdeError,
-    EventNotAccepted,
     TooManyPendingEvents,
     WorkflowRuntimeError,
     WorkflowTimeoutError,
 )
 from piton.events import Event, StopEvent
-from piton.retry import RetryInfo
-
-if TYPE_CHECKING:
-    from piton.decorators import StepSpec
-    from piton.handler import WorkflowHandler
-    from piton.workflow import Compiled, Workflow
 
 R = TypeVar("R")
 
@@ -91,25 +79,26 @@ class Runner:
 
     def __init__(
         self,
-        workflow: Workflow,
-        compiled: Compiled,
+        engine: Engine,
         state: RunState,
-        ctx: Context[Any],
-        handler: WorkflowHandler,
+        link: RunLink,
         committer: Committer | None = None,
+        outcome: asyncio.Future[Any] | None = None,
         stream: list[Event] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.thread = threading.get_ident()
-        self.workflow = workflow
-        self.compiled = compiled
+        self.engine = engine
+        self.clock = engine.clock
         self.state = state
-        self.ctx = ctx
-        self.handler = handler
+        self.link = link
+        # the run's result or error; a durable run's driver shares its own across runners
+        self.outcome = outcome if outcome is not None else self.loop.create_future()
+        self.task: asyncio.Task[None] | None = None
         self.committer: Committer = committer if committer is not None else InMemory()
         self._durable = committer is not None
         self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.timers: dict[str, Timer] = {}
         self.stream: list[Event] = stream if stream is not None else []
         self.done = False
         self.finish: i.Finish | None = None  # the run's end, once the reducer decided it
@@ -120,11 +109,7 @@ class Runner:
         self._durable_waits: list[tuple[int, asyncio.Future[None]]] = []
         self._wake: asyncio.Future[None] | None = None
         self._collected: list[Event] | None = None
-        self._calls: dict[str, Callable[..., Any]] = {
-            name: (spec.func.__get__(workflow) if spec.is_method else spec.func)
-            for name, spec in compiled.specs.items()
-        }
-        ctx._runner = self
+        link.run = self
         self._dispatch: dict[type[Any], Callable[[Any], None]] = {
             i.RunStep: self._run_step,
             i.CancelStep: self._cancel_step,
@@ -142,10 +127,9 @@ class Runner:
         return self.state
 
     @property
-    def status(self) -> str:
+    def status(self) -> RunStatus:
         """The run's status, as the world may see it (``new`` shows as ``queued``)."""
-        status = self.state.status
-        return "queued" if status == "new" else status
+        return shown_status(self.state.status)
 
     # -- driving the reducer ----------------------------------------------------------
 
@@ -235,16 +219,16 @@ class Runner:
 
     async def start(self, start_event: Event | None) -> None:
         try:
-            semaphore = self.workflow._run_semaphore()
+            semaphore = self.engine.run_semaphore()
             if semaphore is None:
-                self.feed(i.Begin(time.time(), start_event))
+                self.feed(i.Begin(self.clock.now(), start_event))
                 return
             await semaphore.acquire()
-            self.handler.add_done_callback(lambda _: semaphore.release())
-            self.feed(i.Begin(time.time(), start_event))
-        except Exception as exc:  # never leave the handler pending forever
-            if not self.handler.done():
-                self.handler.set_exception(exc)
+            self.outcome.add_done_callback(lambda _: semaphore.release())
+            self.feed(i.Begin(self.clock.now(), start_event))
+        except Exception as exc:  # never leave the caller waiting forever
+            if not self.outcome.done():
+                self.outcome.set_exception(exc)
 
     # -- commands ---------------------------------------------------------------------
 
@@ -289,12 +273,12 @@ class Runner:
         old = self.timers.pop(cmd.timer_id, None)
         if old is not None:
             old.cancel()
-        delay = max(cmd.deadline - time.time(), 0.0)
-        self.timers[cmd.timer_id] = self.loop.call_later(delay, self._fire, cmd.timer_id)
+        delay = max(cmd.deadline - self.clock.now(), 0.0)
+        self.timers[cmd.timer_id] = self.clock.call_later(delay, self._fire, cmd.timer_id)
 
     def _fire(self, timer_id: str) -> None:
         self.timers.pop(timer_id, None)
-        self.feed(i.TimerFired(time.time(), timer_id))
+        self.feed(i.TimerFired(self.clock.now(), timer_id))
 
     def _disarm(self, cmd: i.DisarmTimer) -> None:
         handle = self.timers.pop(cmd.timer_id, None)
@@ -317,47 +301,61 @@ class Runner:
     _finish_ticket = 0
 
     def _resolve(self, cmd: i.Finish) -> None:
-        if self.handler.done():
+        if self.outcome.done():
             return
         if cmd.status == COMPLETED:
             ev = cmd.result
             value = ev.result if type(ev) is StopEvent else ev
-            self.handler.set_result(value)
+            self.outcome.set_result(value)
         else:
             assert cmd.error is not None
-            self.handler.set_exception(cmd.error)
+            self.outcome.set_exception(cmd.error)
 
-    # -- operations from contexts -----------------------------------------------------------
+    # -- operations from contexts (any thread) ---------------------------------------------
 
     def send(self, event: Event, step: str | None) -> None:
-        self.check_target(event, step)
+        self.engine.check_target(event, step)
         self.call(lambda: self._send(event, step))
 
     def _send(self, event: Event, step: str | None) -> None:
         refusal = send_refusal(self.state, event, step)
         if refusal is not None:
             raise TooManyPendingEvents(refusal)
-        self.feed(i.Send(time.time(), event, step))
-
-    def check_target(self, event: Event, step: str | None) -> None:
-        check_target(self.compiled, event, step)
+        self.feed(i.Send(self.clock.now(), event, step))
 
     def stream_write(self, event: Event) -> None:
-        self.call(lambda: self.feed(i.StreamWrite(time.time(), event)))
+        self.call(lambda: self.feed(i.StreamWrite(self.clock.now(), event)))
 
     def set_state(self, path: str, value: Any) -> None:
-        self.call(lambda: self.feed(i.SetState(time.time(), path, value)))
+        self.call(lambda: self.feed(i.SetState(self.clock.now(), path, value)))
 
     def replace_state(self, value: Any) -> None:
-        self.call(lambda: self.feed(i.ReplaceState(time.time(), value)))
+        self.call(lambda: self.feed(i.ReplaceState(self.clock.now(), value)))
+
+    def cancel(self) -> None:
+        if not self.state.finished:
+            self.call(lambda: self.feed(i.Cancel(self.clock.now())))
+
+    def collect(self, inp: i.Collect) -> list[Event] | None:
+        """Feed a ``collect_events`` call; the events, once all expected are in."""
+        self._collected = None
+        self.feed(inp)
+        collected, self._collected = self._collected, None
+        return collected
+
+    # -- RunControl: what the handler of an in-memory run asks ---------------------------
+
+    def send_event(self, event: Event, step: str | None) -> Done:
+        self.send(event, step)
+        return DONE
+
+    def cancel_run(self) -> Done:
+        self.cancel()
+        return DONE
 
     def listener_gone(self) -> None:
         """The handler was cancelled: nobody is left to receive the result of a memory run."""
         self.cancel()
-
-    def cancel(self) -> None:
-        if not self.state.finished:
-            self.call(lambda: self.feed(i.Cancel(time.time())))
 
     async def events(self, cursor: int = 0) -> AsyncIterator[Event]:
         while True:
@@ -374,16 +372,16 @@ class Runner:
     # -- running one step ------------------------------------------------------------------
 
     async def _execute(self, ex: Execution) -> None:
-        spec = self.compiled.specs[ex.attempt.step]
+        step = self.engine.steps[ex.attempt.step]
         step_run = StepRun(self, ex)
         try:
-            result = await self._call(spec, ex, step_run)
+            result = await self._call(step, ex, step_run)
         except WaitingForEvent as w:
             self._done(ex.id)
             self._feed_outcome(
                 ex,
                 i.StepWaits(
-                    time.time(),
+                    self.clock.now(),
                     ex.id,
                     w.waiter_id,
                     w.event_type,
@@ -407,28 +405,30 @@ class Runner:
         if result is not None and not isinstance(result, Event):
             self.feed(
                 i.StepFailed(
-                    time.time(),
+                    self.clock.now(),
                     ex.id,
                     WorkflowRuntimeError(
-                        f"Step '{spec.name}' of workflow '{self.compiled.graph.workflow}' "
-                        f"returned {result!r} (a {type(result).__qualname__}); a step must "
-                        "return an Event or None."
+                        f"Step '{step.name}' of workflow '{self.engine.name}' returned "
+                        f"{result!r} (a {type(result).__qualname__}); a step must return an "
+                        "Event or None."
                     ),
                 )
             )
             return
-        self._feed_outcome(ex, i.StepDone(time.time(), ex.id, result, step_run.take_sends()))
+        self._feed_outcome(
+            ex, i.StepDone(self.clock.now(), ex.id, result, step_run.take_sends())
+        )
 
     def _feed_outcome(self, ex: Execution, outcome: i.StepDone | i.StepWaits) -> None:
         """Feed a step's outcome; one that cannot be stored fails the step instead."""
         try:
             self.feed(outcome)
         except ContextSerdeError as exc:
-            self.feed(i.StepFailed(time.time(), ex.id, exc))
+            self.feed(i.StepFailed(self.clock.now(), ex.id, exc))
 
     def _failed(self, ex: Execution, exc: Exception) -> None:
         """Decide now whether to retry (the policy is user code) and record the decision."""
-        at = time.time()
+        at = self.clock.now()
         try:
             delay = retry_decision(self.state, ex.id, exc, at)
         except Exception as policy_error:  # noqa: BLE001 - a broken policy ends the retries
@@ -439,29 +439,28 @@ class Runner:
     def _done(self, exec_id: str) -> None:
         self.tasks.pop(exec_id, None)
 
-    async def _call(self, spec: StepSpec, ex: Execution, step_run: StepRun) -> Any:
-        kwargs: dict[str, Any] = {spec.event_param: ex.attempt.envelope.event}
-        if spec.ctx_param is not None:
-            kwargs[spec.ctx_param] = step_run.ctx
-        if spec.resources:
-            resources = self.workflow._resources()
-            for name, resource in spec.resources:
+    async def _call(self, step: StepCall, ex: Execution, step_run: StepRun) -> Any:
+        kwargs: dict[str, Any] = {step.event_param: ex.attempt.envelope.event}
+        if step.ctx_param is not None:
+            kwargs[step.ctx_param] = step_run.ctx
+        if step.resources:
+            resources = self.engine.resources
+            for name, resource in step.resources:
                 kwargs[name] = await resources.get(resource)
-        fn = self._calls[spec.name]
-        timeout = spec.options.timeout
-        if spec.is_async:
-            if timeout is None:
+        fn = step.fn
+        if step.is_async:
+            if step.timeout is None:
                 return await fn(**kwargs)
-            return await self._timed(spec, fn(**kwargs))
+            return await self._timed(step, fn(**kwargs))
         call = functools.partial(contextvars.copy_context().run, fn, **kwargs)
-        future = self.loop.run_in_executor(self.workflow._executor(), call)
-        if timeout is None:
+        future = self.loop.run_in_executor(self.engine.executor(), call)
+        if step.timeout is None:
             return await future
-        return await self._timed(spec, future)
+        return await self._timed(step, future)
 
-    async def _timed(self, spec: StepSpec, body: Awaitable[Any]) -> Any:
+    async def _timed(self, step: StepCall, body: Awaitable[Any]) -> Any:
         """Await a step body under its ``timeout=``; a TimeoutError of its own passes as is."""
-        scope = asyncio.timeout(spec.options.timeout)
+        scope = asyncio.timeout(step.timeout)
         try:
             async with scope:
                 return await body
@@ -469,135 +468,10 @@ class Runner:
             if not scope.expired():
                 raise
             raise WorkflowTimeoutError(
-                f"Step '{spec.name}' of workflow '{self.compiled.graph.workflow}' timed out "
-                f"after {spec.options.timeout} seconds."
+                f"Step '{step.name}' of workflow '{self.engine.name}' timed out after "
+                f"{step.timeout} seconds."
             ) from exc
-
-
-def check_target(compiled: Compiled, event: Event, step: str | None) -> None:
-    """Refuse a send that no run of this workflow could take, naming what is wrong."""
-    if not isinstance(event, Event):
-        raise WorkflowRuntimeError(
-            f"send_event() takes an Event, got {type(event).__qualname__}."
-        )
-    if step is None:
-        if not compiled.waits.open and type(event) not in compiled.known_events:
-            raise EventNotAccepted(
-                f"send_event({type(event).__name__}(...)): workflow "
-                f"'{compiled.graph.workflow}' does not know this event type: no step consumes "
-                "it, returns it or waits for it with ctx.wait_for_event(). Send an event a "
-                "step accepts, add a step that accepts it, or name the type in a "
-                "wait_for_event() call."
-            )
-        return
-    spec = compiled.specs.get(step)
-    if spec is None:
-        raise WorkflowRuntimeError(
-            f"send_event(step={step!r}): workflow '{compiled.graph.workflow}' has no "
-            f"such step. Steps: {', '.join(sorted(compiled.specs))}."
-        )
-    if type(event) not in spec.accepted:
-        raise WorkflowRuntimeError(
-            f"send_event(step={step!r}): the step does not accept {type(event).__name__} "
-            f"(it accepts {', '.join(t.__name__ for t in spec.accepted)})."
-        )
 
 
 async def _as_coro(fn: Callable[[], R]) -> R:
     return fn()
-
-
-class StepRun:
-    """One execution of a step, as seen from inside it (``ctx`` forwards here)."""
-
-    __slots__ = ("count", "ctx", "ex", "runner", "sends", "sleeps", "written")
-
-    def __init__(self, runner: Runner, ex: Execution) -> None:
-        self.runner = runner
-        self.ex = ex
-        self.sends: list[tuple[int, Any, str | None]] = []
-        self.count = 0
-        self.sleeps = 0
-        self.written = 0
-        self.ctx: StepContext[Any] = StepContext(runner.ctx, self)
-
-    def send(self, event: Event, step: str | None) -> None:
-        self.runner.check_target(event, step)
-        self.sends.append((self.count, event, step))
-        self.count += 1
-
-    def stream_write(self, event: Event) -> None:
-        index, self.written = self.written, self.written + 1
-        ex_id = self.ex.id
-        runner = self.runner
-        runner.call(lambda: runner.feed(i.StreamWrite(time.time(), event, ex_id, index)))
-
-    def take_sends(self) -> tuple[tuple[int, Any, str | None], ...]:
-        sends = tuple(self.sends)
-        self.sends.clear()
-        return sends
-
-    def collect(
-        self, ev: Event, expected: list[type[Event]], buffer_id: str | None
-    ) -> list[Event] | None:
-        if buffer_id is None:  # cheap to derive: collect_events runs once per event
-            first = expected[0].__qualname__ if expected else ""  # not __main__-bound
-            buffer_id = f"{self.ex.attempt.step}:{first}*{len(expected)}"
-        bid = buffer_id
-
-        def go() -> list[Event] | None:
-            runner = self.runner
-            runner._collected = None
-            runner.feed(i.Collect(time.time(), self.ex.id, ev, expected, bid))
-            return runner._collected
-
-        return self.runner.call(go)
-
-    async def wait_for_event(
-        self,
-        event_type: type[Any],
-        waiter_event: Event | None,
-        waiter_id: str | None,
-        requirements: dict[str, Any] | None,
-        timeout: float | None,
-    ) -> Any:
-        requirements = dict(requirements or {})
-        resolved_by = self.ex.attempt.resolved
-        if waiter_id is None:
-            # named by the type's qualname, not its module: a run started by `python app.py`
-            # (module __main__) resumes in a worker that imports `app`
-            reqs = ",".join(f"{k}={v!r}" for k, v in sorted(requirements.items()))
-            at = self.ex.attempt.envelope.id
-            waiter_id = f"waiter:{event_type.__qualname__}:{reqs}:{at}"
-            legacy = f"waiter:{type_key(event_type)}:{reqs}:{at}"  # piton 0.1 runs
-            if legacy in resolved_by and waiter_id not in resolved_by:
-                waiter_id = legacy
-        resolved = resolved_by.get(waiter_id)
-        if resolved is None:
-            raise WaitingForEvent(waiter_id, event_type, requirements, waiter_event, timeout)
-        raise_if_timed_out(resolved, event_type, waiter_id)
-        return resolved
-
-    async def sleep(self, seconds: float, sleep_id: str | None) -> None:
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
-            raise WorkflowRuntimeError(
-                f"ctx.sleep() needs a number of seconds >= 0, got {seconds!r}."
-            )
-        if sleep_id is None:
-            sleep_id = f"sleep:{self.sleeps}:{self.ex.attempt.envelope.id}"
-            self.sleeps += 1
-        if sleep_id in self.ex.attempt.resolved:
-            return
-        raise WaitingForEvent(sleep_id, None, {}, None, float(seconds))
-
-    def retry_info(self) -> RetryInfo:
-        a = self.ex.attempt
-        return retry_info_of(
-            a.retry_number, a.first_at, a.last_error, a.last_failed_at, time.time()
-        )
-
-    async def checkpoint(self) -> None:
-        """Commit the state and sends so far; return once that commit is durable."""
-        sends = self.take_sends()
-        self.runner.feed(i.Checkpoint(time.time(), self.ex.id, sends))
-        await self.runner.until_durable()

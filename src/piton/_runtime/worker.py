@@ -6,55 +6,53 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from piton._runtime.clock import SYSTEM_CLOCK, Clock
+from piton._runtime.durable import RunDriver
+from piton._runtime.engine import Engine
+from piton._runtime.live import live_runs
 from piton.errors import WorkflowConfigurationError
 from piton.stores.base import Store, open_store
-
-if TYPE_CHECKING:
-    from piton.handler import WorkflowHandler
-    from piton.workflow import Workflow
-
 
 log = logging.getLogger("piton.worker")
 
 
-class Worker:
-    """Works on every runnable run of ``workflows`` in ``store`` until closed.
-
-        async with Worker("sqlite:///runs.db", workflows=[Convert]):
-            await asyncio.sleep(3600)
+class RunWorker:
+    """Works on every runnable run of the ``engines``' workflows in ``store`` until closed.
 
     Unfinished runs are resumed at start (their owner crashed, or its lease expired);
     parked runs are woken when an event arrives in their inbox or their deadline
     passes. Closing the worker leaves its runs parked or resumable, never cancelled.
+    ``clock`` is the run time asked of the store for due runs (the engines' clock).
     """
 
     def __init__(
         self,
         store: Store | str,
-        workflows: Iterable[Workflow | type[Workflow]],
+        engines: Iterable[Engine],
         *,
         poll_interval: float = 0.5,
+        clock: Clock | None = None,
     ) -> None:
-        from piton.workflow import Workflow
-
         self.store = open_store(store)
         self.poll_interval = poll_interval
-        self.workflows: dict[str, Workflow] = {}
-        for w in workflows:
-            instance = w() if isinstance(w, type) else w
-            if not isinstance(instance, Workflow):
-                raise WorkflowConfigurationError(f"Worker takes workflows, got {w!r}.")
-            instance._store_arg = self.store
-            self.workflows[instance.workflow_name] = instance
+        self.engines: dict[str, Engine] = {}
+        for engine in engines:
+            if engine.name in self.engines and self.engines[engine.name] is not engine:
+                raise WorkflowConfigurationError(
+                    f"Two workflows named '{engine.name}' were given to one worker; a run "
+                    "names its workflow, so the worker could not tell which one runs it."
+                )
+            self.engines[engine.name] = engine
+        clocks = {id(e.clock): e.clock for e in self.engines.values()}
+        self.clock = clock or (next(iter(clocks.values())) if len(clocks) == 1 else SYSTEM_CLOCK)
         self._task: asyncio.Task[None] | None = None
         self._runs: dict[str, asyncio.Task[Any]] = {}
         self._idle = asyncio.Event()
 
-    async def __aenter__(self) -> Worker:
+    async def __aenter__(self) -> RunWorker:
         await self.start()
         return self
 
@@ -69,16 +67,16 @@ class Worker:
     async def poll(self) -> int:
         """Take every run that is runnable now; return how many were started."""
         started = 0
-        for record in await self.store.runnable(list(self.workflows), time.time()):
-            if record.run_id in self.store.live or record.run_id in self._runs:
+        live = live_runs(self.store)
+        for record in await self.store.runnable(list(self.engines), self.clock.now()):
+            if record.run_id in live or record.run_id in self._runs:
                 continue
-            workflow = self.workflows[record.workflow]
-            handler = workflow._attach(record.run_id, stay=False)
-            task = handler._task
+            driver = self.engines[record.workflow].attach(self.store, record.run_id, stay=False)
+            task = driver.task
             assert task is not None
             self._runs[record.run_id] = task
             task.add_done_callback(functools.partial(self._forget, record.run_id))
-            handler.add_done_callback(functools.partial(_report, record.run_id))
+            driver.outcome.add_done_callback(functools.partial(_report, driver))
             started += 1
         return started
 
@@ -124,17 +122,19 @@ class Worker:
                 await asyncio.wait_for(self._idle.wait(), timeout)
 
 
-def _report(run_id: str, handler: WorkflowHandler) -> None:
+def _report(driver: RunDriver, outcome: asyncio.Future[Any]) -> None:
     """A run's own failure is stored with the run; a failure to load or drive it is logged.
 
     A run the worker could not load keeps its lease until it expires, then is tried again
     (by this or another worker): the lease is the back-off.
     """
-    if handler.cancelled():
+    if outcome.cancelled():
         return
-    exc = handler.exception()
-    if exc is not None and not handler._stored_outcome:
-        log.error("piton worker: run %r could not be resumed: %s", run_id, exc, exc_info=exc)
+    exc = outcome.exception()
+    if exc is not None and not driver.stored_outcome:
+        log.error(
+            "piton worker: run %r could not be resumed: %s", driver.run_id, exc, exc_info=exc
+        )
 
 
-__all__ = ["Worker"]
+__all__ = ["RunWorker"]

@@ -1,0 +1,136 @@
+"""Compilation: a Workflow class -> its step specs and graph; an instance -> its Engine.
+
+A class compiles once (cached on the class, per validation setting). Each instance gets
+one :class:`~piton._runtime.engine.Engine`: the compiled graph, its steps bound to the
+instance, the resource cache and a frozen run configuration. The runtime reads only that.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from ._core.graph import Graph, StepNode, build_graph
+from ._runtime.engine import Engine, RunConfig, RunLink, StepCall
+from ._waits import OPEN, Waits, merge, scan
+from .decorators import STEP_ATTR, StepOptions, StepSpec, _Unresolved, build_spec
+from .errors import WorkflowValidationError
+from .resource import ResourceManager
+
+if TYPE_CHECKING:
+    from .workflow import Workflow
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A workflow class's steps and graph, built once and cached."""
+
+    specs: dict[str, StepSpec]
+    graph: Graph
+    waits: Waits = OPEN  # the event types steps wait for (read from their source)
+
+    @functools.cached_property
+    def known_events(self) -> frozenset[type[Any]]:
+        """Event types a send may carry: consumed, returned or waited for by a step."""
+        return frozenset(self.graph.event_types.values()) | self.waits.types
+
+
+def build_engine(
+    workflow: Workflow, compiled: Compiled, config: RunConfig, new_link: Callable[[], RunLink]
+) -> Engine:
+    """The Engine of one workflow instance: its steps bound to it, its own resources."""
+    steps = {
+        name: StepCall(
+            name=name,
+            fn=spec.func.__get__(workflow) if spec.is_method else spec.func,
+            is_async=spec.is_async,
+            event_param=spec.event_param,
+            accepted=spec.accepted,
+            ctx_param=spec.ctx_param,
+            resources=spec.resources,
+            timeout=spec.options.timeout,
+            num_workers=spec.num_workers,
+        )
+        for name, spec in compiled.specs.items()
+    }
+    return Engine(
+        graph=compiled.graph,
+        steps=steps,
+        config=config,
+        resources=ResourceManager(),
+        known_events=compiled.known_events,
+        new_link=new_link,
+        accepts_any_event=compiled.waits.open,
+    )
+
+
+def compile_workflow(cls: type[Workflow], *, validate: bool) -> Compiled:
+    """Read the steps of ``cls`` (and steps added to it) into specs, a graph and waits."""
+    specs: dict[str, StepSpec] = {}
+    module = sys.modules.get(cls.__module__)
+    localns = dict(vars(module)) if module is not None else {}
+    localns.update(vars(cls))
+    localns.setdefault(cls.__name__, cls)
+    added = _added(cls)
+    for name, func in cls._step_functions().items():
+        options: StepOptions = getattr(func, STEP_ATTR)
+        is_method = func not in added
+        try:
+            spec = build_spec(
+                func, options, is_method=is_method, owner=cls.__name__, localns=localns
+            )
+        except _Unresolved as exc:
+            raise WorkflowValidationError(
+                f"{exc}. Define the types a step's annotations name before the workflow runs."
+            ) from exc
+        specs[name] = spec
+    state_types = {s.state_type for s in specs.values() if s.state_type is not None}
+    if len(state_types) > 1:
+        raise WorkflowValidationError(
+            f"Workflow '{cls.__name__}': steps declare different state types "
+            f"({', '.join(sorted(t.__name__ for t in state_types))}); use one Context[State] type."
+        )
+    state_type = next(iter(state_types), None)
+    if state_type is not None:
+        _check_state_type(cls.__name__, state_type)
+    nodes = {
+        name: StepNode(
+            name=name,
+            accepted=spec.accepted,
+            returns=spec.returns,
+            num_workers=spec.num_workers,
+            retry_policy=spec.options.retry_policy,
+            timeout=spec.options.timeout,
+        )
+        for name, spec in specs.items()
+    }
+    graph = build_graph(cls.__name__, nodes, state_type=state_type, validate=validate)
+    waits = merge([scan(spec.func, spec.ctx_param, localns) for spec in specs.values()])
+    return Compiled(specs=specs, graph=graph, waits=waits)
+
+
+def _check_state_type(workflow: str, state_type: type[Any]) -> None:
+    if not (isinstance(state_type, type) and issubclass(state_type, BaseModel)):
+        raise WorkflowValidationError(
+            f"Workflow '{workflow}': Context[{getattr(state_type, '__name__', state_type)}] needs "
+            "a pydantic BaseModel subclass as its state type."
+        )
+    try:
+        state_type()
+    except ValidationError as exc:
+        raise WorkflowValidationError(
+            f"Workflow '{workflow}': the state model {state_type.__name__} must be constructible "
+            f"without arguments (give every field a default): {exc}"
+        ) from exc
+
+
+def _added(cls: type[Workflow]) -> set[Callable[..., Any]]:
+    return {f for klass in cls.__mro__ for f in vars(klass).get("_piton_added_steps", {}).values()}
+
+
+__all__ = ["Compiled", "build_engine", "compile_workflow"]
