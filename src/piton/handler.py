@@ -30,11 +30,12 @@ class WorkflowHandler(asyncio.Future[Any]):
         control.outcome.add_done_callback(self._take_outcome)
 
     def _take_outcome(self, outcome: asyncio.Future[Any]) -> None:
+        error = None if outcome.cancelled() else outcome.exception()  # retrieved either way
         if self.done():
             return
         if outcome.cancelled():
             self.cancel()
-        elif (error := outcome.exception()) is not None:
+        elif error is not None:
             self.set_exception(error)
         else:
             self.set_result(outcome.result())

@@ -32,7 +32,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlparse, urlsplit, urlunsplit
 
 from piton._core.status import FINAL_STATUSES, PARKED, QUEUED, RUNNING, STATUSES, RunStatus
@@ -111,11 +110,6 @@ class CommitRequest:
         )
 
 
-# The runs this process is driving, per database (see Store.identity): two store objects
-# on one database must not both drive a run, since they share the process's owner id.
-_LIVE: dict[str, dict[str, Any]] = {}
-
-
 class Store(ABC):
     """A place where runs are kept. Create one, ``await store.open()``, share it."""
 
@@ -127,13 +121,9 @@ class Store(ABC):
 
     @property
     def identity(self) -> str:
-        """Names the database: store objects with one identity share their live runs."""
+        """Names the database: the runtime drives a run once per identity, whichever store
+        object on that database a caller used."""
         return f"{type(self).__name__}@{id(self)}"
-
-    @property
-    def live(self) -> dict[str, Any]:
-        """run_id -> the RunDriver driving it in this process, whichever store object it used."""
-        return _LIVE.setdefault(self.identity, {})
 
     @classmethod
     def from_url(cls, url: str) -> Store:
