@@ -14,6 +14,10 @@ few tenths of a second where expiry matters), closes the store, and raises
 ``AssertionError`` naming the first check that failed. Every check uses its own run ids
 and workflow names, so a backend shared with other data still passes, except that the
 last check, ``prune``, deletes every finished run older than a fraction of a second.
+
+``FakeClock`` is a clock that moves only when a test says so: give it to a workflow
+(``MyFlow(clock=clock)``) and an hour's ``ctx.sleep`` or a day's ``wait_for_event``
+time-out passes in no time (``await clock.advance(3600)``, or ``await clock.next()``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any
 
 from piton._core.status import RunStatus
 from piton._runtime import faults
+from piton._runtime.clock import FakeClock
 from piton._runtime.stuck import recording_stores, stuck_report
 from piton.errors import LeaseLost, RunNotFound, TooManyPendingEvents
 from piton.stores.base import CommitRequest, RunRecord, Store, is_runnable, may_claim
@@ -604,4 +609,10 @@ async def dead_process_owner() -> str:
     return out.decode().strip()
 
 
-__all__ = ["check_store", "crash_after_commit", "dead_process_owner", "no_stuck_runs"]
+__all__ = [
+    "FakeClock",
+    "check_store",
+    "crash_after_commit",
+    "dead_process_owner",
+    "no_stuck_runs",
+]

@@ -86,14 +86,19 @@ class FakeClock:
         return self._now
 
     def call_later(self, delay: float, callback: Callable[..., None], *args: Any) -> Timer:
-        timer = _FakeTimer(self._now + max(float(delay), 0.0), callback, args)
+        if delay <= 0:  # due already (a resumed run's past deadline): no need to advance
+            return asyncio.get_running_loop().call_soon(callback, *args)
+        timer = _FakeTimer(self._now + float(delay), callback, args)
         heapq.heappush(self._timers, (timer.deadline, next(self._order), timer))
         return timer
 
     async def sleep(self, seconds: float) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.call_later(seconds, _resolve, future)
-        await future
+        timer = self.call_later(seconds, _resolve, future)
+        try:
+            await future
+        finally:
+            timer.cancel()  # a sleep given up is no deadline for next() to jump to
 
     @property
     def pending(self) -> list[float]:

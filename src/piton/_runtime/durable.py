@@ -26,6 +26,7 @@ from piton._core.state import (
     shown_status,
 )
 from piton._core.status import RunStatus
+from piton._runtime.clock import SYSTEM_CLOCK
 from piton._runtime.committer import AlreadyCreated, DurableCommitter, Phase
 from piton._runtime.engine import Engine, RunLink
 from piton._runtime.live import LeaseKeeper, LeaveCleanly, live_runs
@@ -361,7 +362,7 @@ class RunDriver:
             fingerprint=self.engine.fingerprint,
             owner=store.owner,
             epoch=1,
-            lease_until=now + store.lease,
+            lease_until=SYSTEM_CLOCK.now() + store.lease,  # leases are real time
             start=start,
         )
         state = self.engine.new_state(self.run_id, values=self._initial_values())
@@ -465,7 +466,8 @@ class RunDriver:
                 continue  # taken already; its removal is on its way to the store
             committer.inbox_taken.add(msg_id)
             committer.inbox_done.append(msg_id)
-            run.feed(i.Cancel(self.clock.now()) if event is None else i.Send(self.clock.now(), event, step))
+            now = self.clock.now()
+            run.feed(i.Cancel(now) if event is None else i.Send(now, event, step))
         if committer.inbox_done and self.live:
             run.feed(i.Checkpoint(self.clock.now(), ""))  # commits the inbox removal
 
@@ -487,7 +489,7 @@ class RunDriver:
     async def _wait_for_wake(self) -> None:
         """Parked (or held by another process): wait for an event, a deadline or the end."""
         self.run = None
-        while not self.outcome.done():
+        while self.stay and not self.outcome.done():  # until its caller walks away
             record = await self.store.get(self.run_id)
             if record is None:
                 return
@@ -499,25 +501,31 @@ class RunDriver:
                 record.inbox > 0 or (record.wake_at is not None and record.wake_at <= now)
             ):
                 return
-            if record.status != "parked" and may_claim(record, self.store.owner, now):
+            # a lease is real time (the store's), not run time
+            if record.status != "parked" and may_claim(
+                record, self.store.owner, SYSTEM_CLOCK.now()
+            ):
                 return
-            timeout = 1.0
+            due_in = None
             if record.status == "parked" and record.wake_at is not None:
-                timeout = min(timeout, max(record.wake_at - now, 0.0))
+                due_in = max(record.wake_at - now, 0.0)
             self._wake.clear()
-            await self._sleep_until_woken(timeout)
+            await self._sleep_until_woken(1.0, due_in)
 
-    async def _sleep_until_woken(self, timeout: float) -> None:
+    async def _sleep_until_woken(self, poll: float, due_in: float | None) -> None:
         """Until this process sends the run something, the store says another process did,
-        or ``timeout`` passes."""
+        the run's deadline comes (``due_in`` seconds of run time), or ``poll`` seconds pass."""
         woken = self.loop.create_task(self._wake.wait())
-        told = self.loop.create_task(self.store.wait_for_work(timeout))
+        told = self.loop.create_task(self.store.wait_for_work(poll))
         told.add_done_callback(_ignore_failure)  # a store that cannot listen: we poll anyway
+        waits = {woken, told}
+        if due_in is not None:
+            waits.add(self.loop.create_task(self.clock.sleep(due_in)))
         try:
-            await asyncio.wait({woken, told}, timeout=timeout, return_when="FIRST_COMPLETED")
+            await asyncio.wait(waits, timeout=poll, return_when="FIRST_COMPLETED")
         finally:
-            woken.cancel()
-            told.cancel()
+            for task in waits:
+                task.cancel()
 
 
 def _ignore_failure(task: asyncio.Task[None]) -> None:
