@@ -151,3 +151,42 @@ async def test_a_durable_wait_time_out_fires_on_the_fake_clock(store_url: Any) -
     assert await asyncio.wait_for(handler, 10) == "nobody answered"
 
 
+
+
+class Approve(Workflow):
+    @step
+    async def ask(self, ev: StartEvent, ctx: Context) -> StopEvent:
+        answer = await ctx.wait_for_event(HumanResponseEvent)
+        return StopEvent(result=answer.response)
+
+
+async def test_a_send_to_a_restored_context_before_its_run_begins_is_not_lost() -> None:
+    """The context was saved, kept for longer than the run's time-out (days, on the fake
+    clock), restored and sent to at once: the send goes in after the run's Begin, and the
+    time the payload was kept is not run time."""
+    clock = FakeClock()
+    first = Approve(timeout=45, clock=clock).run()
+    await clock.advance(0)
+    saved = first.ctx.to_dict()
+    await first.cancel_run()
+    with pytest.raises(Exception, match="cancel"):
+        await first
+    await clock.advance(3 * DAY)
+    w = Approve(timeout=45, clock=clock)
+    handler = w.run(ctx=Context.from_dict(w, saved))
+    await handler.send_event(HumanResponseEvent(response="approved"))
+    assert await asyncio.wait_for(handler, 5) == "approved"
+
+
+async def test_a_send_while_a_run_waits_for_a_slot_is_fed_after_its_begin() -> None:
+    """num_concurrent_runs=1: the second run waits for the first; what is sent to it
+    meanwhile reaches it once it begins, not before."""
+    w = Approve(timeout=None, num_concurrent_runs=1)
+    first = w.run()
+    second = w.run()
+    await second.send_event(HumanResponseEvent(response="second"))
+    await asyncio.sleep(0.05)
+    assert not second.done()
+    await first.send_event(HumanResponseEvent(response="first"))
+    assert await asyncio.wait_for(first, 5) == "first"
+    assert await asyncio.wait_for(second, 5) == "second"

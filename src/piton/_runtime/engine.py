@@ -196,7 +196,7 @@ class Engine:
         from piton._runtime.runner import Runner
 
         runner = Runner(self, state, link)
-        runner.task = asyncio.get_running_loop().create_task(runner.start(start_event))
+        runner.start(start_event)
         return runner
 
     def attach(

@@ -136,6 +136,9 @@ class Runner:
     def feed(self, inp: i.Input) -> None:
         committer = self.committer
         if not self._durable:  # in memory: the reducer and its commands, nothing else
+            if self._unbegun is not None and type(inp) is not i.Begin:
+                self._unbegun.append(inp)  # waiting for a run slot: after the Begin
+                return
             _, cmds = reduce(self.state, inp)
             dispatch = self._dispatch
             for cmd in cmds:
@@ -217,18 +220,35 @@ class Runner:
         future = asyncio.run_coroutine_threadsafe(_as_coro(fn), self.loop)
         return future.result()
 
-    async def start(self, start_event: Event | None) -> None:
+    def start(self, start_event: Event | None) -> None:
+        """Begin an in-memory run: at once, or once ``num_concurrent_runs`` lets it run.
+
+        Whatever reaches the run before its Begin (a send to a restored context, a state
+        write) is fed after it, in order."""
         try:
             semaphore = self.engine.run_semaphore()
             if semaphore is None:
                 self.feed(i.Begin(self.clock.now(), start_event))
                 return
+        except Exception as exc:  # never leave the caller waiting forever
+            self.outcome.set_exception(exc)
+            return
+        self._unbegun = []
+        self.task = self.loop.create_task(self._start_when_free(semaphore, start_event))
+
+    async def _start_when_free(self, semaphore: asyncio.Semaphore, start: Event | None) -> None:
+        try:
             await semaphore.acquire()
             self.outcome.add_done_callback(lambda _: semaphore.release())
-            self.feed(i.Begin(self.clock.now(), start_event))
+            early, self._unbegun = self._unbegun or [], None
+            self.feed(i.Begin(self.clock.now(), start))
+            for inp in early:
+                self.feed(inp)
         except Exception as exc:  # never leave the caller waiting forever
             if not self.outcome.done():
                 self.outcome.set_exception(exc)
+
+    _unbegun: list[i.Input] | None = None
 
     # -- commands ---------------------------------------------------------------------
 
