@@ -19,9 +19,8 @@ from pydantic import BaseModel, ConfigDict
 from ._core import paths
 from ._core.state import RunState
 from ._run_codec import decode_run, encode_run
-from ._runtime.engine import RunLink
-from ._runtime.runner import Runner
-from ._runtime.steps import StepRun, WaitingForEvent
+from ._runtime.engine import LiveRun, RunLink, StepControl
+from ._runtime.steps import WaitingForEvent
 from .errors import (
     ContextSerdeError,
     PitonError,
@@ -140,7 +139,7 @@ class Context(Generic[StateT]):
         )
         self._store: StateStore[StateT] = StateStore(self)
 
-    def _for_step(self, step_run: StepRun) -> StepContext[StateT]:
+    def _for_step(self, step_run: StepControl) -> StepContext[StateT]:
         return StepContext(self, step_run)
 
     @property
@@ -217,7 +216,7 @@ class Context(Generic[StateT]):
         run = self._link.run
         return run is not None and not run.state.finished
 
-    def _live(self, what: str) -> Runner:
+    def _live(self, what: str) -> LiveRun:
         run = self._link.run
         if run is None or run.state.finished:
             raise WorkflowRuntimeError(
@@ -235,7 +234,7 @@ class Context(Generic[StateT]):
         if event is not None:
             self._live("write_event_to_stream").stream_write(event)
 
-    def _step_only(self, what: str) -> StepRun:
+    def _step_only(self, what: str) -> StepControl:
         raise WorkflowRuntimeError(f"ctx.{what}() can only be called inside a step.")
 
     def collect_events(
@@ -384,13 +383,13 @@ def _json_value(text: str | bytes, what: str) -> Any:
 class StepContext(Context[StateT]):
     """The context a step receives: the run's context plus its own execution."""
 
-    def __init__(self, parent: Context[StateT], step_run: StepRun) -> None:
+    def __init__(self, parent: Context[StateT], step_run: StepControl) -> None:
         self._workflow = parent._workflow
         self._link = parent._link  # the run's: its state, its runner, its edit lock
         self._store = parent._store
         self._step_run = step_run
 
-    def _step_only(self, what: str) -> StepRun:
+    def _step_only(self, what: str) -> StepControl:
         return self._step_run
 
     def send_event(self, event: Event, step: str | None = None) -> None:

@@ -26,12 +26,12 @@ from piton._core.status import RunStatus
 from piton._runtime.clock import SYSTEM_CLOCK, Clock
 from piton.errors import EventNotAccepted, WorkflowRuntimeError
 from piton.events import Event
+from piton.retry import RetryInfo
 from piton.serde import JsonSerializer
 
 if TYPE_CHECKING:
     from piton._runtime.durable import RunDriver
     from piton._runtime.runner import Runner
-    from piton._runtime.steps import StepRun
     from piton.stores.base import Store
 
 Durability = Literal["fast", "strict"]
@@ -78,7 +78,7 @@ class RunLink:
     """
 
     serializer: JsonSerializer
-    for_step: Callable[[StepRun], Any]  # the ``ctx`` a step receives
+    for_step: Callable[[StepControl], Any]  # the ``ctx`` a step receives
     run: Runner | None = None
     state: RunState | None = None
     values: Any = None
@@ -91,6 +91,51 @@ class RunLink:
     def let_go(self, state: RunState) -> None:
         """The run stops being driven here; the context keeps showing its last state."""
         self.state, self.run = state, None
+
+
+class LiveRun(Protocol):
+    """What a ``Context`` asks of the run it shows (a ``Runner``); callable from any
+    thread (sync steps run in worker threads)."""
+
+    state: RunState
+    done: bool
+
+    def send(self, event: Event, step: str | None) -> None: ...
+
+    def stream_write(self, event: Event) -> None: ...
+
+    def set_state(self, path: str, value: Any) -> None: ...
+
+    def replace_state(self, value: Any) -> None: ...
+
+    def call(self, fn: Callable[[], Any]) -> Any: ...
+
+
+class StepControl(Protocol):
+    """What a step's ``ctx`` forwards to (its execution's ``StepRun``)."""
+
+    def send(self, event: Event, step: str | None) -> None: ...
+
+    def stream_write(self, event: Event) -> None: ...
+
+    def collect(
+        self, ev: Event, expected: list[type[Event]], buffer_id: str | None
+    ) -> list[Event] | None: ...
+
+    async def wait_for_event(
+        self,
+        event_type: type[Any],
+        waiter_event: Event | None,
+        waiter_id: str | None,
+        requirements: dict[str, Any] | None,
+        timeout: float | None,
+    ) -> Any: ...
+
+    async def sleep(self, seconds: float, sleep_id: str | None) -> None: ...
+
+    def retry_info(self) -> RetryInfo: ...
+
+    async def checkpoint(self) -> None: ...
 
 
 class RunControl(Protocol):
@@ -252,6 +297,8 @@ __all__ = [
     "Engine",
     "RunConfig",
     "RunControl",
+    "LiveRun",
     "RunLink",
     "StepCall",
+    "StepControl",
 ]
