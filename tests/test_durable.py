@@ -1,4 +1,11 @@
-"""Durable runs on SQLite: idempotent run ids, parking, sleep, recovery, serde, compaction."""
+"""Durable runs: idempotent run ids, parking, sleep, recovery, serde, compaction.
+
+Every test runs on each backend (memory, sqlite, postgres, redis) through the ``store_url``
+fixture (tests/conftest.py), in a store of its own. "Another process" is played in this
+process by another store object on the same URL (``open_store(store_url)``), or by an
+event loop of its own, in a thread, that ends (``_park_and_leave``). The tests that spawn
+real processes skip memory, whose runs live in one process only.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,9 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,21 +27,21 @@ import pytest
 
 from piton import (
     Context,
+    ContextSerdeError,
     Event,
     HumanResponseEvent,
+    IncompatibleWorkflowChange,
     InputRequiredEvent,
+    JsonSerializer,
     StartEvent,
     StopEvent,
+    Worker,
     Workflow,
+    WorkflowConfigurationError,
+    WorkflowHandler,
     step,
 )
-from piton._runtime.worker import Worker
-from piton.errors import (
-    ContextSerdeError,
-    IncompatibleWorkflowChange,
-    WorkflowConfigurationError,
-)
-from piton.stores.sqlite import SqliteStore
+from piton.stores import RunRecord, Store, open_store
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -45,34 +54,101 @@ class Mid(Event):
     n: int
 
 
-def _url(tmp_path: Path) -> str:
-    return "sqlite:///" + str(tmp_path / "runs.db")
+def _url_for_a_process(store_url: str | Store) -> str:
+    """The URL another process opens; a memory store cannot be shared with one."""
+    if not isinstance(store_url, str):
+        pytest.skip("a memory store lives in one process: a child process cannot share it")
+    return store_url
 
 
-async def _wait_status(store: SqliteStore, run_id: str, statuses: set[str], timeout: float = 10):
+async def _wait_status(
+    store: Store, run_id: str, statuses: set[str], timeout: float = 10, poll: float = 0.05
+) -> RunRecord:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         record = await store.get(run_id)
         if record is not None and record.status in statuses:
             return record
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(poll)
     record = await store.get(run_id)
     raise AssertionError(f"run {run_id} did not reach {statuses}: {record}")
 
 
-async def _stop_listening(handler: Any) -> None:
-    """What happens to a parked run's driver when its process exits (asyncio.run cancels
-    the remaining tasks)."""
-    task = handler._task
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
+async def _in_a_loop_that_ends(main: Callable[[], Awaitable[None]], limit: float = 30) -> None:
+    """Run ``main()`` with ``asyncio.run`` in a thread of its own: a process that exits when
+    ``main`` returns (``asyncio.run`` cancels what is left, then closes the loop). Fails if
+    that loop has not ended ``limit`` seconds later; the thread's tasks are then cancelled
+    again until it ends, so that it does not go on beside the next tests."""
+    failures: list[BaseException] = []
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def recorded() -> None:
+        loops.append(asyncio.get_running_loop())
+        await main()
+
+    def target() -> None:
+        try:
+            asyncio.run(recorded())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test
+            failures.append(exc)
+
+    def cancel_all(loop: asyncio.AbstractEventLoop) -> None:
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    await asyncio.to_thread(thread.join, limit)
+    if failures:
+        raise failures[0]
+    if not thread.is_alive():
+        return
+    for _ in range(50):
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loops[0].call_soon_threadsafe(cancel_all, loops[0])
+        await asyncio.to_thread(thread.join, 0.2)
+        if not thread.is_alive():
+            break
+    raise AssertionError(
+        f"the event loop did not end within {limit} s of its main coroutine returning"
+        f"{'' if not thread.is_alive() else ', nor when cancelled again'}: a task of a "
+        "durable run ignored the cancellation asyncio.run sends when a process leaves "
+        "(DESIGN.md section 2, promise 12)"
+    )
+
+
+async def _park_and_leave(
+    store_url: str | Store,
+    run_id: str,
+    start: Callable[[], WorkflowHandler],
+    then: Callable[[WorkflowHandler], Awaitable[None]] | None = None,
+) -> None:
+    """Another process starts a run with ``start()``, waits until the run is parked (after
+    ``then(handler)``, if given), stops listening to it (``handler.cancel()``, as
+    ``asyncio.wait_for`` does on a time-out) and exits. The run stays parked in the store,
+    and nothing in this process listens for it."""
+
+    async def park() -> None:
+        handler = start()
+        if then is not None:
+            await then(handler)
+        reader = open_store(store_url)
+        try:
+            await _wait_status(reader, run_id, {"parked"})
+        finally:
+            await reader.close()
+        handler.cancel()
+        await asyncio.sleep(0.05)  # the run's driver lets go of it; then the loop ends
+
+    await _in_a_loop_that_ends(park)
 
 
 # -- run ids are idempotency keys ----------------------------------------------------------
 
 
-async def test_second_run_returns_stored_result_without_rerunning(tmp_path: Path) -> None:
+async def test_second_run_returns_stored_result_without_rerunning(
+    store_url: str | Store,
+) -> None:
     calls = {"a": 0, "b": 0}
 
     class W(Workflow):
@@ -86,18 +162,18 @@ async def test_second_run_returns_stored_result_without_rerunning(tmp_path: Path
             calls["b"] += 1
             return StopEvent(result=ev.n * 10)
 
-    w = W(store=_url(tmp_path))
+    w = W(store=store_url)
     assert await w.run(run_id="batch-7", ids=[1, 2, 3]) == 60
     assert calls == {"a": 1, "b": 1}
     assert await w.run(run_id="batch-7") == 60
-    w2 = W(store=SqliteStore(tmp_path / "runs.db"))  # another "process"
+    w2 = W(store=open_store(store_url))  # another "process"
     assert await w2.run(run_id="batch-7") == 60
     assert calls == {"a": 1, "b": 1}
     record = await w2.store.get("batch-7")  # type: ignore[union-attr]
     assert record is not None and record.status == "completed"
 
 
-async def test_failed_run_reraises_its_stored_error(tmp_path: Path) -> None:
+async def test_failed_run_reraises_its_stored_error(store_url: str | Store) -> None:
     calls = 0
 
     class W(Workflow):
@@ -107,23 +183,23 @@ async def test_failed_run_reraises_its_stored_error(tmp_path: Path) -> None:
             calls += 1
             raise Boom("no luck")
 
-    w = W(store=_url(tmp_path))
+    w = W(store=store_url)
     with pytest.raises(Boom, match="no luck"):
         await w.run(run_id="f1")
     with pytest.raises(Boom, match="no luck"):
-        await W(store=_url(tmp_path)).run(run_id="f1")
+        await W(store=open_store(store_url)).run(run_id="f1")
     assert calls == 1
     record = await w.store.get("f1")  # type: ignore[union-attr]
     assert record is not None and record.status == "failed"
 
 
-async def test_run_without_run_id_gets_one(tmp_path: Path) -> None:
+async def test_run_without_run_id_gets_one(store_url: str | Store) -> None:
     class W(Workflow):
         @step
         async def a(self, ev: StartEvent, ctx: Context) -> StopEvent:
             return StopEvent(result="ok")
 
-    w = W(store=_url(tmp_path))
+    w = W(store=store_url)
     handler = w.run()
     assert await handler == "ok"
     assert isinstance(handler.run_id, str) and handler.run_id
@@ -143,16 +219,20 @@ class Ask(Workflow):
         return StopEvent(result=f"hi {answer.response}")
 
 
-async def test_hitl_run_parks_and_another_instance_wakes_it(tmp_path: Path) -> None:
-    w = Ask(store=_url(tmp_path))
-    handler = w.run(run_id="h1")
-    async for ev in handler.stream_events():
-        if isinstance(ev, InputRequiredEvent):
-            break
-    store = SqliteStore(tmp_path / "runs.db")
-    await _wait_status(store, "h1", {"parked"})
-    await _stop_listening(handler)  # like the process exiting: the run stays parked
-    await asyncio.sleep(0.05)
+async def test_hitl_run_parks_and_another_instance_wakes_it(store_url: str | Store) -> None:
+    asked: list[Event] = []
+
+    async def until_asked(handler: WorkflowHandler) -> None:
+        async for ev in handler.stream_events():
+            if isinstance(ev, InputRequiredEvent):
+                asked.append(ev)
+                break
+
+    await _park_and_leave(
+        store_url, "h1", lambda: Ask(store=store_url).run(run_id="h1"), until_asked
+    )
+    assert len(asked) == 1
+    store = open_store(store_url)
     record = await store.get("h1")
     assert record is not None and record.status == "parked"
 
@@ -164,7 +244,7 @@ async def test_hitl_run_parks_and_another_instance_wakes_it(tmp_path: Path) -> N
     assert record is not None and record.status == "completed"
 
 
-async def test_sleep_parks_and_wakes_at_its_deadline(tmp_path: Path) -> None:
+async def test_sleep_parks_and_wakes_at_its_deadline(store_url: str | Store) -> None:
     runs = 0
 
     class W(Workflow):
@@ -175,8 +255,8 @@ async def test_sleep_parks_and_wakes_at_its_deadline(tmp_path: Path) -> None:
             await ctx.sleep(0.8)
             return StopEvent(result="rested")
 
-    w = W(store=_url(tmp_path))
-    store = SqliteStore(tmp_path / "runs.db")
+    w = W(store=store_url)
+    store = open_store(store_url)
     start = time.monotonic()
     handler = w.run(run_id="s1")
     record = await _wait_status(store, "s1", {"parked"}, timeout=5)
@@ -191,41 +271,40 @@ class Half2(Event):
 
 
 async def test_strict_durability_starts_a_step_only_after_its_input_is_committed(
-    tmp_path: Path,
+    store_url: str | Store,
 ) -> None:
-    """Each step looks in the database (its own connection) for the commit that queued it."""
-    import sqlite3
-
+    """Each step looks in the store (through a store object of its own) for the commit
+    that queued it."""
     seen: list[int] = []
+    reader = open_store(store_url)
 
-    def committed_steps() -> int:
-        with contextlib.closing(sqlite3.connect(tmp_path / "runs.db")) as db:
-            rows = db.execute("SELECT entry FROM journal WHERE run_id = 'c1'").fetchall()
-        return sum('"k":"StepDone"' in entry for (entry,) in rows)
+    async def committed_steps() -> int:
+        loaded = await reader.load("c1")
+        return sum('"k":"StepDone"' in entry for _, entry in loaded.entries)
 
     class Chain(Workflow):
         @step
         async def a(self, ev: StartEvent, ctx: Context) -> Mid:
-            seen.append(committed_steps())
+            seen.append(await committed_steps())
             return Mid(n=1)
 
         @step
         async def b(self, ev: Mid, ctx: Context) -> Half2:
-            seen.append(committed_steps())
+            seen.append(await committed_steps())
             return Half2(n=ev.n + 1)
 
         @step
         async def c(self, ev: Half2, ctx: Context) -> StopEvent:
-            seen.append(committed_steps())
+            seen.append(await committed_steps())
             return StopEvent(result=ev.n)
 
-    assert await Chain(store=_url(tmp_path), durability="strict").run(run_id="c1") == 2
+    assert await Chain(store=store_url, durability="strict").run(run_id="c1") == 2
     assert seen == [0, 1, 2]
     with pytest.raises(WorkflowConfigurationError, match="durability"):
-        Chain(store=_url(tmp_path), durability="eventual")
+        Chain(store=store_url, durability="eventual")
 
 
-async def test_caller_timing_out_leaves_the_run_going(tmp_path: Path) -> None:
+async def test_caller_timing_out_leaves_the_run_going(store_url: str | Store) -> None:
     """asyncio.wait_for cancels the handler on timeout; a durable run is not cancelled."""
     gate = asyncio.Event()
 
@@ -240,7 +319,7 @@ async def test_caller_timing_out_leaves_the_run_going(tmp_path: Path) -> None:
             answer = await ctx.wait_for_event(HumanResponseEvent)
             return StopEvent(result=answer.response)
 
-    store = SqliteStore(tmp_path / "runs.db")
+    store = open_store(store_url)
     w = W(store=store)
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(w.run(run_id="t1"), 0.2)
@@ -254,7 +333,7 @@ async def test_caller_timing_out_leaves_the_run_going(tmp_path: Path) -> None:
     assert await asyncio.wait_for(handler, 10) == "yes"
 
 
-async def test_two_callers_starting_one_run_id_run_it_once(tmp_path: Path) -> None:
+async def test_two_callers_starting_one_run_id_run_it_once(store_url: str | Store) -> None:
     """Both create the run at once; one wins, the other attaches and gets the same result."""
     calls = 0
 
@@ -266,20 +345,18 @@ async def test_two_callers_starting_one_run_id_run_it_once(tmp_path: Path) -> No
             await asyncio.sleep(0.05)
             return StopEvent(result=ev.n)
 
-    first = Once(store=SqliteStore(tmp_path / "runs.db")).run(run_id="same", n=1)
-    second = Once(store=SqliteStore(tmp_path / "runs.db")).run(run_id="same", n=2)
+    first = Once(store=open_store(store_url)).run(run_id="same", n=1)
+    second = Once(store=open_store(store_url)).run(run_id="same", n=2)
     results = await asyncio.wait_for(asyncio.gather(first, second), 15)
     assert results in ([1, 1], [2, 2])
     assert calls == 1
 
 
 async def test_an_event_delivered_by_another_process_reaches_a_running_run(
-    tmp_path: Path,
+    store_url: str | Store,
 ) -> None:
     """The run is busy (not parked), so the event waits in its inbox until the owner's
     lease keeper picks it up, once."""
-    from piton.serde import JsonSerializer
-
     answers: list[str] = []
 
     class Busy(Workflow):
@@ -298,12 +375,12 @@ async def test_an_event_delivered_by_another_process_reaches_a_running_run(
         async def after(self, ev: Mid, ctx: Context) -> None:
             return None
 
-    store = SqliteStore(tmp_path / "runs.db")
+    store = open_store(store_url)
     started = time.monotonic()
     handler = Busy(store=store).run(run_id="busy")
     await _wait_status(store, "busy", {"running"})
     await asyncio.sleep(0.2)
-    other = SqliteStore(tmp_path / "runs.db")  # stands for another process's connection
+    other = open_store(store_url)  # stands for another process's connection
     text = JsonSerializer().dumps(HumanResponseEvent(response="hi"), "event")
     await other.deliver("busy", text, None)
     assert await asyncio.wait_for(handler, 10) == "hi"
@@ -314,14 +391,17 @@ async def test_an_event_delivered_by_another_process_reaches_a_running_run(
     await other.close()
 
 
-async def test_no_lease_renewal_before_a_new_run_is_created(tmp_path: Path) -> None:
+async def test_no_lease_renewal_before_a_new_run_is_created(store_url: str | Store) -> None:
     """A renewal that came while the creating commit was on its way found no row, and
     the run failed with LeaseLost; the keeper now waits for the row."""
+    store = open_store(store_url)
+    create = store.create
 
-    class SlowCreate(SqliteStore):
-        async def create(self, record: Any, entries: list[str], stream: list[str]) -> bool:
-            await asyncio.sleep(0.3)  # several renewal intervals
-            return await super().create(record, entries, stream)
+    async def slow_create(record: Any, entries: list[str], stream: list[str]) -> bool:
+        await asyncio.sleep(0.3)  # several renewal intervals
+        return await create(record, entries, stream)
+
+    store.create = slow_create  # type: ignore[method-assign]
 
     class W(Workflow):
         @step
@@ -329,21 +409,18 @@ async def test_no_lease_renewal_before_a_new_run_is_created(tmp_path: Path) -> N
             await asyncio.sleep(0.2)  # and renewals while it runs, once it exists
             return StopEvent(result="ok")
 
-    store = SlowCreate(tmp_path / "runs.db")
     store.lease = 0.15  # renewed every 0.05 s
     assert await asyncio.wait_for(W(store=store).run(run_id="slow"), 10) == "ok"
 
 
 @pytest.mark.parametrize("durability", ["fast", "strict"])
 async def test_a_process_that_lost_its_lease_stops_working_on_the_run(
-    tmp_path: Path, durability: str
+    store_url: str | Store, durability: str
 ) -> None:
     """Another process takes the run over (the lease ran out); the old owner's next
     commit fails with LeaseLost, it stops, and nothing it did after is in the journal.
     In fast mode the next step may already have started on the uncommitted event."""
-    import sqlite3
-
-    from piton.errors import LeaseLost
+    from piton import LeaseLost
 
     gate = asyncio.Event()
     after: list[str] = []
@@ -359,15 +436,21 @@ async def test_a_process_that_lost_its_lease_stops_working_on_the_run(
             after.append("next")
             return StopEvent(result="done")
 
-    store = SqliteStore(tmp_path / "runs.db")
+    store = open_store(store_url)
+
+    async def stalled_renew(runs: list[tuple[str, int]], owner: str, lease: float) -> list[str]:
+        return []  # a stalled process (a long pause, a partition): its lease runs out unseen
+
+    store.renew = stalled_renew  # type: ignore[method-assign,assignment]
+    store.lease = 0.3
     handler = W(store=store, durability=durability).run(run_id="stolen")
-    await _wait_status(store, "stolen", {"running"})
-    await asyncio.sleep(0.1)
-    with contextlib.closing(sqlite3.connect(tmp_path / "runs.db")) as db, db:
-        db.execute("UPDATE runs SET lease_until = 0 WHERE run_id = 'stolen'")  # it ran out
-    thief = SqliteStore(tmp_path / "runs.db")
-    thief.owner = "elsewhere/1/1"  # a process on another machine
-    epoch = await thief.claim("stolen", thief.owner, 60)
+    record = await _wait_status(store, "stolen", {"running"})
+    while record.lease_until is None or record.lease_until >= time.time():
+        await asyncio.sleep(0.05)  # until it ran out
+        record = await _wait_status(store, "stolen", {"running"})
+    thief = open_store(store_url)
+    elsewhere = "elsewhere/1/1"  # a process on another machine
+    epoch = await thief.claim("stolen", elsewhere, 60)
     assert epoch == 2
     gate.set()
     with pytest.raises(LeaseLost, match="stolen"):
@@ -375,8 +458,8 @@ async def test_a_process_that_lost_its_lease_stops_working_on_the_run(
     await asyncio.sleep(0.2)
     if durability == "strict":
         assert after == []  # the old owner did not go on
-    record = await thief.get("stolen")
-    assert record is not None and record.owner == "elsewhere/1/1" and record.epoch == 2
+    taken = await thief.get("stolen")
+    assert taken is not None and taken.owner == elsewhere and taken.epoch == 2
     loaded = await thief.load("stolen")
     assert all('"StepDone"' not in entry for _, entry in loaded.entries)
     await thief.close()
@@ -410,8 +493,9 @@ OWNER_MODULE = textwrap.dedent(
 
 
 async def test_worker_resumes_an_abandoned_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store_url: str | Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    url = _url_for_a_process(store_url)
     (tmp_path / "owner_mod.py").write_text(OWNER_MODULE)
     log = tmp_path / "first.log"
     monkeypatch.setenv("FIRST_LOG", str(log))
@@ -424,7 +508,7 @@ async def test_worker_resumes_an_abandoned_run(
         "asyncio.run(main())\n"
     )
     proc = subprocess.Popen(  # noqa: ASYNC220 - a real process, killed below
-        [sys.executable, "-c", script, _url(tmp_path)],
+        [sys.executable, "-c", script, url],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "OWNER_HANGS": "1"},
@@ -437,8 +521,9 @@ async def test_worker_resumes_an_abandoned_run(
         proc.kill()  # SIGKILL
         proc.communicate()  # reaps it and closes the pipe
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "owner_mod", raising=False)  # this test's, not the last
     slow = importlib.import_module("owner_mod").Slow
-    store = SqliteStore(tmp_path / "runs.db")
+    store = open_store(url)
     await store.open()
     record = await store.get("abandoned")
     assert record is not None and record.status == "running"
@@ -451,16 +536,14 @@ async def test_worker_resumes_an_abandoned_run(
 
 
 async def test_worker_logs_a_run_it_cannot_load_and_goes_on(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    store_url: str | Store, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from piton.stores.base import RunRecord
-
     class Fine(Workflow):
         @step
         async def only(self, ev: StartEvent, ctx: Context) -> StopEvent:
             return StopEvent(result="ok")
 
-    store = SqliteStore(tmp_path / "runs.db")
+    store = open_store(store_url)
     for run_id, entry in (("damaged", "{not json"), ("healthy", None)):
         record = RunRecord(
             run_id=run_id,
@@ -482,9 +565,10 @@ async def test_worker_logs_a_run_it_cannot_load_and_goes_on(
 
 
 async def test_retry_backoff_parks_and_a_worker_retries_with_the_stored_count(
-    tmp_path: Path,
+    store_url: str | Store,
 ) -> None:
-    from piton.retry import retry_policy, stop_after_attempt, wait_fixed
+    from piton import retry_policy
+    from piton.retry import stop_after_attempt, wait_fixed
 
     attempts: list[int] = []
 
@@ -496,19 +580,22 @@ async def test_retry_backoff_parks_and_a_worker_retries_with_the_stored_count(
                 raise Boom("transient")
             return StopEvent(result="ok")
 
-    store = SqliteStore(tmp_path / "runs.db")
+    store = open_store(store_url)
     started = time.time()
-    handler = Flaky(store=store).run(run_id="rb")
-    record = await _wait_status(store, "rb", {"parked"})
+    # the process that failed goes away during the back-off
+    await _park_and_leave(store_url, "rb", lambda: Flaky(store=store_url).run(run_id="rb"))
+    record = await store.get("rb")
+    assert record is not None and record.status == "parked"
     assert record.wake_at is not None and record.wake_at >= started + 0.8
-    await _stop_listening(handler)  # the process that failed goes away during the back-off
     async with Worker(store, workflows=[Flaky], poll_interval=0.1):
         record = await _wait_status(store, "rb", {"completed"})
     assert time.time() >= started + 0.8
     assert attempts == [0, 1]  # the retry knew it was the first retry
 
 
-async def test_waiter_timeout_is_rearmed_after_the_process_goes_away(tmp_path: Path) -> None:
+async def test_waiter_timeout_is_rearmed_after_the_process_goes_away(
+    store_url: str | Store,
+) -> None:
     from piton import WorkflowTimeoutError
 
     class Ask(Workflow):
@@ -520,11 +607,10 @@ async def test_waiter_timeout_is_rearmed_after_the_process_goes_away(tmp_path: P
                 return StopEvent(result="nobody answered")
             return StopEvent(result="answered")
 
-    store = SqliteStore(tmp_path / "runs.db")
-    handler = Ask(store=store).run(run_id="wt")
-    record = await _wait_status(store, "wt", {"parked"})
-    assert record.wake_at is not None
-    await _stop_listening(handler)
+    store = open_store(store_url)
+    await _park_and_leave(store_url, "wt", lambda: Ask(store=store_url).run(run_id="wt"))
+    record = await store.get("wt")
+    assert record is not None and record.wake_at is not None
     async with Worker(store, workflows=[Ask], poll_interval=0.1):
         await _wait_status(store, "wt", {"completed"})
     assert await Ask(store=store).run(run_id="wt") == "nobody answered"
@@ -533,7 +619,7 @@ async def test_waiter_timeout_is_rearmed_after_the_process_goes_away(tmp_path: P
 # -- bad data, code changes ----------------------------------------------------------------
 
 
-async def test_unserializable_state_value_names_the_key(tmp_path: Path) -> None:
+async def test_unserializable_state_value_names_the_key(store_url: str | Store) -> None:
     class W(Workflow):
         @step
         async def a(self, ev: StartEvent, ctx: Context) -> StopEvent:
@@ -544,22 +630,19 @@ async def test_unserializable_state_value_names_the_key(tmp_path: Path) -> None:
                 return StopEvent(result=str(exc))
             return StopEvent(result="stored?!")
 
-    message = await W(store=_url(tmp_path)).run(run_id="serde")
+    message = await W(store=store_url).run(run_id="serde")
     assert "bad.key" in message
 
 
-async def test_resume_without_waiting_step_is_incompatible(tmp_path: Path) -> None:
+async def test_resume_without_waiting_step_is_incompatible(store_url: str | Store) -> None:
     class Flow(Workflow):
         @step
         async def ask(self, ev: StartEvent, ctx: Context) -> StopEvent:
             answer = await ctx.wait_for_event(HumanResponseEvent)
             return StopEvent(result=answer.response)
 
-    store = SqliteStore(tmp_path / "runs.db")
-    handler = Flow(store=store).run(run_id="chg")
-    await _wait_status(store, "chg", {"parked"})
-    await _stop_listening(handler)
-    await asyncio.sleep(0.05)
+    old_code = Flow
+    await _park_and_leave(store_url, "chg", lambda: old_code(store=store_url).run(run_id="chg"))
 
     class Flow(Workflow):  # type: ignore[no-redef]  # same workflow name, new code
         @step
@@ -567,7 +650,7 @@ async def test_resume_without_waiting_step_is_incompatible(tmp_path: Path) -> No
             return StopEvent(result="x")
 
     assert Flow().workflow_name == "Flow"
-    h2 = Flow(store=SqliteStore(tmp_path / "runs.db")).run(run_id="chg")
+    h2 = Flow(store=open_store(store_url)).run(run_id="chg")
     await h2.send_event(HumanResponseEvent(response="late"))
     with pytest.raises(IncompatibleWorkflowChange, match="ask"):
         await asyncio.wait_for(h2, 10)
@@ -577,7 +660,7 @@ class Extra(Event):
     n: int
 
 
-async def test_resume_with_new_steps_and_changed_bodies_works(tmp_path: Path) -> None:
+async def test_resume_with_new_steps_and_changed_bodies_works(store_url: str | Store) -> None:
     class Grow(Workflow):
         @step
         async def ask(self, ev: StartEvent, ctx: Context) -> Mid:
@@ -588,10 +671,8 @@ async def test_resume_with_new_steps_and_changed_bodies_works(tmp_path: Path) ->
         async def done(self, ev: Mid, ctx: Context) -> StopEvent:
             return StopEvent(result=ev.n)
 
-    store = SqliteStore(tmp_path / "runs.db")
-    handler = Grow(store=store).run(run_id="grow")
-    await _wait_status(store, "grow", {"parked"})
-    await _stop_listening(handler)
+    old_code = Grow
+    await _park_and_leave(store_url, "grow", lambda: old_code(store=store_url).run(run_id="grow"))
 
     class Grow(Workflow):  # type: ignore[no-redef]  # a deploy: new bodies, a new step
         @step
@@ -607,7 +688,7 @@ async def test_resume_with_new_steps_and_changed_bodies_works(tmp_path: Path) ->
         async def extra(self, ev: Extra, ctx: Context) -> StopEvent:
             return StopEvent(result=f"new code: {ev.n}")
 
-    h2 = Grow(store=SqliteStore(tmp_path / "runs.db")).run(run_id="grow")
+    h2 = Grow(store=open_store(store_url)).run(run_id="grow")
     await h2.send_event(HumanResponseEvent(response="yes"))
     assert await asyncio.wait_for(h2, 10) == "new code: 31"
 
@@ -643,14 +724,22 @@ EVOLVE_V1 = textwrap.dedent(
 )
 
 
-async def test_resume_without_a_needed_event_type_names_it(tmp_path: Path) -> None:
+async def test_resume_without_a_needed_event_type_names_it(
+    store_url: str | Store, tmp_path: Path
+) -> None:
     """Run by a process whose code had event type Gone; resumed by code without it."""
+    url = _url_for_a_process(store_url)
     (tmp_path / "evolve_v1.py").write_text(EVOLVE_V1)
     script = f"import sys; sys.path[:0] = [{SRC!r}, {str(tmp_path)!r}]; import evolve_v1"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", script, _url(tmp_path), stdout=asyncio.subprocess.PIPE
+        sys.executable, "-c", script, url, stdout=asyncio.subprocess.PIPE
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:  # it did not end: leave no process behind
+            proc.kill()
+            await proc.wait()
     assert out.decode().strip() == "parked"
 
     class Other(Event):
@@ -665,7 +754,7 @@ async def test_resume_without_a_needed_event_type_names_it(tmp_path: Path) -> No
         async def use(self, ev: Other, ctx: Context) -> StopEvent:
             return StopEvent(result="new")
 
-    handler = Evolve(store=_url(tmp_path)).run(run_id="evolve")
+    handler = Evolve(store=url).run(run_id="evolve")
     await handler.send_event(HumanResponseEvent(response="late"))
     with pytest.raises(IncompatibleWorkflowChange, match="evolve_v1.Gone"):
         await asyncio.wait_for(handler, 10)
@@ -686,9 +775,9 @@ class Chatty(Workflow):
         return StopEvent(result=ev.n)
 
 
-async def test_reattached_handler_replays_the_stored_stream(tmp_path: Path) -> None:
-    assert await Chatty(store=_url(tmp_path)).run(run_id="st") == 3
-    handler = Chatty(store=SqliteStore(tmp_path / "runs.db")).run(run_id="st")
+async def test_reattached_handler_replays_the_stored_stream(store_url: str | Store) -> None:
+    assert await Chatty(store=store_url).run(run_id="st") == 3
+    handler = Chatty(store=open_store(store_url)).run(run_id="st")
     events = [ev async for ev in handler.stream_events()]
     assert await handler == 3
     assert [e.n for e in events if isinstance(e, Mid)] == [0, 1, 2]
@@ -696,7 +785,9 @@ async def test_reattached_handler_replays_the_stored_stream(tmp_path: Path) -> N
     assert events[-1].result == 3
 
 
-async def test_a_failed_runs_replayed_stream_ends_with_its_failure(tmp_path: Path) -> None:
+async def test_a_failed_runs_replayed_stream_ends_with_its_failure(
+    store_url: str | Store,
+) -> None:
     from piton import WorkflowFailedEvent
 
     class Fails(Workflow):
@@ -706,8 +797,8 @@ async def test_a_failed_runs_replayed_stream_ends_with_its_failure(tmp_path: Pat
             raise Boom("broken for good")
 
     with pytest.raises(Boom):
-        await Fails(store=_url(tmp_path)).run(run_id="f1")
-    again = Fails(store=SqliteStore(tmp_path / "runs.db")).run(run_id="f1")
+        await Fails(store=store_url).run(run_id="f1")
+    again = Fails(store=open_store(store_url)).run(run_id="f1")
     events = [ev async for ev in again.stream_events()]
     with pytest.raises(Boom, match="broken for good"):
         await again
@@ -717,7 +808,7 @@ async def test_a_failed_runs_replayed_stream_ends_with_its_failure(tmp_path: Pat
     assert isinstance(last.exception, Boom)
 
 
-async def test_stream_resumes_after_a_cursor_then_follows_live(tmp_path: Path) -> None:
+async def test_stream_resumes_after_a_cursor_then_follows_live(store_url: str | Store) -> None:
     class Talk(Workflow):
         @step
         async def a(self, ev: StartEvent, ctx: Context) -> StopEvent:
@@ -727,17 +818,19 @@ async def test_stream_resumes_after_a_cursor_then_follows_live(tmp_path: Path) -
             ctx.write_event_to_stream(Mid(n=10))
             return StopEvent(result=answer.response)
 
-    store = SqliteStore(tmp_path / "runs.db")
-    first = Talk(store=store).run(run_id="cur")
-    seen = []
-    async for ev in first.stream_events():
-        seen.append(ev)
-        if len(seen) == 2:
-            break
-    await _wait_status(store, "cur", {"parked"})
-    await _stop_listening(first)
+    seen: list[Event] = []
 
-    again = Talk(store=SqliteStore(tmp_path / "runs.db")).run(run_id="cur")
+    async def read_two(handler: WorkflowHandler) -> None:
+        async for ev in handler.stream_events():
+            seen.append(ev)
+            if len(seen) == 2:
+                break
+
+    await _park_and_leave(
+        store_url, "cur", lambda: Talk(store=store_url).run(run_id="cur"), read_two
+    )
+
+    again = Talk(store=open_store(store_url)).run(run_id="cur")
     rest: list[Event] = []
 
     async def listen() -> None:
@@ -758,7 +851,7 @@ async def test_stream_resumes_after_a_cursor_then_follows_live(tmp_path: Path) -
             pass
 
 
-async def test_snapshot_compaction_still_resumes(tmp_path: Path) -> None:
+async def test_snapshot_compaction_still_resumes(store_url: str | Store) -> None:
     class Counter(Workflow):
         @step
         async def loop(self, ev: StartEvent | Mid, ctx: Context) -> Mid | StopEvent:
@@ -769,33 +862,30 @@ async def test_snapshot_compaction_still_resumes(tmp_path: Path) -> None:
             answer = await ctx.wait_for_event(HumanResponseEvent)
             return StopEvent(result=(await ctx.store.get("last"), answer.response))
 
-    store = SqliteStore(tmp_path / "runs.db")
-    handler = Counter(store=store, snapshot_every=2).run(run_id="snap")
-    await _wait_status(store, "snap", {"parked"})
-    await _stop_listening(handler)
-    await asyncio.sleep(0.05)
+    await _park_and_leave(
+        store_url, "snap", lambda: Counter(store=store_url, snapshot_every=2).run(run_id="snap")
+    )
+    store = open_store(store_url)
     loaded = await store.load("snap")
     assert loaded.snapshot is not None
     assert loaded.snapshot_seq > 0
 
-    h2 = Counter(store=SqliteStore(tmp_path / "runs.db"), snapshot_every=2).run(run_id="snap")
+    h2 = Counter(store=open_store(store_url), snapshot_every=2).run(run_id="snap")
     await h2.send_event(HumanResponseEvent(response="go"))
     result: Any = await asyncio.wait_for(h2, 10)
     assert list(result) == [6, "go"]
 
 
-async def test_prune_removes_old_finished_runs(tmp_path: Path) -> None:
+async def test_prune_removes_old_finished_runs(store_url: str | Store) -> None:
     class W(Workflow):
         @step
         async def a(self, ev: StartEvent, ctx: Context) -> StopEvent:
             return StopEvent(result=1)
 
-    store = SqliteStore(tmp_path / "runs.db")
+    store = open_store(store_url)
     w = W(store=store)
     assert await w.run(run_id="old") == 1
-    parked = Ask(store=store).run(run_id="parked")
-    await _wait_status(store, "parked", {"parked"})
-    await _stop_listening(parked)
+    await _park_and_leave(store_url, "parked", lambda: Ask(store=store_url).run(run_id="parked"))
     assert await store.prune(3600) == 0  # nothing is that old
     assert await store.prune(timedelta(days=30)) == 0
     with pytest.raises(WorkflowConfigurationError, match="negative"):
