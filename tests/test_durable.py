@@ -244,6 +244,38 @@ async def test_hitl_run_parks_and_another_instance_wakes_it(store_url: str | Sto
     assert record is not None and record.status == "completed"
 
 
+async def test_a_process_ends_while_its_run_is_parked(store_url: str | Store) -> None:
+    """Promise 12: a script streams a run's events until it asks for input, then returns
+    from its main coroutine while the run is parked (its driver still listening for a
+    wake-up). The process ends at once and the run stays parked. A few times over: where
+    the loop's end finds the driver matters."""
+    for n in range(5):
+        run_id = f"leave-{n}"
+
+        async def main(run_id: str = run_id) -> None:
+            w = Ask(store=store_url)
+            handler = w.run(run_id=run_id)
+            async for ev in handler.stream_events():
+                if isinstance(ev, InputRequiredEvent):
+                    break
+            await _wait_status(w.store, run_id, {"parked"}, poll=0.005)  # type: ignore[arg-type]
+
+        try:
+            await _in_a_loop_that_ends(main, limit=5)
+        except AssertionError as exc:
+            if isinstance(store_url, str) and store_url.startswith("redis"):
+                pytest.xfail(
+                    f"known bug, run {run_id!r}: redis-py can swallow the cancellation "
+                    "asyncio.run sends to the parked run's driver while it awaits "
+                    f"RedisStore.get (redis/redis-py#2028), so the loop never ends: {exc}"
+                )
+            raise
+    store = open_store(store_url)
+    for n in range(5):
+        record = await store.get(f"leave-{n}")
+        assert record is not None and record.status == "parked" and record.owner is None
+
+
 async def test_sleep_parks_and_wakes_at_its_deadline(store_url: str | Store) -> None:
     runs = 0
 
