@@ -169,13 +169,14 @@ class RunDriver:
                     return
             if self.finished or self.outcome.done():
                 return
-            if self.run is not None and self.live:
-                waiter = self.run.news()
-            else:
-                waiter = self._stream_wake or self.loop.create_future()
-                self._stream_wake = waiter
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(waiter), 0.5)
+            # news from the runner (a commit showed a fact) or from the driver (a new
+            # runner, a stored result); the poll is only a fallback
+            if self._stream_wake is None:
+                self._stream_wake = self.loop.create_future()
+            waiters: set[asyncio.Future[None]] = {self._stream_wake}
+            if self.run is not None and not self.run.done:
+                waiters.add(self.run.news())
+            await asyncio.wait(waiters, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
 
     def send_event(self, event: Event, step: str | None) -> asyncio.Future[None]:
         run, committer = self.run, self.committer
@@ -489,7 +490,10 @@ class RunDriver:
     async def _wait_for_wake(self) -> None:
         """Parked (or held by another process): wait for an event, a deadline or the end."""
         self.run = None
+        me = asyncio.current_task()
         while self.stay and not self.outcome.done():  # until its caller walks away
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError  # a store driver swallowed it: honour it
             record = await self.store.get(self.run_id)
             if record is None:
                 return

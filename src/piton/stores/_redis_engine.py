@@ -56,6 +56,15 @@ Decode: TypeAlias = Callable[[Any], Any]
 Outcome: TypeAlias = tuple["Job", Any, BaseException | None]
 
 
+def honour_cancellation() -> None:
+    """Raise the cancellation redis-py swallowed: a task cancelled while redis-py awaited a
+    reply (or its read timeout) can get the reply instead of CancelledError
+    (redis/redis-py#2028, #2551); its loop would then never end."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 @dataclass(eq=False, slots=True)
 class Job:
     """One script call: its keys and arguments, how to read its reply, who waits for it."""
@@ -149,17 +158,13 @@ class Listener:
         await self.waiters.wait(timeout)
 
     async def _listen(self) -> None:
-        me = asyncio.current_task()
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(self.channel)
             self.waiters.wake()  # what was delivered before we listened: look once
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if me is not None and me.cancelling():
-                    # redis-py can swallow a cancellation that lands inside its read timeout
-                    # (redis/redis-py#2028, #2551): honour it, or the loop never ends
-                    raise asyncio.CancelledError
+                honour_cancellation()  # or the loop never ends
                 if message is not None:
                     self.waiters.wake()
         except (RedisError, OSError):

@@ -91,6 +91,7 @@ from piton.stores._redis_engine import (
     Decode,
     Engine,
     Job,
+    honour_cancellation,
     parse_store_url,
     translate,
 )
@@ -239,12 +240,14 @@ class RedisStore(ServerStore[Engine]):
         client = (await self._ready_engine()).client
         try:
             try:
-                return await op(client)
+                result = await op(client)
             except RedisConnectionError:  # it died while idle (a server restart): once more
-                return await op(client)
+                result = await op(client)
         except (RedisError, OSError) as exc:
             error = translate(exc, self.where, secrets=self._secrets)
             raise error from error.__cause__
+        honour_cancellation()
+        return result
 
     async def _write(
         self,
