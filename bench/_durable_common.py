@@ -87,7 +87,7 @@ class Sizes:
 
 
 def sizes(args: argparse.Namespace) -> Sizes:
-    if args.smoke:  # does the benchmark run at all? (tests/test_bench_smoke.py)
+    if args.smoke:  # does the benchmark run at all? (tests/examples/test_bench_smoke.py)
         return Sizes(20, 2, 10, 2, 4, 2)
     if args.quick:
         return Sizes(100, 12, 60, 5, 20, 5)

@@ -1,11 +1,11 @@
-"""Soak: many model-checker schedules per store (tests/model/), for bench/RESULTS.md.
+"""Soak: many model-checker schedules per store (tests/durable/model/), for bench/RESULTS.md.
 
     python bench/soak.py                       # 1000 schedules on each of sqlite, postgres, redis
     python bench/soak.py --schedules 50 --stores sqlite --first-seed 1000
     PITON_SOAK_SCHEDULES=200 PITON_SOAK_STORES=redis make soak
 
 Each schedule is seeded (seed = first-seed + i); a failure prints its seed and the broken
-promise, and ``PITON_MODEL_SEED=<seed> python -m pytest tests/test_model_checker.py -k <store>``
+promise, and ``PITON_MODEL_SEED=<seed> python -m pytest tests/durable/test_model_checker.py -k <store>``
 replays it. The summary is a Markdown table to paste into bench/RESULTS.md.
 """
 
@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "durable"))
 
 from model.checker import check, run_schedule  # noqa: E402
 from model.schedule import make_schedule  # noqa: E402

@@ -44,7 +44,7 @@ from piton.stores.postgres import PostgresStore
 from piton.stores.redis import RedisStore
 from piton.testing import check_store
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
 AnyServerStore = PostgresStore | RedisStore
 
 

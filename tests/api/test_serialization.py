@@ -385,7 +385,7 @@ async def test_snapshot_of_a_run_waiting_for_a_human() -> None:
 async def test_a_snapshot_carries_a_stopped_run_clock() -> None:
     """The time a to_dict() payload is kept is not active time: its clock is stopped, so a
     send that reaches the restored run before it begins cannot time it out (the committed
-    sample tests/data/wait.json, taken long ago, checks the same)."""
+    sample tests/stores/data/wait.json, taken long ago, checks the same)."""
 
     class W(Workflow):
         @step

@@ -50,7 +50,7 @@ NUMBER_COLUMNS = (
 )
 DEAD_LOCAL = f"{socket.gethostname()}/999999999/1"  # a process of this host that is gone
 TESTS = os.path.dirname(os.path.abspath(__file__))
-SRC = os.path.join(os.path.dirname(TESTS), "src")
+SRC = os.path.join(os.path.dirname(os.path.dirname(TESTS)), "src")
 
 
 async def add_runs(store: Store) -> None:

@@ -1,4 +1,4 @@
-"""The on-disk format is pinned: committed sample runs (tests/data/*.json) still read.
+"""The on-disk format is pinned: committed sample runs (tests/stores/data/*.json) still read.
 
 Each sample holds what a store kept for one run (its record, every journal entry as
 stored text, a snapshot, its stream and inbox), what ``get_run`` showed of it, and how it
@@ -7,7 +7,7 @@ back with ``await workflow.get_run(run_id)``, resumes unfinished ones with
 ``await workflow.run(run_id=...)``, and checks the outcome. The workflows of the samples
 are defined here: the samples name their types as ``test_stored_format.<Class>``.
 
-The samples were made once by ``tests/data/make_samples.py``. If a test here fails after a
+The samples were made once by ``tests/stores/data/make_samples.py``. If a test here fails after a
 change, the change altered the stored format: that needs a version bump and a migration
 (a reader for the old version), then new samples; see docs/storage-format.md.
 """

@@ -44,7 +44,7 @@ from piton import (
 from piton.stores import RunRecord, Store, open_store
 from piton.testing import FakeClock
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 class Boom(Exception):

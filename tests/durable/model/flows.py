@@ -1,4 +1,4 @@
-"""The workflows of tests/test_promises.py, one per situation the issue reports.
+"""The workflows of tests/durable/test_promises.py, one per situation the issue reports.
 
 Steps write their visible effects with ``files.side_effect`` (one fsynced line each).
 ``PITON_MODEL_BLOCK`` makes the first process block at a chosen point, so the test can

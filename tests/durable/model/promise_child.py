@@ -1,4 +1,4 @@
-"""One process of a tests/test_promises.py situation: ``python promise_child.py '<json>'``.
+"""One process of a tests/durable/test_promises.py situation: ``python promise_child.py '<json>'``.
 
 The JSON names a ``mode``, the store ``url``, the ``flow`` (a name in ``flows.FLOWS``),
 the ``run_id`` and options. The process reports on stdout, one JSON object a line:

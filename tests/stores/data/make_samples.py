@@ -3,13 +3,13 @@
 Only run it when you bump the format version (``JOURNAL_VERSION`` in
 ``piton/_journal_codec.py`` or ``VERSION`` in ``piton/_run_codec.py``), and add a
 migration: a reader for the old version, tested against the old samples (move them to
-``tests/data/v<old version>/`` first). Regenerating the samples to make a failing
-``tests/test_stored_format.py`` pass hides a format change that would break every stored
+``tests/stores/data/v<old version>/`` first). Regenerating the samples to make a failing
+``tests/stores/test_stored_format.py`` pass hides a format change that would break every stored
 run. See docs/storage-format.md.
 
-    python tests/data/make_samples.py
+    python tests/stores/data/make_samples.py
 
-It drives the workflows defined in ``tests/test_stored_format.py`` through a memory store
+It drives the workflows defined in ``tests/stores/test_stored_format.py`` through a memory store
 that records every journal entry it is given, and writes one ``<name>.json`` per run:
 
 - ``format``: the journal and snapshot versions it was written with;

@@ -63,7 +63,7 @@ async def test_check_store_names_the_failed_check() -> None:
 
 # --- open_store: the scheme table ---------------------------------------------------------------
 
-SRC = Path(__file__).resolve().parent.parent / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 BACKEND_MODULES = (
     "piton.stores.memory",
     "piton.stores.sqlite",

@@ -1,6 +1,6 @@
 """Crash tests with real processes: SIGKILL a durable run at random moments and resume it.
 
-The workflow lives in tests/crash_workflow.py (fan-out to 4 workers, a retried step, a
+The workflow lives in tests/durable/crash_workflow.py (fan-out to 4 workers, a retried step, a
 collect step, a ``ctx.checkpoint()`` loop). Each trial is seeded, so a failure can be
 reproduced with the seed it names.
 """

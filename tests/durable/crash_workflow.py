@@ -1,4 +1,4 @@
-"""A durable workflow for tests/test_crash.py, run as a subprocess and killed with SIGKILL.
+"""A durable workflow for tests/durable/test_crash.py, run as a subprocess and killed with SIGKILL.
 
 DB is a SQLite file or a store URL (postgresql://..., redis://...).
 
@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from piton import (  # noqa: E402
     Context,

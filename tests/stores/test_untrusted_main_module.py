@@ -15,7 +15,7 @@ from piton._core.graph import type_key
 from piton.events import Event
 from piton.serde import JsonSerializer, TypeResolver
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 APP = textwrap.dedent(
     """

@@ -723,7 +723,7 @@ class ReducerMachine(RuleBasedStateMachine):
 
 
 # Deterministic by default (the same 200 interleavings every run, about 5 s). For a
-# longer random search: PITON_PROPERTY_EXAMPLES=5000 pytest tests/test_reducer_properties.py
+# longer random search: PITON_PROPERTY_EXAMPLES=5000 pytest tests/core/test_reducer_properties.py
 _EXPLORE = int(os.environ.get("PITON_PROPERTY_EXAMPLES", "0"))
 MACHINE_SETTINGS = settings(
     max_examples=_EXPLORE or 200,

@@ -1,7 +1,7 @@
 """The durability promises (DESIGN.md section 2), one user-level test per situation the
 issue "Durable runs keep every promise: nothing lost, nothing stuck" reports.
 
-Each situation runs as real processes (tests/model/promise_child.py) on SQLite,
+Each situation runs as real processes (tests/durable/model/promise_child.py) on SQLite,
 PostgreSQL and Redis, each test in a store of its own; processes are SIGKILLed where the
 situation has them. Every wait is bounded, so a run that hangs fails its test.
 """

@@ -1,7 +1,7 @@
 """The model-based multi-process checker: seeded random schedules of processes that start,
-follow, resume, answer and work on runs of one model workflow (tests/model/model_flow.py),
+follow, resume, answer and work on runs of one model workflow (tests/durable/model/model_flow.py),
 exit cleanly or are SIGKILLed at random points; after each schedule the checker
-(tests/model/checker.py) holds what the processes saw and what the store keeps against
+(tests/durable/model/checker.py) holds what the processes saw and what the store keeps against
 the durability promises.
 
 CI runs PITON_MODEL_SCHEDULES (default 20) schedules per store and stops a store at its
@@ -45,5 +45,5 @@ def test_random_schedules_keep_every_promise(
             f"{kind}: {schedule.describe()}\n  "
             + "\n  ".join(problems)
             + f"\nlogs: {workdir}\nreplay: PITON_MODEL_SEED={seed} .venv/bin/python -m pytest "
-            f"tests/test_model_checker.py -k {kind}"
+            f"tests/durable/test_model_checker.py -k {kind}"
         )

@@ -1,4 +1,4 @@
-"""Pytest fixtures shared by tests/test_promises.py and tests/test_model_checker.py
+"""Pytest fixtures shared by tests/durable/test_promises.py and tests/durable/test_model_checker.py
 (a test module imports ``made_stores`` to register it)."""
 
 from __future__ import annotations
