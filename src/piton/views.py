@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ._core.state import RunState
+from ._core.state import RunState, shown_status
+from ._core.status import FINAL_STATUSES, RunStatus
 from .events import Event, StopEvent
 
 
@@ -36,7 +37,7 @@ class RunView:
 
     run_id: str
     workflow: str
-    status: str
+    status: RunStatus
     state: Any  # the state store's values: a dict, or the typed state model
     waiting: list[Waiting]
     kept: list[Event]  # events sent to the run that nothing has taken yet
@@ -49,7 +50,7 @@ class RunView:
 
     @property
     def finished(self) -> bool:
-        return self.status in ("completed", "failed", "cancelled", "timed_out")
+        return self.status in FINAL_STATUSES
 
 
 def waiting_of(state: RunState) -> list[Waiting]:
@@ -68,7 +69,7 @@ def waiting_of(state: RunState) -> list[Waiting]:
 def view_of(
     state: RunState,
     *,
-    status: str | None = None,
+    status: RunStatus | None = None,
     seq: int = 0,
     owner: str | None = None,
     updated_at: float | None = None,
@@ -79,7 +80,7 @@ def view_of(
     return RunView(
         run_id=state.run_id,
         workflow=state.graph.workflow,
-        status=status or state.status,
+        status=status or shown_status(state.status),
         state=state.values,
         waiting=waiting_of(state),
         kept=[env.event for env in state.kept],
