@@ -68,7 +68,7 @@ class FakeClock:
     """A clock that moves only when a test says so.
 
         clock = FakeClock()
-        handler = Nap(clock=clock).run()
+        handler = Nap(timeout=None, clock=clock).run()
         await clock.next()          # jump to the first deadline the run set (its sleep)
         assert await handler == "rested"
 
