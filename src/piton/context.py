@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -135,12 +136,11 @@ class Context(Generic[StateT]):
     def __init__(self, workflow: Workflow, *, serializer: JsonSerializer | None = None) -> None:
         self._workflow = workflow
         self._link = RunLink(
-            serializer=serializer or JsonSerializer(), for_step=self._for_step, owner=self
+            serializer=serializer or JsonSerializer(),
+            for_step=functools.partial(StepContext, self),  # once per step: no wrapper
+            owner=self,
         )
         self._store: StateStore[StateT] = StateStore(self)
-
-    def _for_step(self, step_run: StepControl) -> StepContext[StateT]:
-        return StepContext(self, step_run)
 
     @property
     def _serializer(self) -> JsonSerializer:
