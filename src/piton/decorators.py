@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, Union, get_args, get_origin, overload
 
+from .context import Context
 from .errors import WorkflowValidationError
 from .events import Event
 from .resource import Resource
@@ -62,8 +63,6 @@ class _Unresolved(Exception):
 
 
 def _is_context(hint: Any) -> tuple[bool, type[Any] | None]:
-    from .context import Context
-
     if hint is Context:
         return True, None
     if get_origin(hint) is Context:

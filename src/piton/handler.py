@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._core.status import RunStatus
 from ._runtime.engine import RunControl
+from .context import Context
 from .events import Event, StopEvent
 from .views import Waiting, waiting_of
-
-if TYPE_CHECKING:
-    from .context import Context
 
 
 class WorkflowHandler(asyncio.Future[Any]):

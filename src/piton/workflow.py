@@ -13,9 +13,11 @@ from pydantic import ValidationError
 from ._compile import Compiled, build_engine, compile_workflow
 from ._core.state import RunState
 from ._runtime.clock import SYSTEM_CLOCK, Clock
+from ._runtime.durable import RunDriver
 from ._runtime.engine import DURABILITY, Engine, RunConfig, RunLink
 from ._runtime.live import live_runs
 from ._runtime.restore import rebuild
+from ._runtime.runner import Runner
 from .context import Context, link_of, prepare_run
 from .decorators import STEP_ATTR
 from .errors import (
@@ -226,7 +228,8 @@ class Workflow:
         if store is not None:
             return self._run_durable(store, ctx, run_id, start_event, kwargs, compiled)
         state, start = self._prepare(link, run_id, start_event, kwargs, compiled)
-        runner = self._engine().start(link, state, start)
+        runner = Runner(self._engine(), state, link)
+        runner.start(start)
         return WorkflowHandler(run_id=state.run_id, ctx=ctx, control=runner)
 
     def _run_durable(
@@ -253,7 +256,7 @@ class Workflow:
                 raise
             start = None  # attaching to an existing run needs no start event
         run_id = run_id or uuid.uuid4().hex
-        driver = self._engine().attach(store, run_id, link_of(ctx), start)
+        driver = RunDriver.launch(self._engine(), store, run_id, link_of(ctx), start)
         return WorkflowHandler(run_id=run_id, ctx=ctx, control=driver)
 
     def _prepare(

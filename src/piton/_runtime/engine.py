@@ -18,7 +18,7 @@ import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from piton._core.graph import Graph, fingerprint
 from piton._core.state import RunState
@@ -28,11 +28,6 @@ from piton.errors import EventNotAccepted, WorkflowRuntimeError
 from piton.events import Event
 from piton.retry import RetryInfo
 from piton.serde import JsonSerializer
-
-if TYPE_CHECKING:
-    from piton._runtime.durable import RunDriver
-    from piton._runtime.runner import Runner
-    from piton.stores.base import Store
 
 Durability = Literal["fast", "strict"]
 DURABILITY: tuple[Durability, ...] = ("fast", "strict")
@@ -79,7 +74,7 @@ class RunLink:
 
     serializer: JsonSerializer
     for_step: Callable[[StepControl], Any]  # the ``ctx`` a step receives
-    run: Runner | None = None
+    run: LiveRun | None = None
     state: RunState | None = None
     values: Any = None
     lock: asyncio.Lock | None = None  # edit_state(): one editor at a time, across steps
@@ -233,34 +228,6 @@ class Engine:
         return RunState(
             run_id=run_id, graph=self.graph, values=values, timeout=self.config.timeout
         )
-
-    # -- starting runs -----------------------------------------------------------------------
-
-    def start(self, link: RunLink, state: RunState, start_event: Event | None) -> Runner:
-        """An in-memory run: it starts on the running loop at once."""
-        from piton._runtime.runner import Runner
-
-        runner = Runner(self, state, link)
-        runner.start(start_event)
-        return runner
-
-    def attach(
-        self,
-        store: Store,
-        run_id: str,
-        link: RunLink | None = None,
-        start_event: Event | None = None,
-        *,
-        stay: bool = True,
-    ) -> RunDriver:
-        """A durable run in ``store``: created (with ``start_event``), resumed, or replayed.
-
-        ``link``: the caller's context; None for a run the runtime takes up itself (a
-        worker's), which gets a fresh one."""
-        from piton._runtime.durable import RunDriver
-
-        link = link if link is not None else self.new_link()
-        return RunDriver.launch(self, store, run_id, link, start_event, stay=stay)
 
     def check_target(self, event: Event, step: str | None) -> None:
         """Refuse a send that no run of this workflow could take, naming what is wrong."""

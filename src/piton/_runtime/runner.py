@@ -221,7 +221,8 @@ class Runner:
         return future.result()
 
     def start(self, start_event: Event | None) -> None:
-        """Begin an in-memory run: at once, or once ``num_concurrent_runs`` lets it run.
+        """Begin an in-memory run on the running loop: at once, or once
+        ``num_concurrent_runs`` lets it run.
 
         Whatever reaches the run before its Begin (a send to a restored context, a state
         write) is fed after it, in order."""

@@ -71,7 +71,10 @@ class RunWorker:
         for record in await self.store.runnable(list(self.engines), self.clock.now()):
             if record.run_id in live or record.run_id in self._runs:
                 continue
-            driver = self.engines[record.workflow].attach(self.store, record.run_id, stay=False)
+            engine = self.engines[record.workflow]
+            driver = RunDriver.launch(
+                engine, self.store, record.run_id, engine.new_link(), None, stay=False
+            )
             task = driver.task
             assert task is not None
             self._runs[record.run_id] = task
