@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from piton.stores.base import Store
-from piton.stores.memory import MemoryStore
-from piton.stores.sqlite import SqliteStore
 
 
 @contextlib.contextmanager
@@ -53,10 +52,17 @@ def _checkable(store: Store) -> bool:
     cleaned up (a memory store, an SQLite file that is still there)."""
     if not store.__dict__.get("_piton_closed"):
         return True
-    if isinstance(store, MemoryStore):
+    # a backend never imported made no store: look in sys.modules, load nothing
+    memory, sqlite = sys.modules.get("piton.stores.memory"), sys.modules.get("piton.stores.sqlite")
+    if memory is not None and isinstance(store, memory.MemoryStore):
         return True
     path = getattr(store, "path", None)
-    return isinstance(store, SqliteStore) and path is not None and os.path.exists(path)
+    return (
+        sqlite is not None
+        and isinstance(store, sqlite.SqliteStore)
+        and path is not None
+        and os.path.exists(path)
+    )
 
 
 async def _stuck_in(store: Store, since: float) -> list[str]:
