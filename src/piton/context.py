@@ -164,8 +164,7 @@ class Context(Generic[StateT]):
         return self._link.values
 
     def _initial_state(self) -> Any:
-        state_type = self._workflow._compiled().graph.state_type
-        return state_type() if state_type is not None else {}
+        return self._workflow._engine().initial_values()
 
     def _coerce_state(self, state: Any) -> Any:
         state_type = self._workflow._compiled().graph.state_type

@@ -109,6 +109,8 @@ class Runner:
         self._durable_waits: list[tuple[int, asyncio.Future[None]]] = []
         self._wake: asyncio.Future[None] | None = None
         self._collected: list[Event] | None = None
+        # a memory run waiting for a num_concurrent_runs slot: what reached it, in order
+        self._unbegun: list[i.Input] | None = None
         link.run = self
         self._dispatch: dict[type[Any], Callable[[Any], None]] = {
             i.RunStep: self._run_step,
@@ -248,8 +250,6 @@ class Runner:
         except Exception as exc:  # never leave the caller waiting forever
             if not self.outcome.done():
                 self.outcome.set_exception(exc)
-
-    _unbegun: list[i.Input] | None = None
 
     # -- commands ---------------------------------------------------------------------
 
