@@ -270,15 +270,17 @@ class Workflow:
         """The state a memory run starts from: a restored unfinished run goes on; else a
         new run, keeping the state values of an earlier run or set on the context."""
         previous = link.current()
-        link.run = link.state = None
         if previous is not None and not previous.finished and previous.status != "new":
             previous.timeout = self._config.timeout
             if run_id is not None:
                 previous.run_id = run_id
+            link.run = link.state = None
             return previous, None
+        start = self._start_event(compiled, start_event, kwargs)  # bad input: ctx unchanged
         values = previous.values if previous is not None else link.values
         state = self._new_state(run_id or uuid.uuid4().hex, values)
-        return state, self._start_event(compiled, start_event, kwargs)
+        link.run = link.state = None
+        return state, start
 
     def _start_event(
         self, compiled: Compiled, start_event: StartEvent | None, kwargs: dict[str, Any]

@@ -190,3 +190,22 @@ async def test_a_send_while_a_run_waits_for_a_slot_is_fed_after_its_begin() -> N
     await first.send_event(HumanResponseEvent(response="first"))
     assert await asyncio.wait_for(first, 5) == "first"
     assert await asyncio.wait_for(second, 5) == "second"
+
+
+async def test_a_bad_start_argument_leaves_a_finished_context_as_it_was() -> None:
+    """run(ctx=, **bad) raises before anything changes: the context keeps its state."""
+    from piton import WorkflowRuntimeError
+
+    class Count(Workflow):
+        @step
+        async def count(self, ev: StartEvent, ctx: Context) -> StopEvent:
+            await ctx.store.set("n", await ctx.store.get("n", default=0) + 1)
+            return StopEvent(result=await ctx.store.get("n"))
+
+    w = Count()
+    handler = w.run()
+    assert await handler == 1
+    with pytest.raises(WorkflowRuntimeError):
+        w.run(ctx=handler.ctx, start_event=HumanResponseEvent(response="not a start"))
+    assert await handler.ctx.store.get("n") == 1
+    assert await w.run(ctx=handler.ctx) == 2
