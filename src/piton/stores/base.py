@@ -115,6 +115,9 @@ class Store(ABC):
 
     url: str = ""
     lease: float = 15.0  # seconds a claim lasts without renewal
+    # seconds piton keeps retrying a store that cannot be reached (reconnecting with
+    # back-off) before a caller gets StoreUnavailable; workers retry without a deadline
+    deadline: float = 30.0
 
     def __init__(self) -> None:
         self.owner = process_owner()
