@@ -80,6 +80,7 @@ def crash_after_commit(n: int) -> None:
 
     faults.add_after_commit(hook)
 
+
 LEASE = 0.2  # seconds; long enough for a check's calls, short enough to wait out
 OTHER = "piton-check-store.invalid/1/1"  # a live owner on another host: only its lease counts
 THIRD = "piton-check-store.invalid/2/2"
@@ -372,6 +373,98 @@ async def check_runnable(kit: _Kit) -> None:
     assert await store.runnable([kit.workflow + "-none"], time.time()) == []
 
 
+async def check_claim_runnable(kit: _Kit) -> None:
+    store, now = kit.store, time.time()
+    claimer = "piton-check-store.invalid/3/3"
+
+    def queued(**options: Any) -> Awaitable[str]:
+        return kit.new_run(status="queued", owner=None, epoch=0, lease=None, **options)
+
+    def parked(**options: Any) -> Awaitable[str]:
+        return kit.new_run(status="parked", owner=None, lease=None, waiters=1, **options)
+
+    with_inbox = await parked()
+    await store.deliver(with_inbox, '{"wake": true}')
+    runnable = {
+        await queued(),
+        await queued(),
+        await parked(wake_at=now - 1),
+        with_inbox,
+        await kit.new_run(lease=-1.0),  # expired lease
+        await kit.new_run(owner=None, lease=None),
+        await kit.new_run(owner=kit.dead_owner, lease=3600.0),
+    }
+    later = await parked(wake_at=now + 3600)
+    left = {
+        later,
+        await parked(),
+        await kit.new_run(),  # a live owner on another host, its lease unexpired
+        await kit.new_run(owner=store.owner),  # this process
+        await queued(workflow=kit.workflow + "-other"),
+    }
+    finished = await kit.new_run(lease=-1.0)
+    await kit.finish(finished)
+    left.add(finished)
+    before = await store.get_many([*runnable, *left])
+    assert await store.claim_runnable([kit.workflow], now, claimer, 30.0, 0) == []
+    assert await store.claim_runnable([], now, claimer, 30.0, 10) == []
+    first = await store.claim_runnable([kit.workflow], time.time(), claimer, 30.0, 3)
+    assert len(first) == 3, f"claim_runnable(limit=3) took {len(first)} runs"
+    rest = await store.claim_runnable([kit.workflow], time.time(), claimer, 30.0, 100)
+    taken = [*first, *rest]
+    ids = [r.run_id for r in taken]
+    assert len(ids) == len(set(ids)) and set(ids) == runnable, (
+        f"claim_runnable missed {sorted(runnable - set(ids))} and wrongly took "
+        f"{sorted(set(ids) - runnable)}"
+    )
+    for record in taken:
+        stored = await kit.record(record.run_id)
+        assert record == stored, f"claim_runnable returned {record}, the store holds {stored}"
+        assert record.epoch == before[record.run_id].epoch + 1, f"epoch not raised: {record}"
+        assert (record.owner, record.status) == (claimer, "running"), record
+        assert record.lease_until is not None and record.lease_until > time.time() + 20, record
+    for run_id in left:
+        assert await kit.record(run_id) == before[run_id], f"claim_runnable changed {run_id}"
+    assert await store.claim_runnable([kit.workflow], time.time(), claimer, 30.0, 100) == []
+    # run time comes from the caller (a fake clock): a later `now` makes the deadline due
+    due = await store.claim_runnable([kit.workflow], now + 7200, THIRD, 30.0, 100)
+    assert [r.run_id for r in due] == [later], f"a run due at run time `now` gave {due}"
+
+
+async def check_claim_runnable_race(kit: _Kit) -> None:
+    store = kit.store
+    runs = set(
+        await asyncio.gather(
+            *(kit.new_run(status="queued", owner=None, epoch=0, lease=None) for _ in range(20))
+        )
+    )
+    both = await asyncio.gather(
+        store.claim_runnable([kit.workflow], time.time(), OTHER, 30.0, 15),
+        store.claim_runnable([kit.workflow], time.time(), THIRD, 30.0, 15),
+    )
+    a, b = ({r.run_id for r in records} for records in both)
+    assert len(a) <= 15 and len(b) <= 15, f"a claim took more than its limit: {len(a)}, {len(b)}"
+    assert not a & b, f"two claimers both took {sorted(a & b)}"
+    last = await store.claim_runnable(
+        [kit.workflow], time.time(), "piton-check-store.invalid/4/4", 30.0, 100
+    )
+    c = {r.run_id for r in last}
+    assert not c & (a | b) and a | b | c == runs, "the racing claims lost or doubled runs"
+    for record in await store.list_runs(workflow=kit.workflow, limit=100):
+        assert record.epoch == 1, f"a run was claimed twice: {record}"
+
+
+async def check_get_many(kit: _Kit) -> None:
+    store = kit.store
+    runs = await asyncio.gather(*(kit.new_run() for _ in range(5)))
+    missing = [kit.run_id() for _ in range(2500)]  # more ids than one query takes
+    found = await store.get_many([*missing[:1200], *runs, runs[0], *missing[1200:]])
+    assert set(found) == set(runs), f"get_many gave {sorted(found)}, expected {sorted(runs)}"
+    for run_id in runs:
+        assert found[run_id] == await kit.record(run_id), f"get_many({run_id!r}) != get()"
+    assert await store.get_many([]) == {} and await store.get_many(missing[:3]) == {}
+
+
 async def check_list_runs(kit: _Kit) -> None:
     store = kit.store
     second_workflow = kit.workflow + "-b"
@@ -581,6 +674,9 @@ CHECKS: tuple[Callable[[_Kit], Awaitable[None]], ...] = (
     check_inbox,
     check_snapshot,
     check_runnable,
+    check_claim_runnable,
+    check_claim_runnable_race,
+    check_get_many,
     check_list_runs,
     check_waiters,
     check_release,

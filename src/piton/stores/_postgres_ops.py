@@ -8,6 +8,7 @@ raises before it has written anything.
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from dataclasses import replace
@@ -18,7 +19,7 @@ import psycopg
 from piton._core.status import FINAL_STATUSES, PARKED, QUEUED, RUNNING
 from piton.errors import RunNotFound
 from piton.stores._rows import COLUMNS, LoadReader, RowReader
-from piton.stores._sql import ACTIVE, COLUMN_LIST, FINAL, STUCK, runs_filter
+from piton.stores._sql import COLUMN_LIST, FINAL, STUCK, runs_filter
 from piton.stores.base import (
     CommitRequest,
     Loaded,
@@ -33,6 +34,7 @@ from piton.stores.base import (
 Conn: TypeAlias = psycopg.AsyncConnection[tuple[Any, ...]]
 
 _SELECT_RUN = f"SELECT {COLUMN_LIST} FROM runs"
+_CHUNK = 1000  # run ids per get_many query
 
 # A new run with its first entries and stream events, in one statement.
 _CREATE = f"""
@@ -175,7 +177,8 @@ SELECT 3, id, textsend(event), step FROM inbox WHERE run_id = %(run_id)s
 ORDER BY part, n
 """
 
-# Same-host owners holding an unexpired lease: whether they are alive is asked of /proc.
+# Same-host owners holding a lease unexpired at %(now)s: whether they are alive is asked of
+# /proc. Read through runs_active: there are only as many running runs as workers run.
 _LOCAL_OWNERS = f"""
 SELECT DISTINCT owner FROM runs
 WHERE workflow = ANY(%(workflows)s::text[]) AND status = '{RUNNING}'
@@ -183,19 +186,65 @@ WHERE workflow = ANY(%(workflows)s::text[]) AND status = '{RUNNING}'
   AND (lease_until IS NULL OR lease_until >= %(now)s)
 """
 
-# base.is_runnable() in SQL, given the same-host owners found dead.
+# The runs a worker should take (base.is_runnable() in SQL, given the same-host owners
+# found dead), kind by kind, each kind read through its own index, so that 100,000 parked
+# runs waiting for an event cost nothing (migration 003): running runs with no owner, an
+# expired lease or a dead owner (runs_active: only as many as workers run); parked runs
+# with an inbox event (found from the inbox table, which holds only the events not yet
+# taken: no index names the inbox count, so a delivery stays a HOT update); parked runs
+# whose deadline passed (runs_wake); queued runs, oldest first (runs_queued). Each kind
+# of each workflow is read in index order up to the limit. ``{may}`` is replaced by the
+# claim's terms (base.may_claim()), ``{lock}`` by its row locks.
+_KINDS = (
+    f"""SELECT run_id FROM runs
+    WHERE workflow = ANY(%(workflows)s::text[]) AND status = '{RUNNING}'
+      AND (owner IS NULL OR lease_until < %(now)s OR owner = ANY(%(dead)s::text[])){{may}}
+    LIMIT %(limit)s{{lock}}""",
+    f"""SELECT run_id FROM runs
+    WHERE workflow = ANY(%(workflows)s::text[]) AND status = '{PARKED}' AND inbox > 0
+      AND run_id IN (SELECT run_id FROM inbox){{may}}
+    LIMIT %(limit)s{{lock}}""",
+    f"""SELECT c.run_id FROM unnest(%(workflows)s::text[]) AS w(name), LATERAL (
+        SELECT run_id FROM runs
+        WHERE workflow = w.name AND status = '{PARKED}' AND wake_at <= %(now)s
+          AND inbox = 0{{may}}
+        ORDER BY wake_at LIMIT %(limit)s{{lock}}) AS c""",
+    f"""SELECT c.run_id FROM unnest(%(workflows)s::text[]) AS w(name), LATERAL (
+        SELECT run_id FROM runs WHERE workflow = w.name AND status = '{QUEUED}'{{may}}
+        ORDER BY created_at LIMIT %(limit)s{{lock}}) AS c""",
+)
+
 _RUNNABLE = f"""
 {_SELECT_RUN}
-WHERE workflow = ANY(%(workflows)s::text[])
-  AND status IN ({ACTIVE}) AND (
-       status = '{QUEUED}'
-    OR (status = '{PARKED}' AND (inbox > 0 OR wake_at <= %(now)s))
-    OR (status = '{RUNNING}' AND (owner IS NULL OR lease_until < %(now)s
-                                OR owner = ANY(%(dead)s::text[])))
-  )
+WHERE run_id IN ({" UNION ALL ".join(f"({kind})".format(may="", lock="") for kind in _KINDS)})
 ORDER BY created_at
 LIMIT %(limit)s
 """
+
+# claim_runnable(): the first ``limit`` runs of the kinds above that the claimer may take
+# (base.may_claim()), each row locked as it is read, a row locked by another claimer
+# skipped. The kinds are read lazily, in order, until ``limit`` runs are found: a later
+# kind is not read at all when the earlier ones have enough. One statement: two claimers
+# never take one run, and a run taken gets the next epoch.
+_MAY_CLAIM = """
+      AND (owner IS NULL OR owner = %(owner)s OR lease_until < %(wall)s
+           OR owner = ANY(%(dead)s::text[]))"""
+_CLAIM_RUNNABLE = (
+    "WITH "
+    + ", ".join(
+        f"k{n} AS ({kind})".format(may=_MAY_CLAIM, lock=" FOR UPDATE SKIP LOCKED")
+        for n, kind in enumerate(_KINDS)
+    )
+    + f""", picked AS (
+    {" UNION ALL ".join(f"SELECT run_id FROM k{n}" for n in range(len(_KINDS)))}
+    LIMIT %(limit)s
+)
+UPDATE runs SET owner = %(owner)s, epoch = runs.epoch + 1, lease_until = %(until)s,
+    status = '{RUNNING}', updated_at = %(wall)s
+FROM picked WHERE runs.run_id = picked.run_id
+RETURNING {", ".join(f"runs.{name}" for name in COLUMN_LIST.split(", "))}
+"""
+)
 
 # Finished runs past the cutoff, every row of them, in one statement. A run another
 # transaction is changing right now is left for the next prune.
@@ -373,6 +422,14 @@ class PostgresOps:
         row = await cursor.fetchone()
         return None if row is None else self.rows.record(row, run_id)
 
+    async def get_many(self, conn: Conn, run_ids: list[str]) -> dict[str, RunRecord]:
+        found: dict[str, RunRecord] = {}
+        for start in range(0, len(run_ids), _CHUNK):
+            chunk = run_ids[start : start + _CHUNK]
+            cursor = await conn.execute(f"{_SELECT_RUN} WHERE run_id = ANY(%s::text[])", [chunk])
+            found.update((r.run_id, r) for r in self.rows.records(await cursor.fetchall()))
+        return found
+
     async def load(self, conn: Conn, run_id: str) -> Loaded:
         # one snapshot of the database for the row and the rest: a commit that compacts the
         # journal meanwhile cannot make the journal look cut short
@@ -409,23 +466,43 @@ class PostgresOps:
         ]
         return Loaded(record, snapshot, snap_seq, entries, stream, inbox)
 
+    async def _dead_owners(
+        self, conn: Conn, workflows: list[str], now: float, me: str
+    ) -> list[str]:
+        """The owners on this host, besides ``me``, of running runs of ``workflows`` whose
+        lease is unexpired at ``now``, that are dead processes."""
+        args = {"workflows": workflows, "now": now, "host": self.host_prefix, "me": me}
+        cursor = await conn.execute(_LOCAL_OWNERS, args)
+        return [owner for (owner,) in await cursor.fetchall() if owner_is_dead(owner)]
+
     async def runnable(
         self, conn: Conn, workflows: list[str], now: float, limit: int
     ) -> list[RunRecord]:
         if not workflows or limit <= 0:
             return []
-        args: dict[str, Any] = {
-            "workflows": workflows,
-            "now": now,
-            "host": self.host_prefix,
-            "me": self.owner,
-        }
-        cursor = await conn.execute(_LOCAL_OWNERS, args)
-        owners = [row[0] for row in await cursor.fetchall()]
-        dead = [owner for owner in owners if owner_is_dead(owner)]
-        cursor = await conn.execute(_RUNNABLE, {**args, "dead": dead, "limit": limit})
+        dead = await self._dead_owners(conn, workflows, now, self.owner)
+        args = {"workflows": workflows, "now": now, "dead": dead, "limit": limit}
+        cursor = await conn.execute(_RUNNABLE, args)
         rows = await cursor.fetchall()
         return list(self.rows.records(rows, lambda record: is_runnable(record, now)))
+
+    async def claim_runnable(
+        self, conn: Conn, workflows: list[str], now: float, owner: str, lease: float, limit: int
+    ) -> list[RunRecord]:
+        wall = time.time()
+        # owners whose lease is unexpired by run time or by wall time: either may need them
+        dead = await self._dead_owners(conn, workflows, min(now, wall), owner)
+        args = {
+            "workflows": random.sample(workflows, len(workflows)),  # none always goes first
+            "now": now,
+            "wall": wall,
+            "until": wall + lease,
+            "owner": owner,
+            "dead": dead,
+            "limit": limit,
+        }
+        cursor = await conn.execute(_CLAIM_RUNNABLE, args)
+        return list(self.rows.records(await cursor.fetchall()))
 
     async def stuck(self, conn: Conn, workflows: list[str] | None, limit: int) -> list[RunRecord]:
         if limit <= 0 or workflows == []:

@@ -118,14 +118,15 @@ end"""
 )
 
 # KEYS: run, journal, stream, inbox, inbox-step, snapshot
-# ARGV: prefix, run_id, n_fields, field, value, ..., n_entries, entries..., stream events...
+# ARGV: prefix, run_id, channel (told the id of a queued run: a worker may take it),
+#       n_fields, field, value, ..., n_entries, entries..., stream events...
 CREATE = r"""
 local id, run = ARGV[2], KEYS[1]
 if redis.call('EXISTS', run) == 1 then return 0 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
-local n_fields = tonumber(ARGV[3])
-local at = 4 + n_fields
-redis.call('HSET', run, unpack(slice(4, n_fields)))
+local n_fields = tonumber(ARGV[4])
+local at = 5 + n_fields
+redis.call('HSET', run, unpack(slice(5, n_fields)))
 local n_entries = tonumber(ARGV[at])
 local pairs_ = {}
 for i = 1, n_entries do
@@ -138,6 +139,7 @@ local r = state(run)
 redis.call('ZADD', P .. ':runs', r.created_at, id)
 redis.call('ZADD', P .. ':workflow:' .. r.workflow, r.created_at, id)
 index(id, r, true)
+if r.status == 'queued' then redis.call('PUBLISH', ARGV[3], id) end
 return 1
 """
 
@@ -248,9 +250,11 @@ end
 return lost
 """
 
-# ARGV: prefix, now, owner, run_id, epoch, run_id, epoch, ...
+# ARGV: prefix, now, owner, channel (told a released run's id: a worker may take it),
+#       run_id, epoch, run_id, epoch, ...
 RELEASE = r"""
-for i = 4, #ARGV, 2 do
+local released = nil
+for i = 5, #ARGV, 2 do
   local id = ARGV[i]
   local run = P .. ':run:' .. id
   local cur = redis.call('HMGET', run, 'epoch', 'owner', 'status')
@@ -260,9 +264,102 @@ for i = 4, #ARGV, 2 do
     redis.call('HDEL', run, 'owner', 'lease_until')
     redis.call('HSET', run, 'updated_at', ARGV[2])
     reindex(id, old, state(run))
+    released = released or id
   end
 end
+if released then redis.call('PUBLISH', ARGV[4], released) end
 return 0
+"""
+
+# ARGV: prefix, owner, now (run time), wall (real time), lease_until, limit, n_dead,
+#       dead owners (of this host, found dead by the caller)..., workflows...
+# Claims up to `limit` runs of the workflows that base.claimable() takes, kind by kind
+# (as PostgreSQL does): running runs with an expired lease, no owner or a dead owner;
+# parked runs with an inbox event; parked runs whose deadline passed; queued runs, oldest
+# first. Each kind is read from its index page by page; a run that cannot be taken stays
+# in its index and is stepped over. Returns {damaged: {id, field, value, ...}, claimed:
+# {the run's hash as HGETALL gives it, ...}}.
+CLAIM_RUNNABLE = r"""
+local owner, now, wall = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local limit, n_dead = tonumber(ARGV[6]), tonumber(ARGV[7])
+local dead, wanted = {}, {}
+for i = 8, 7 + n_dead do dead[ARGV[i]] = true end
+local workflows = slice(8 + n_dead, #ARGV - 7 - n_dead)
+for _, w in ipairs(workflows) do wanted[w] = true end
+local taken, seen, claimed, bad = 0, {}, {}, {}
+
+local function runnable(r)
+  local s = r.status
+  if s == 'queued' then return true end
+  if s == 'parked' then
+    return (tonumber(r.inbox or '0') or 0) > 0 or (r.wake_at ~= nil and tonumber(r.wake_at) <= now)
+  end
+  if s ~= 'running' then return false end
+  if not r.owner then return true end
+  if r.lease_until and tonumber(r.lease_until) < now then return true end
+  return dead[r.owner] == true
+end
+
+local function may_claim(r)
+  if not r.owner or r.owner == owner then return true end
+  if r.lease_until and tonumber(r.lease_until) < wall then return true end
+  return dead[r.owner] == true
+end
+
+-- claim the run if it may be taken; true if it was
+local function try(id)
+  if seen[id] then return false end
+  seen[id] = true
+  local run = P .. ':run:' .. id
+  if redis.call('EXISTS', run) == 0 then return false end
+  local d = damaged(run)
+  if d then
+    bad[#bad + 1] = id
+    bad[#bad + 1] = d[2]
+    bad[#bad + 1] = d[3]
+    return false
+  end
+  local old = state(run)
+  if not (old.workflow and wanted[old.workflow] and runnable(old) and may_claim(old)) then
+    return false
+  end
+  redis.call('HINCRBY', run, 'epoch', 1)
+  redis.call('HSET', run, 'owner', owner, 'lease_until', ARGV[5], 'status', 'running',
+             'updated_at', ARGV[4])
+  reindex(id, old, state(run))
+  taken = taken + 1
+  claimed[#claimed + 1] = redis.call('HGETALL', run)
+  return true
+end
+
+-- the runs of a sorted set (by score from `min` to `max`, or all by rank), page by page
+local function drain(key, min, max)
+  local skipped = 0
+  while taken < limit do
+    local want, ids = limit - taken, nil
+    if min then
+      ids = redis.call('ZRANGEBYSCORE', key, min, max, 'LIMIT', skipped, want)
+    else
+      ids = redis.call('ZRANGE', key, skipped, skipped + want - 1)
+    end
+    if #ids == 0 then return end
+    for _, id in ipairs(ids) do
+      if not try(id) then skipped = skipped + 1 end
+    end
+  end
+end
+
+for _, w in ipairs(workflows) do drain(P .. ':lease:' .. w, '-inf', '(' .. ARGV[3]) end
+for name in pairs(dead) do
+  for _, id in ipairs(redis.call('SMEMBERS', P .. ':owned:' .. name)) do
+    if taken >= limit then break end
+    try(id)
+  end
+end
+for _, w in ipairs(workflows) do drain(P .. ':mail:' .. w) end
+for _, w in ipairs(workflows) do drain(P .. ':wake:' .. w, '-inf', ARGV[3]) end
+for _, w in ipairs(workflows) do drain(P .. ':workflow-status:queued:' .. w) end
+return {bad, claimed}
 """
 
 # KEYS: run, inbox, inbox-step
@@ -315,6 +412,7 @@ SCRIPTS: dict[str, str] = {
         "claim": CLAIM,
         "renew": RENEW,
         "release": RELEASE,
+        "claim_runnable": CLAIM_RUNNABLE,
         "deliver": DELIVER,
         "prune": PRUNE,
     }.items()

@@ -3,21 +3,24 @@ inside a transaction the writer opened."""
 
 from __future__ import annotations
 
+import random
 import socket
 import sqlite3
 import time
+from collections.abc import Generator
 from dataclasses import astuple, replace
 from typing import Any
 
 from piton._core.status import FINAL_STATUSES, PARKED, QUEUED, RUNNING
 from piton.errors import RunNotFound
 from piton.stores._rows import COLUMNS, TEXT, BadColumn, LoadReader, RowReader, check_column
-from piton.stores._sql import ACTIVE, COLUMN_LIST, FINAL, STUCK, runs_filter
+from piton.stores._sql import COLUMN_LIST, FINAL, STUCK, runs_filter
 from piton.stores.base import (
     CommitRequest,
     Loaded,
     RunRecord,
     check_fence,
+    claimable,
     is_runnable,
     may_claim,
     too_many_events,
@@ -41,6 +44,19 @@ _COMMIT_COLUMNS = ("epoch", "owner", "seq", "status", "wake_at", "fingerprint", 
 _SELECT_COMMIT = f"SELECT {', '.join(map(_read, _COMMIT_COLUMNS))} FROM runs WHERE run_id = ?"
 # stuck(): the terms of the runs_stuck index's WHERE, word for word, so SQLite can use it
 _STUCK = STUCK
+# The runs a worker should take, kind by kind, each read through its own index (migration
+# 003: the terms of a partial index's WHERE appear here word for word, so SQLite uses it):
+# running runs with no owner, an expired lease or another owner on this host (whether that
+# one is alive is asked of /proc, in Python), parked runs with an inbox event, parked runs
+# whose deadline passed, queued runs. Earlier kinds are work already under way.
+_KINDS = (
+    f"status = '{RUNNING}' AND (owner IS NULL OR owner = '' OR lease_until < :now"
+    " OR (substr(owner, 1, :n) = :host AND owner != :me))",
+    f"status = '{PARKED}' AND inbox > 0 ORDER BY created_at",
+    f"status = '{PARKED}' AND wake_at IS NOT NULL AND wake_at <= :now ORDER BY wake_at",
+    f"status = '{QUEUED}' ORDER BY created_at",
+)
+_CHUNK = 500  # run ids per get_many query
 _INSERT_RUN = (
     f"INSERT INTO runs ({COLUMN_LIST}) VALUES ({', '.join('?' * len(COLUMNS))}) "
     "ON CONFLICT (run_id) DO NOTHING"
@@ -65,6 +81,15 @@ class SqliteOps:
     def get(self, conn: sqlite3.Connection, run_id: str) -> RunRecord | None:
         row = conn.execute(f"{_SELECT_RUN} WHERE run_id = ?", (run_id,)).fetchone()
         return None if row is None else self.rows.record(row, run_id)
+
+    def get_many(self, conn: sqlite3.Connection, run_ids: list[str]) -> dict[str, RunRecord]:
+        found: dict[str, RunRecord] = {}
+        unique = list(dict.fromkeys(run_ids))
+        for start in range(0, len(unique), _CHUNK):
+            chunk = unique[start : start + _CHUNK]
+            sql = f"{_SELECT_RUN} WHERE run_id IN ({', '.join('?' * len(chunk))})"
+            found.update((r.run_id, r) for r in self.rows.records(conn.execute(sql, chunk)))
+        return found
 
     def create(
         self, conn: sqlite3.Connection, record: RunRecord, entries: list[str], stream: list[str]
@@ -261,31 +286,68 @@ class SqliteOps:
         ]
         return Loaded(record, snapshot, snap_seq, entries, stream, inbox)
 
+    def _candidates(
+        self, conn: sqlite3.Connection, workflows: list[str], now: float, me: str
+    ) -> Generator[RunRecord, None, None]:
+        """Runs that may be runnable, kind by kind (``_KINDS``), each workflow in turn; a
+        superset of ``is_runnable``. Rows that cannot be read are left out and logged."""
+        prefix = self.host_prefix
+        args = {"now": now, "n": len(prefix), "host": prefix, "me": me}
+        for kind in _KINDS:
+            for workflow in workflows:
+                sql = f"{_SELECT_RUN} WHERE workflow = :workflow AND {kind}"
+                yield from self.rows.records(conn.execute(sql, {**args, "workflow": workflow}))
+
     def runnable(
         self, conn: sqlite3.Connection, workflows: list[str], now: float, limit: int
     ) -> list[RunRecord]:
         if not workflows or limit <= 0:
             return []
-        marks = ", ".join("?" * len(workflows))
-        # a superset of is_runnable() in SQL; same-host owners are checked in Python
-        sql = (
-            f"{_SELECT_RUN} WHERE workflow IN ({marks}) "
-            f"AND status IN ({ACTIVE}) AND ("
-            f" status = '{QUEUED}'"
-            f" OR (status = '{PARKED}' AND (inbox > 0 OR wake_at <= ?))"
-            f" OR (status = '{RUNNING}' AND (owner IS NULL OR lease_until < ?"
-            "     OR (substr(owner, 1, ?) = ? AND owner != ?)))"
-            ") ORDER BY created_at"
+        found = [
+            r for r in self._candidates(conn, workflows, now, self.owner) if is_runnable(r, now)
+        ]
+        found.sort(key=lambda record: record.created_at)
+        return found[:limit]
+
+    def claim_runnable(
+        self,
+        conn: sqlite3.Connection,
+        workflows: list[str],
+        now: float,
+        owner: str,
+        lease: float,
+        limit: int,
+    ) -> list[RunRecord]:
+        """In the writer's IMMEDIATE transaction: no other connection claims meanwhile."""
+        if not workflows or limit <= 0:
+            return []
+        wall = time.time()
+        names = random.sample(workflows, len(workflows))  # no workflow always goes first
+        chosen: dict[str, RunRecord] = {}
+        candidates = self._candidates(conn, names, now, owner)
+        for record in candidates:
+            if record.run_id not in chosen and claimable(record, owner, now, wall):
+                chosen[record.run_id] = record
+                if len(chosen) >= limit:
+                    break
+        candidates.close()  # the reads end before the writes begin
+        claimed = [
+            replace(
+                r,
+                owner=owner,
+                epoch=r.epoch + 1,
+                lease_until=wall + lease,
+                status=RUNNING,
+                updated_at=wall,
+            )
+            for r in chosen.values()
+        ]
+        conn.executemany(
+            f"UPDATE runs SET owner = ?, epoch = ?, lease_until = ?, status = '{RUNNING}', "
+            "updated_at = ? WHERE run_id = ?",
+            [(owner, r.epoch, r.lease_until, wall, r.run_id) for r in claimed],
         )
-        prefix = self.host_prefix
-        args = (*workflows, now, now, len(prefix), prefix, self.owner)
-        found = []
-        rows = conn.execute(sql, args)
-        for record in self.rows.records(rows, lambda record: is_runnable(record, now)):
-            found.append(record)
-            if len(found) >= limit:
-                break
-        return found
+        return claimed
 
     def stuck(
         self, conn: sqlite3.Connection, workflows: list[str] | None, limit: int

@@ -13,6 +13,10 @@ Rules every backend keeps (``piton.testing.check_store`` checks them):
 - ``claim`` hands a run to a new owner with a new, higher epoch, if the run is not
   final and its owner is absent, the caller itself, expired, or a dead process on
   this host. ``release`` hands leases back: the run is free at once, same epoch.
+- ``claim_runnable`` claims, in one atomic step, runs that ``is_runnable`` and
+  ``may_claim`` (``claimable``), of the given workflows only; two callers never get the
+  same run. A run created queued and a release wake ``wait_for_work`` in other processes
+  (on the stores that can tell them).
 - A commit that is not plain writes the run's ``waiters``; a plain one leaves them.
 - ``deliver(limit=n)`` checks the inbox and adds the event in one atomic step.
 - Stored data is untrusted: a row that cannot be read fails that run only
@@ -97,7 +101,7 @@ class CommitRequest:
 
     @property
     def plain(self) -> bool:
-        """Changes nothing on the run's row but its seq: a store's cheap, batchable case."""
+        """Changes nothing on the run's row but its seq: the cheapest case of a store."""
         return (
             self.status == RUNNING
             and not self.release
@@ -108,6 +112,13 @@ class CommitRequest:
             and self.snapshot is None
             and not self.inbox_done
         )
+
+    @property
+    def batchable(self) -> bool:
+        """Changes only the run's row (besides appending entries and stream events): no
+        snapshot, no inbox event taken, no new fingerprint. A store may apply many such
+        requests in one statement: plain commits, and those that park or finish a run."""
+        return self.snapshot is None and not self.inbox_done and self.fingerprint is None
 
 
 class Store(ABC):
@@ -152,6 +163,26 @@ class Store(ABC):
     @abstractmethod
     async def claim(self, run_id: str, owner: str, lease: float) -> int | None:
         """Take the run over; return the new epoch, or None if someone else holds it."""
+
+    @abstractmethod
+    async def get_many(self, run_ids: list[str]) -> dict[str, RunRecord]:
+        """The records of ``run_ids`` that exist, by run id, read in one round trip (a long
+        list in chunks). A run whose row cannot be read is left out and logged."""
+
+    @abstractmethod
+    async def claim_runnable(
+        self, workflows: list[str], now: float, owner: str, lease: float, limit: int
+    ) -> list[RunRecord]:
+        """Claim up to ``limit`` runs of ``workflows`` (no other run is touched) that a
+        worker should take now, atomically; return them as they are after the claim.
+
+        A run is taken when ``claimable(record, owner, now)``: it is runnable at run time
+        ``now`` (queued; running with an expired lease, no owner or a dead owner on this
+        host; parked with an inbox event or a deadline at or before ``now``) and
+        ``owner`` may claim it (``may_claim``, on the wall clock). Each run taken gets the
+        next epoch, ``owner``, status ``running`` and a lease until ``time.time() +
+        lease``. Two concurrent callers never get the same run.
+        """
 
     @abstractmethod
     async def load(self, run_id: str) -> Loaded: ...
@@ -199,8 +230,8 @@ class Store(ABC):
         ``workflows`` when given. A run whose row cannot be read is left out and logged."""
 
     async def wait_for_work(self, timeout: float) -> None:
-        """Return once a run may need a worker (an event was delivered to it from another
-        process), or after ``timeout`` seconds.
+        """Return once a run may need a worker (an event was delivered to it, a run was
+        queued, leases were released, in another process), or after ``timeout`` seconds.
 
         Backends that can be told (PostgreSQL's LISTEN/NOTIFY) return early; this default
         waits out the timeout, and the caller polls.
@@ -346,6 +377,16 @@ def is_runnable(record: RunRecord, now: float) -> bool:
     return owner_is_dead(record.owner)
 
 
+def claimable(record: RunRecord, owner: str, now: float, wall: float | None = None) -> bool:
+    """Whether ``claim_runnable`` takes the run for ``owner``: runnable at run time ``now``
+    (``is_runnable``), and ``owner`` may claim it at wall-clock time ``wall`` (``may_claim``;
+    ``time.time()`` when not given). Run time may be a test's fake clock; leases are real
+    time."""
+    if not is_runnable(record, now):
+        return False
+    return may_claim(record, owner, time.time() if wall is None else wall)
+
+
 def is_stuck(record: RunRecord) -> bool:
     """Whether nothing will ever move the run: parked (so held by no process, and not
     final), with no inbox event, no wake-up deadline and no waiter."""
@@ -443,6 +484,7 @@ __all__ = [
     "Store",
     "backend",
     "check_limit",
+    "claimable",
     "is_runnable",
     "is_stuck",
     "may_claim",

@@ -20,6 +20,7 @@ from piton.stores.base import (
     age_in_seconds,
     check_fence,
     check_limit,
+    claimable,
     is_runnable,
     is_stuck,
     may_claim,
@@ -70,6 +71,26 @@ class MemoryStore(Store):
     async def get(self, run_id: str) -> RunRecord | None:
         record = self._runs.get(run_id)
         return None if record is None else copy.copy(record)
+
+    async def get_many(self, run_ids: list[str]) -> dict[str, RunRecord]:
+        return {i: copy.copy(self._runs[i]) for i in run_ids if i in self._runs}
+
+    async def claim_runnable(
+        self, workflows: list[str], now: float, owner: str, lease: float, limit: int
+    ) -> list[RunRecord]:
+        wanted, wall = set(workflows), time.time()
+        found = [
+            r
+            for r in self._runs.values()
+            if r.workflow in wanted and claimable(r, owner, now, wall)
+        ]
+        found.sort(key=lambda r: r.created_at)  # oldest first
+        claimed = []
+        for record in found[: max(limit, 0)]:
+            record.owner, record.epoch = owner, record.epoch + 1
+            record.lease_until, record.status, record.updated_at = wall + lease, RUNNING, wall
+            claimed.append(copy.copy(record))
+        return claimed
 
     async def claim(self, run_id: str, owner: str, lease: float) -> int | None:
         record = self._run(run_id)

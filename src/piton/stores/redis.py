@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -80,6 +81,7 @@ from piton.stores._redis_codec import (
     PARTS,
     Arg,
     Codec,
+    check_field,
     commit_args,
     encode_arg,
     encode_record,
@@ -118,6 +120,7 @@ T = TypeVar("T")
 _PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 _PRUNE_BATCH = 500
 _STUCK_PAGE = 500
+_CHUNK = 1000  # runs read per pipeline by get_many
 # raises the schema version to ARGV[1] if it is lower; returns the version now
 _UPGRADE = """
 local found = tonumber(redis.call('GET', KEYS[1]))
@@ -281,7 +284,8 @@ class RedisStore(ServerStore[Engine]):
         now = time.time()
         record = replace(record, seq=len(entries), inbox=0, created_at=now, updated_at=now)
         encoded = encode_record(record)
-        args = [record.run_id, len(encoded), *encoded, len(entries), *entries, *stream]
+        args = [record.run_id, self._channel, len(encoded), *encoded, len(entries), *entries]
+        args += stream
         keys = self._run_keys(record.run_id)
         created: bool = await self._write("create", keys, args, lambda reply: reply == 1)
         return created
@@ -289,6 +293,46 @@ class RedisStore(ServerStore[Engine]):
     async def get(self, run_id: str) -> RunRecord | None:
         raw = await self._read(lambda client: client.hgetall(self._key("run", run_id)))
         return self._codec.record(run_id, raw) if raw else None
+
+    async def get_many(self, run_ids: list[str]) -> dict[str, RunRecord]:
+        ids = [run_id.encode("utf-8") for run_id in dict.fromkeys(run_ids)]
+        if not ids:
+            return {}
+
+        async def read(client: aioredis.Redis) -> list[RunRecord]:
+            found: list[RunRecord] = []
+            for start in range(0, len(ids), _CHUNK):  # one pipeline per chunk
+                found += await self._records(client, ids[start : start + _CHUNK])
+            return found
+
+        return {record.run_id: record for record in await self._read(read)}
+
+    async def claim_runnable(
+        self, workflows: list[str], now: float, owner: str, lease: float, limit: int
+    ) -> list[RunRecord]:
+        names = list(dict.fromkeys(workflows))
+        if not names or limit <= 0:
+            return []
+        key = self._key("owners")
+        owners = cast(set[bytes], await self._read(lambda client: client.smembers(key)))
+        dead = [o for o in owners if o != owner.encode() and _dead(o)]
+        wall = time.time()
+        random.shuffle(names)  # no workflow always goes first
+        args: list[Arg] = [owner, now, wall, wall + lease, limit, len(dead), *dead, *names]
+        bad, claimed = await self._write("claim_runnable", [], args, lambda reply: reply)
+        for n in range(0, len(bad), 3):
+            run_id, name, value = (bytes(part) for part in bad[n : n + 3])
+            try:
+                check_field(name.decode("utf-8", "replace"), value)
+            except BadColumn as problem:
+                self._codec.rows.skipped(run_id.decode("utf-8", "replace"), problem)
+        records = []
+        for flat in claimed:
+            raw = dict(zip(flat[::2], flat[1::2], strict=True))
+            record = self._decoded(raw.get(b"run_id", b"?"), raw)
+            if record is not None:
+                records.append(record)
+        return records
 
     async def claim(self, run_id: str, owner: str, lease: float) -> int | None:
         for _ in range(3):  # the run changed between the read and the script: look again
@@ -371,7 +415,7 @@ class RedisStore(ServerStore[Engine]):
     async def release(self, runs: list[tuple[str, int]], owner: str) -> None:
         if not runs:
             return
-        args: list[Arg] = [time.time(), owner]
+        args: list[Arg] = [time.time(), owner, self._channel]
         for run_id, epoch in runs:
             args += [run_id, epoch]
         await self._write("release", [], args, lambda reply: None)

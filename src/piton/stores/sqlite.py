@@ -213,6 +213,26 @@ class SqliteStore(Store):
         result: RunRecord | None = await self._call(lambda c: self._ops.get(c, run_id), write=False)
         return result
 
+    async def get_many(self, run_ids: list[str]) -> dict[str, RunRecord]:
+        ids = list(run_ids)
+        if not ids:
+            return {}
+        result: dict[str, RunRecord] = await self._call(
+            lambda c: self._ops.get_many(c, ids), write=False
+        )
+        return result
+
+    async def claim_runnable(
+        self, workflows: list[str], now: float, owner: str, lease: float, limit: int
+    ) -> list[RunRecord]:
+        names = list(dict.fromkeys(workflows))
+        if not names or limit <= 0:
+            return []
+        result: list[RunRecord] = await self._call(
+            lambda c: self._ops.claim_runnable(c, names, now, owner, lease, limit), write=True
+        )
+        return result
+
     async def claim(self, run_id: str, owner: str, lease: float) -> int | None:
         result: int | None = await self._call(
             lambda c: self._ops.claim(c, run_id, owner, lease), write=True

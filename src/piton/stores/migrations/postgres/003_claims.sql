@@ -1,0 +1,21 @@
+-- piton PostgreSQL schema, version 3: finding the runs a worker should take, by index.
+--
+-- Applied by PostgresStore in the migration transaction (advisory lock held, search_path
+-- set to the store's schema); the migrator then records (3, '003_claims.sql').
+-- Never edit a released migration: add 004_....sql instead.
+--
+-- claim_runnable() and runnable() read each kind of runnable run through an index that
+-- holds only the runs of that kind, so 100,000 parked runs waiting for an event cost a
+-- claim, a wake-up and a finish nothing (see _postgres_ops._KINDS):
+--   running runs (lease expired, no owner, dead owner): runs_active (workflow, status);
+--     there are only as many as workers run at once;
+--   parked runs with an inbox event: from the inbox table, which holds only the events
+--     not yet taken, joined to runs by its primary key;
+--   parked runs whose deadline passed: runs_wake below;
+--   queued runs, oldest first: runs_queued below.
+-- No index names lease_until or inbox: renew() and deliver() change only those columns,
+-- and stay HOT updates (no index entry written), as step commits do.
+
+CREATE INDEX runs_queued ON runs (workflow, created_at) WHERE status = 'queued';
+CREATE INDEX runs_wake ON runs (workflow, wake_at)
+    WHERE status = 'parked' AND wake_at IS NOT NULL;
