@@ -228,7 +228,14 @@ def _entry(cls: type[i.Input], kind: str, **names: tuple[str, _Way]) -> _Entry:
 _ENTRIES: Final[dict[type[i.Input], _Entry]] = {
     e.cls: e
     for e in (
-        _entry(i.Begin, "Begin", at=("at", TIME), start_event=("start_event", OPT_EVENT)),
+        _entry(
+            i.Begin,
+            "Begin",
+            at=("at", TIME),
+            start_event=("start_event", OPT_EVENT),
+            owner=("owner", OPT_TEXT),
+            epoch=("epoch", INT),
+        ),
         _entry(
             i.StepDone,
             "StepDone",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import weakref
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
@@ -25,7 +27,11 @@ class WorkflowHandler(asyncio.Future[Any]):
         self._run_id = run_id
         self._ctx = ctx
         self._control = control
-        control.outcome.add_done_callback(self._take_outcome)
+        # the run does not keep its handler alive: a handler nobody holds is collected,
+        # and a durable run then keeps nothing in this process once it parks
+        control.outcome.add_done_callback(functools.partial(_tell, weakref.ref(self)))
+        control.handler_added()
+        weakref.finalize(self, control.handler_dropped)
 
     def _take_outcome(self, outcome: asyncio.Future[Any]) -> None:
         error = None if outcome.cancelled() else outcome.exception()  # retrieved either way
@@ -112,6 +118,14 @@ class WorkflowHandler(asyncio.Future[Any]):
     def __repr__(self) -> str:
         state = "done" if self.done() else "running"
         return f"<WorkflowHandler run_id={self._run_id!r} {state}>"
+
+
+def _tell(ref: weakref.ref[WorkflowHandler], outcome: asyncio.Future[Any]) -> None:
+    handler = ref()
+    if handler is not None:
+        handler._take_outcome(outcome)
+    elif not outcome.cancelled():
+        outcome.exception()  # retrieved: nobody was left to see it
 
 
 __all__ = ["WorkflowHandler"]

@@ -1,4 +1,4 @@
-"""Worker: resumes a store's unfinished runs and wakes parked ones when they are due."""
+"""Worker: executes the runs queued in a store, on as many machines as you start it on."""
 
 from __future__ import annotations
 
@@ -11,16 +11,23 @@ from .workflow import Workflow
 
 
 class Worker(RunWorker):
-    """Works on every runnable run of ``workflows`` in ``store`` until closed.
+    """Executes the runs of ``workflows`` in ``store``: queued ones (``Workflow.start``),
+    abandoned ones (their owner died, or its lease expired) and parked ones once an
+    event arrives or their deadline passes.
 
-        async with Worker("sqlite:///runs.db", workflows=[Convert]):
-            await asyncio.sleep(3600)
+        async with Worker("postgresql://db/app", workflows=[Convert], concurrency=50):
+            await asyncio.Event().wait()
 
-    Unfinished runs are resumed at start (their owner crashed, or its lease expired);
-    parked runs are woken when an event arrives in their inbox or their deadline
-    passes. Closing the worker leaves its runs parked or resumable, never cancelled.
+    At most ``concurrency`` runs execute at once; a parked run is let go and counts for
+    nothing. Runs of workflows this worker does not know are left for a worker that
+    knows them. ``await worker.drain()`` shuts down gracefully: it claims nothing more,
+    lets the steps running now finish within ``grace`` seconds and hands every lease
+    back, so another worker continues at once; leaving the ``async with`` block (or
+    ``close()``) lets go at once. Runs are never cancelled by a worker leaving.
+
     A workflow given as a class is instantiated with no arguments; the worker runs its
-    runs in ``store``, whatever store the instance was made with.
+    runs in ``store``, whatever store the instance was made with. The same worker runs
+    from a shell as ``piton worker module:Workflow --store URL --concurrency N``.
     """
 
     def __init__(
@@ -28,6 +35,8 @@ class Worker(RunWorker):
         store: Store | str,
         workflows: Iterable[Workflow | type[Workflow]],
         *,
+        concurrency: int = 100,
+        grace: float = 30.0,
         poll_interval: float = 0.5,
     ) -> None:
         self.workflows: dict[str, Workflow] = {}
@@ -37,9 +46,21 @@ class Worker(RunWorker):
                 raise WorkflowConfigurationError(
                     f"Worker takes Workflow instances or classes, got {w!r}."
                 )
+            if instance.workflow_name in self.workflows:
+                raise WorkflowConfigurationError(
+                    f"Two workflows named '{instance.workflow_name}' were given to one "
+                    "worker; a run names its workflow, so the worker could not tell which "
+                    "one runs it. Give each workflow class its own name."
+                )
             self.workflows[instance.workflow_name] = instance
         engines = [w._engine() for w in self.workflows.values()]
-        super().__init__(store, engines, poll_interval=poll_interval)
+        super().__init__(
+            store,
+            engines,
+            concurrency=concurrency,
+            grace=grace,
+            poll_interval=poll_interval,
+        )
 
 
 __all__ = ["Worker"]

@@ -11,9 +11,9 @@ from typing import Any, ClassVar
 from pydantic import ValidationError
 
 from ._compile import Compiled, build_engine, compile_workflow
-from ._core.state import RunState
+from ._core.state import MAX_PENDING_EVENTS, RunState
 from ._runtime.clock import SYSTEM_CLOCK, Clock
-from ._runtime.durable import RunDriver
+from ._runtime.durable import CANCEL_MESSAGE, RunDriver
 from ._runtime.engine import DURABILITY, Engine, RunConfig, RunLink
 from ._runtime.live import live_runs
 from ._runtime.restore import rebuild
@@ -26,10 +26,10 @@ from .errors import (
     WorkflowRuntimeError,
     WorkflowValidationError,
 )
-from .events import StartEvent
+from .events import Event, StartEvent
 from .handler import WorkflowHandler
 from .serde import JsonSerializer
-from .stores.base import Store, open_store
+from .stores.base import RunRecord, Store, open_store
 from .views import RunView, view_of
 
 
@@ -194,6 +194,115 @@ class Workflow:
             owner=record.owner,
             updated_at=record.updated_at,
         )
+
+    async def start(
+        self, run_id: str | None = None, start_event: StartEvent | None = None, **kwargs: Any
+    ) -> str:
+        """Queue a run in the store for a worker to execute, and return its id at once.
+
+        The run is written with status ``queued`` and its start event; nothing of it runs
+        in this process. Any ``piton.Worker`` (or ``piton worker``) for this store and
+        workflow picks it up. Idempotent by ``run_id``: queueing an id that exists
+        changes nothing and returns it. ``w.run(run_id=...)`` attaches to the run from
+        any process, to await its result, stream its events, send to it or cancel it.
+        """
+        store = self.store
+        if store is None:
+            raise WorkflowConfigurationError(
+                f"start() queues a run in the workflow's store for a worker, and workflow "
+                f"'{self.workflow_name}' has none. Pass store=... or set PITON_STORE, or use "
+                "run() to execute the run in this process."
+            )
+        compiled = self._compiled()
+        start = self._start_event(compiled, start_event, kwargs)
+        engine = self._engine()
+        text = JsonSerializer().dumps(start, f"start event {type(start).__name__}")
+        run_id = run_id or uuid.uuid4().hex
+        record = RunRecord(
+            run_id=run_id,
+            workflow=engine.name,
+            status="queued",
+            fingerprint=engine.fingerprint,
+            start=text,
+        )
+        await store.open()
+        if not await store.create(record, [], []):
+            existing = await store.get(run_id)
+            if existing is not None and existing.workflow != engine.name:
+                raise WorkflowRuntimeError(
+                    f"Run '{run_id}' exists in {store.url} and belongs to workflow "
+                    f"'{existing.workflow}', not '{engine.name}'. Use another run_id."
+                )
+        return run_id
+
+    async def result(self, run_id: str, timeout: float | None = None) -> Any:
+        """Wait for the durable run ``run_id`` to finish, wherever it runs, and return its
+        result (or raise its error), as ``await handler`` would. Unlike ``run(run_id=)``,
+        this never executes the run here: a submitter waits for its workers this way.
+        ``timeout`` (seconds) raises ``TimeoutError`` and leaves the run as it is."""
+        store = self.store
+        if store is None:
+            raise WorkflowConfigurationError(
+                f"result({run_id!r}) reads a durable run from the workflow's store, and "
+                f"workflow '{self.workflow_name}' has none. Pass store=... or set PITON_STORE."
+            )
+        driver = RunDriver.follow(self._engine(), store, run_id, link_of(Context(self)))
+        try:
+            return await asyncio.wait_for(asyncio.shield(driver.outcome), timeout)
+        finally:
+            if driver.task is not None and not driver.task.done():
+                driver.task.cancel()
+
+    async def send_event(self, run_id: str, event: Event, step: str | None = None) -> None:
+        """Send ``event`` to the durable run ``run_id``, from any process, without attaching
+        to the run: the event lands in the run's inbox (durably, when this returns), and
+        whoever runs the run takes it: a worker, or the caller awaiting it.
+        ``step`` names the one step that may take it."""
+        await self._to_inbox(run_id, "send_event", event, step)
+
+    async def cancel_run(self, run_id: str) -> None:
+        """Ask the durable run ``run_id`` to stop, from any process; it ends ``cancelled``
+        once its owner (or the next worker) takes the request."""
+        await self._to_inbox(run_id, "cancel_run", None, None)
+
+    async def _to_inbox(
+        self, run_id: str, what: str, event: Event | None, step: str | None
+    ) -> None:
+        store = self.store
+        if store is None:
+            raise WorkflowConfigurationError(
+                f"{what}({run_id!r}) reaches a durable run through the workflow's store, and "
+                f"workflow '{self.workflow_name}' has none. Pass store=... or set PITON_STORE "
+                "(a run in memory is reached through its handler)."
+            )
+        engine = self._engine()
+        if event is not None:
+            if not isinstance(event, Event):
+                raise WorkflowRuntimeError(
+                    f"send_event() sends an Event, got {type(event).__qualname__}."
+                )
+            engine.check_target(event, step)
+        live = live_runs(store).get(run_id)
+        if live is not None and live.followable():  # this process drives it: tell it there
+            await (live.cancel_run() if event is None else live.send_event(event, step))
+            return
+        await store.open()
+        record = await store.get(run_id)
+        if record is None:
+            raise RunNotFound(f"No run '{run_id}' in {store.url}.")
+        if record.workflow != engine.name:
+            raise WorkflowRuntimeError(
+                f"Run '{run_id}' belongs to workflow '{record.workflow}', not '{engine.name}'."
+            )
+        if record.finished:
+            raise WorkflowRuntimeError(
+                f"Run '{run_id}' has finished ({record.status}); it takes no more events."
+            )
+        if event is None:
+            text = CANCEL_MESSAGE
+        else:
+            text = JsonSerializer().dumps(event, f"event {type(event).__name__}")
+        await store.deliver(run_id, text, step, limit=MAX_PENDING_EVENTS)
 
     def _new_state(self, run_id: str, values: Any = None) -> RunState:
         return self._engine().new_state(run_id, values)

@@ -358,7 +358,7 @@ def test_retry_sample_records_the_retry_decision() -> None:
 # The on-disk names of journal entries, written out: entry kind -> its keys, in the order
 # they are written. Changing one is a format change.
 ON_DISK = {
-    "Begin": ["at", "start_event"],
+    "Begin": ["at", "start_event", "owner", "epoch"],
     "StepDone": ["at", "exec_id", "result", "sends"],
     "StepFailed": ["at", "exec_id", "error", "retry_in"],
     "StepWaits": [

@@ -34,10 +34,16 @@ class _Input:
 
 @dataclass(slots=True, frozen=True)
 class Begin(_Input):
-    """Start a new run with ``start_event``, or resume a restored one (``start_event=None``)."""
+    """Start a new run with ``start_event``, or resume a restored one (``start_event=None``).
+
+    A durable run records who attached to it (``owner``, a process) under which lease
+    ``epoch``: the journal then shows that no two processes held the run at once.
+    """
 
     at: float
     start_event: Any = None
+    owner: str | None = None
+    epoch: int = 0
 
 
 @dataclass(slots=True, frozen=True)

@@ -29,7 +29,7 @@ from piton._core.status import RunStatus
 from piton._runtime.clock import SYSTEM_CLOCK
 from piton._runtime.committer import AlreadyCreated, DurableCommitter, Phase
 from piton._runtime.engine import Engine, RunLink
-from piton._runtime.live import LeaseKeeper, LeaveCleanly, live_runs
+from piton._runtime.live import LeaseKeeper, LeaveCleanly, ParkedWatch, live_runs
 from piton._runtime.restore import rebuild
 from piton._runtime.runner import Runner
 from piton.errors import (
@@ -46,6 +46,8 @@ from piton.stores.base import CommitRequest, Loaded, RunRecord, Store, may_claim
 log = logging.getLogger("piton.run")
 
 Message = tuple[int, Event | None, str | None]  # inbox id, event (None: cancel), target step
+# an inbox message asking the run to stop (``cancel_run`` from a process not driving it)
+CANCEL_MESSAGE = json.dumps({"__piton_cancel__": True})
 LEAVE_TIMEOUT = 2.0  # seconds a leaving process waits for its last commits, then its release
 
 
@@ -65,6 +67,8 @@ class RunDriver:
         start_event: Event | None,
         *,
         stay: bool = True,
+        claimed: RunRecord | None = None,
+        follow_only: bool = False,
     ) -> None:
         self.engine = engine
         self.clock = engine.clock
@@ -75,17 +79,21 @@ class RunDriver:
         self.outcome: asyncio.Future[Any] = self.loop.create_future()
         self.start_event = start_event
         self.stay = stay
+        self.claimed = claimed  # a run a worker claimed for this driver (its row after the claim)
+        self.follow_only = follow_only  # waits for the run's end; never runs it here
         self.ser: JsonSerializer = link.serializer
         self.task: asyncio.Task[None] | None = None
         self.stored_outcome = False  # the outcome is the run's own, as stored
         self.abandoned = False  # its caller stopped listening (a cancelled handler)
+        self.handlers = 0  # the handlers that follow the run, alive
         self.stream: list[Event] = []
         self.run: Runner | None = None
         self.committer: DurableCommitter | None = None
-        self._wake = asyncio.Event()
+        self._watching: asyncio.Future[RunRecord | None] | None = None
         self._stream_wake: asyncio.Future[None] | None = None
         self.finished = False
         self.final_status: RunStatus | None = None  # a finished run's status, as stored
+        self.let_go_status: RunStatus | None = None  # its status when this process let it go
         self._latest: RunState | None = None
 
     @classmethod
@@ -98,9 +106,13 @@ class RunDriver:
         start_event: Event | None,
         *,
         stay: bool = True,
+        claimed: RunRecord | None = None,
     ) -> RunDriver:
-        """A driver for ``run_id``, registered as this process's and started on the loop."""
-        driver = cls(engine, store, run_id, link, start_event, stay=stay)
+        """A driver for ``run_id``, registered as this process's and started on the loop.
+
+        ``claimed``: the run's row as a worker's claim left it; the driver takes it from
+        there (no second claim)."""
+        driver = cls(engine, store, run_id, link, start_event, stay=stay, claimed=claimed)
         live_runs(store)[run_id] = driver
         driver.task = driver.loop.create_task(driver.main())
         return driver
@@ -117,7 +129,7 @@ class RunDriver:
             return self.final_status
         if self.committer is not None:
             return self.committer.durable_status
-        return "queued"
+        return self.let_go_status or "queued"
 
     @property
     def live(self) -> bool:
@@ -208,11 +220,11 @@ class RunDriver:
         if created and self.run is not None and self.committer is committer and self.live:
             self.run.cancel()
             return
-        await self._deliver(json.dumps({"__piton_cancel__": True}), None)
+        await self._deliver(CANCEL_MESSAGE, None)
 
     async def _deliver(self, text: str, step: str | None) -> None:
         await self.store.deliver(self.run_id, text, step, limit=MAX_PENDING_EVENTS)
-        self._wake.set()
+        self.poke()
 
     def followable(self) -> bool:
         """Another caller in this process may follow this driver rather than start a
@@ -223,11 +235,29 @@ class RunDriver:
         """Another caller in this process follows the run: keep it until it finishes."""
         self.stay = True
 
+    def handler_added(self) -> None:
+        self.handlers += 1
+
+    def handler_dropped(self) -> None:
+        """No handler of the run is left in this process: nobody can await its result
+        here, so once it finishes or parks the process lets it go and keeps nothing of it
+        (a worker wakes it later). A caller that attaches later follows it again.
+
+        The garbage collector may call this from any thread: the work is on the loop."""
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._handler_gone)
+
+    def _handler_gone(self) -> None:
+        self.handlers -= 1
+        if self.handlers <= 0:
+            self.stay = False
+            self.poke()
+
     def listener_gone(self) -> None:
         """The handler was cancelled: finish or park the run, then let it go (never cancel it)."""
         self.stay = False
         self.abandoned = True
-        self._wake.set()
+        self.poke()
 
     def cancel_run(self) -> asyncio.Future[None]:
         run = self.run
@@ -236,7 +266,7 @@ class RunDriver:
                 return asyncio.ensure_future(self._cancel_once_created(self.committer))
             run.cancel()
             return _done_future(self.loop)
-        return asyncio.ensure_future(self._deliver(json.dumps({"__piton_cancel__": True}), None))
+        return asyncio.ensure_future(self._deliver(CANCEL_MESSAGE, None))
 
     # -- attaching and running -----------------------------------------------------------------
 
@@ -261,6 +291,14 @@ class RunDriver:
             live = live_runs(self.store)
             if live.get(self.run_id) is self:
                 del live[self.run_id]
+
+    @classmethod
+    def follow(cls, engine: Engine, store: Store, run_id: str, link: RunLink) -> RunDriver:
+        """A driver that waits for the run's end, whoever runs it, and never runs it here
+        (not registered as this process's: a caller that attaches later runs the run)."""
+        driver = cls(engine, store, run_id, link, None, follow_only=True)
+        driver.task = driver.loop.create_task(driver.main())
+        return driver
 
     async def _leave(self) -> None:
         """The process lets go of the run (its loop ends, SIGTERM, a worker closes): stop the
@@ -288,18 +326,24 @@ class RunDriver:
             start_event, self.start_event = self.start_event, None  # one attempt to create
             with contextlib.suppress(AlreadyCreated):
                 return await self._create_and_run(start_event)
-        record = await store.get(self.run_id)
-        if record is None:
-            raise RunNotFound(f"No run '{self.run_id}' in {store.url}.")
-        if record.workflow != self.engine.name:
-            raise WorkflowRuntimeError(
-                f"Run '{self.run_id}' belongs to workflow '{record.workflow}', not "
-                f"'{self.engine.name}'. Use another run_id."
-            )
-        if record.finished:
-            await self._replay_finished(record)
-            return "finished"
-        epoch = await store.claim(self.run_id, store.owner, store.lease)
+        record, self.claimed = self.claimed, None
+        if record is not None:
+            epoch: int | None = record.epoch
+        else:
+            record = await store.get(self.run_id)
+            if record is None:
+                raise RunNotFound(f"No run '{self.run_id}' in {store.url}.")
+            if record.workflow != self.engine.name:
+                raise WorkflowRuntimeError(
+                    f"Run '{self.run_id}' belongs to workflow '{record.workflow}', not "
+                    f"'{self.engine.name}'. Use another run_id."
+                )
+            if record.finished:
+                await self._replay_finished(record)
+                return "finished"
+            if self.follow_only:
+                return "busy"
+            epoch = await store.claim(self.run_id, store.owner, store.lease)
         if epoch is None:
             return "busy"
         try:
@@ -321,7 +365,7 @@ class RunDriver:
             state,
             epoch=epoch,
             seq=loaded.record.seq,
-            begin=i.Begin(self.clock.now(), first),
+            begin=i.Begin(self.clock.now(), first, store.owner, epoch),
             loaded=loaded,
             inbox=inbox,
         )
@@ -368,7 +412,11 @@ class RunDriver:
         )
         state = self.engine.new_state(self.run_id, values=self._initial_values())
         return await self._execute(
-            state, epoch=1, seq=0, begin=i.Begin(now, start_event), create=record
+            state,
+            epoch=1,
+            seq=0,
+            begin=i.Begin(now, start_event, store.owner, 1),
+            create=record,
         )
 
     def _initial_values(self) -> Any:
@@ -487,54 +535,62 @@ class RunDriver:
             )
             self.resolve(None, error)
 
+    async def drain(self) -> None:
+        """Start no other step of the run here; return once the steps running now have
+        finished and their commits are written (a worker shutting down)."""
+        run, committer = self.run, self.committer
+        if run is None or run.done or committer is None:
+            return
+        run.draining = True
+        while run.tasks and not run.done:
+            await asyncio.wait(list(run.tasks.values()))
+        await committer.settled(timeout=LEAVE_TIMEOUT)
+
+    def wakeable(self, record: RunRecord) -> bool:
+        """Whether this process should attach to the run again now: parked with an event
+        in its inbox or a deadline passed, or held by nobody (or an owner that is gone)."""
+        if self.follow_only:
+            return False
+        if record.status == "parked":
+            return record.inbox > 0 or (
+                record.wake_at is not None and record.wake_at <= self.clock.now()
+            )
+        # a lease is real time (the store's), not run time
+        return may_claim(record, self.store.owner, SYSTEM_CLOCK.now())
+
+    def poke(self) -> None:
+        """Something this process did may wake the run (an event sent, a caller left)."""
+        watching = self._watching
+        if watching is not None and not watching.done():
+            watching.set_result(None)
+
     async def _wait_for_wake(self) -> None:
-        """Parked (or held by another process): wait for an event, a deadline or the end."""
+        """Parked (or held by another process): wait for an event, a deadline or the end.
+
+        The waiting costs nothing per run: one ``ParkedWatch`` per store reads the rows of
+        every run this process waits on in one call, when the store says work arrived
+        or once a second; a deadline is a timer; a send from this process pokes the run.
+        """
         self.run = None
+        if self.committer is not None:  # parked here: keep nothing of the run but its state
+            self.let_go_status, self.committer = self.committer.durable_status, None
         me = asyncio.current_task()
+        record: RunRecord | None = None
         while self.stay and not self.outcome.done():  # until its caller walks away
             if me is not None and me.cancelling():
                 raise asyncio.CancelledError  # a store driver swallowed it: honour it
-            record = await self.store.get(self.run_id)
             if record is None:
-                return
+                record = await self.store.get(self.run_id)
+                if record is None:
+                    return
             if record.finished:
                 await self._replay_finished(record)
                 return
-            now = self.clock.now()
-            if record.status == "parked" and (
-                record.inbox > 0 or (record.wake_at is not None and record.wake_at <= now)
-            ):
+            if self.wakeable(record):
                 return
-            # a lease is real time (the store's), not run time
-            if record.status != "parked" and may_claim(
-                record, self.store.owner, SYSTEM_CLOCK.now()
-            ):
-                return
-            due_in = None
-            if record.status == "parked" and record.wake_at is not None:
-                due_in = max(record.wake_at - now, 0.0)
-            self._wake.clear()
-            await self._sleep_until_woken(1.0, due_in)
-
-    async def _sleep_until_woken(self, poll: float, due_in: float | None) -> None:
-        """Until this process sends the run something, the store says another process did,
-        the run's deadline comes (``due_in`` seconds of run time), or ``poll`` seconds pass."""
-        woken = self.loop.create_task(self._wake.wait())
-        told = self.loop.create_task(self.store.wait_for_work(poll))
-        told.add_done_callback(_ignore_failure)  # a store that cannot listen: we poll anyway
-        waits = {woken, told}
-        if due_in is not None:
-            waits.add(self.loop.create_task(self.clock.sleep(due_in)))
-        try:
-            await asyncio.wait(waits, timeout=poll, return_when="FIRST_COMPLETED")
-        finally:
-            for task in waits:
-                task.cancel()
-
-
-def _ignore_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled():
-        task.exception()
+            wake_at = record.wake_at if record.status == "parked" else None
+            record = None  # the row may be large (its start event): not kept while waiting
+            record = await ParkedWatch.of(self.store, self.loop).news(self, wake_at)
 
 
 def _done_future(loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:

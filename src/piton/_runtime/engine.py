@@ -153,6 +153,12 @@ class RunControl(Protocol):
 
     def listener_gone(self) -> None: ...
 
+    def handler_added(self) -> None:
+        """A handler follows the run."""
+
+    def handler_dropped(self) -> None:
+        """A handler that followed the run was garbage-collected (nobody can await it)."""
+
 
 class Done:
     """An awaitable for an operation that already happened (forgetting ``await`` is harmless)."""

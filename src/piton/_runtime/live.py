@@ -4,6 +4,8 @@
   objects on one database share it, since they share the process's owner id);
 - ``LeaseKeeper``: renews the leases of every run one store object drives on one loop,
   in one store call;
+- ``ParkedWatch``: wakes the drivers of this process's callers that wait on parked runs
+  (or on runs another process holds), reading all their rows in one store call;
 - ``LeaveCleanly``: on SIGTERM, hands the leases back before the process dies (promise 12).
 
 These registries are the runtime's; stores hold data only.
@@ -21,7 +23,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from piton.errors import JournalCorrupted, LeaseLost, StoreError
-from piton.stores.base import Store
+from piton.stores.base import RunRecord, Store
 
 if TYPE_CHECKING:
     from piton._runtime.durable import RunDriver
@@ -91,8 +93,9 @@ class LeaseKeeper:
                 driver.committer.lose(
                     LeaseLost(f"Run '{driver.run_id}' was taken over by another process.")
                 )
-        records = await asyncio.gather(*(store.get(d.run_id) for d in active))
-        for driver, record in zip(active, records, strict=True):
+        records = await store.get_many([d.run_id for d in active])
+        for driver in active:
+            record = records.get(driver.run_id)
             if record is not None and record.inbox > 0 and driver.live:
                 loaded = await store.load(driver.run_id)
                 try:
@@ -102,6 +105,92 @@ class LeaseKeeper:
                     continue
                 if driver.live:
                     driver.take_inbox(messages)
+
+
+class ParkedWatch:
+    """Wakes the drivers that wait on runs this process does not run now, for one store.
+
+    A caller awaiting a parked run holds a driver that must learn when the run can go
+    on (an event arrived, its deadline passed, its owner went away) or ended elsewhere.
+    One watch per (store, loop) reads the rows of every waiting run in one ``get_many``,
+    when the store says work arrived (NOTIFY, pub/sub) or every ``POLL`` seconds, so
+    10,000 parked runs cost one query a second, not 10,000. A deadline is a timer on the
+    run's clock; a send from this process pokes its driver directly (``RunDriver.poke``).
+    """
+
+    POLL = 1.0  # seconds between reads when the store says nothing
+    GAP = 0.05  # at least this long between two reads, however often the store wakes us
+
+    _watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, ParkedWatch]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+        self.store = store
+        self.loop = loop
+        self.waiting: dict[str, tuple[asyncio.Future[RunRecord | None], RunDriver]] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def of(cls, store: Store, loop: asyncio.AbstractEventLoop) -> ParkedWatch:
+        watches = cls._watches.setdefault(loop, {})
+        watch = watches.get(id(store))
+        if watch is None or watch.store is not store:
+            watch = watches[id(store)] = cls(store, loop)
+        return watch
+
+    async def news(self, driver: RunDriver, wake_at: float | None) -> RunRecord | None:
+        """Wait until the run may be attached to again or has ended (or its deadline
+        ``wake_at``, run time, comes); its row as read then, or None when the driver should
+        read it itself (poked, its deadline came, or the row is gone)."""
+        future: asyncio.Future[RunRecord | None] = self.loop.create_future()
+        timer = None
+        if wake_at is not None:
+            clock = driver.clock
+            timer = clock.call_later(max(wake_at - clock.now(), 0.0), _settle, future, None)
+        driver._watching = future
+        self.waiting[driver.run_id] = (future, driver)
+        if self.task is None or self.task.done():
+            self.task = self.loop.create_task(self._loop())
+        try:
+            return await future
+        finally:
+            if timer is not None:
+                timer.cancel()
+            driver._watching = None
+            if self.waiting.get(driver.run_id, (None,))[0] is future:
+                del self.waiting[driver.run_id]
+
+    async def _loop(self) -> None:
+        store = self.store
+        while self.waiting:
+            started = self.loop.time()
+            try:
+                await store.wait_for_work(self.POLL)
+            except Exception:  # noqa: BLE001 - a store that cannot listen: poll
+                await asyncio.sleep(self.POLL)
+            if not self.waiting:
+                return
+            try:
+                records = await store.get_many(list(self.waiting))
+            except StoreError:  # the store is away: look again later
+                await asyncio.sleep(self.POLL)
+                continue
+            for run_id, (future, driver) in list(self.waiting.items()):
+                if future.done():
+                    continue
+                record = records.get(run_id)
+                if record is None or record.finished or driver.wakeable(record):
+                    future.set_result(record)
+            records = {}  # not kept while waiting
+            rest = self.GAP - (self.loop.time() - started)
+            if rest > 0:
+                await asyncio.sleep(rest)
+
+
+def _settle(future: asyncio.Future[RunRecord | None], value: RunRecord | None) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 class LeaveCleanly:
@@ -139,4 +228,4 @@ class LeaveCleanly:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-__all__ = ["LeaseKeeper", "LeaveCleanly", "live_runs"]
+__all__ = ["LeaseKeeper", "LeaveCleanly", "ParkedWatch", "live_runs"]

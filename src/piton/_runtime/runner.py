@@ -111,6 +111,9 @@ class Runner:
         self._collected: list[Event] | None = None
         # a memory run waiting for a num_concurrent_runs slot: what reached it, in order
         self._unbegun: list[i.Input] | None = None
+        # a worker that shuts down lets the steps running now finish, and starts no other:
+        # the run's next owner starts them (they are in the journal as running)
+        self.draining = False
         link.run = self
         self._dispatch: dict[type[Any], Callable[[Any], None]] = {
             i.RunStep: self._run_step,
@@ -261,6 +264,8 @@ class Runner:
             self._start_task(cmd)
 
     def _start_task(self, cmd: i.RunStep) -> None:
+        if self.draining:
+            return
         ex = cmd.execution
         self.tasks[ex.id] = self.loop.create_task(
             self._execute(ex), name=f"piton:{ex.attempt.step}"
@@ -377,6 +382,12 @@ class Runner:
     def listener_gone(self) -> None:
         """The handler was cancelled: nobody is left to receive the result of a memory run."""
         self.cancel()
+
+    def handler_added(self) -> None:
+        return None
+
+    def handler_dropped(self) -> None:
+        return None  # a memory run goes on, as an asyncio task does when nobody awaits it
 
     async def events(self, cursor: int = 0) -> AsyncIterator[Event]:
         while True:

@@ -1,0 +1,5 @@
+"""``python -m piton``: the ``piton`` command."""
+
+from piton.cli import main
+
+main()

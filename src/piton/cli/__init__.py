@@ -1,0 +1,22 @@
+"""The ``piton`` command (also ``python -m piton``).
+
+Every command takes ``--store URL``; without it, ``$PITON_STORE``, else the embedded
+``sqlite:///.piton/piton.db``.
+"""
+
+from __future__ import annotations
+
+import click
+
+from piton.cli._worker import worker
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="piton")
+def main() -> None:
+    """piton: durable, event-driven workflows."""
+
+
+main.add_command(worker)
+
+__all__ = ["main"]
