@@ -44,7 +44,9 @@ from piton.stores.postgres import PostgresStore
 from piton.stores.redis import RedisStore
 from piton.testing import check_store
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
+SRC = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src"
+)
 AnyServerStore = PostgresStore | RedisStore
 
 
@@ -306,6 +308,75 @@ async def test_a_delivered_event_wakes_waiters_of_other_stores(server: Server) -
         assert (await store.get("r")) is not None
     finally:
         await asyncio.gather(store.close(), other.close())
+
+
+async def wakes(store: Store, other: Store, act: Callable[[int], Awaitable[object]]) -> None:
+    """``act(n)``, repeated until ``other`` listens, wakes ``other.wait_for_work`` at once."""
+    await other.wait_for_work(2.0)  # once listening, it wakes once for what came before
+    started = time.monotonic()
+    await other.wait_for_work(0.1)
+    assert time.monotonic() - started >= 0.09, "a wait with nothing new returned early"
+    waiting = asyncio.create_task(other.wait_for_work(10.0))
+    started, n = time.monotonic(), 0
+    while not waiting.done():  # until it listens
+        await act(n)
+        n += 1
+        await asyncio.wait({waiting}, timeout=0.05)
+    assert time.monotonic() - started < 2.0, "the waiter was not woken"
+
+
+async def test_a_queued_run_wakes_waiters_of_other_stores(server: Server) -> None:
+    store, other = server.store(), server.store()
+    try:
+        await store.open()
+        running = RunRecord("busy", "wf", "running", owner=store.owner, epoch=1)
+        await store.create(running, ["e1"], [])  # a run some process drives: nobody to wake
+        await wakes(
+            store, other, lambda n: store.create(RunRecord(f"q{n}", "wf", "queued"), [], [])
+        )
+    finally:
+        await asyncio.gather(store.close(), other.close())
+
+
+async def test_a_release_wakes_waiters_of_other_stores(server: Server) -> None:
+    store, other = server.store(), server.store()
+    try:
+        runs = await asyncio.gather(*(new_run(store, f"r{n}") for n in range(40)))
+        await wakes(store, other, lambda n: store.release([(runs[n], 1)], store.owner))
+        assert (await store.get(runs[0])).owner is None  # type: ignore[union-attr]
+    finally:
+        await asyncio.gather(store.close(), other.close())
+
+
+async def test_claimers_on_other_connections_never_take_one_run(server: Server) -> None:
+    """Three store objects (their own connections) claim 90 queued runs at once, a few at
+    a time: every run is taken once (epoch 1), none is lost."""
+    stores = [server.store() for _ in range(3)]
+    try:
+        await asyncio.gather(*(s.open() for s in stores))
+        runs = {f"q{n}" for n in range(90)}
+        await asyncio.gather(
+            *(stores[0].create(RunRecord(run_id, "wf", "queued"), [], []) for run_id in runs)
+        )
+        await stores[0].create(RunRecord("other", "wf-other", "queued"), [], [])
+
+        async def claim_all(store: Store, owner: str) -> list[str]:
+            taken: list[str] = []
+            while found := await store.claim_runnable(["wf"], time.time(), owner, 30.0, 7):
+                assert len(found) <= 7 and all(r.owner == owner and r.epoch == 1 for r in found)
+                taken += [r.run_id for r in found]
+            return taken
+
+        owners = [f"claimer-{n}.invalid/1/1" for n in range(3)]
+        taken = await asyncio.gather(
+            *(claim_all(s, o) for s, o in zip(stores, owners, strict=True))
+        )
+        every = [run_id for part in taken for run_id in part]
+        assert len(every) == len(set(every)) == 90 and set(every) == runs
+        assert sum(1 for part in taken if part) >= 2, "one claimer took every run"
+        assert (await stores[0].get("other")).status == "queued"  # type: ignore[union-attr]
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
 
 
 # --- durable workflows end to end ---------------------------------------------------------------

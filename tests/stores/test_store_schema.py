@@ -100,6 +100,24 @@ async def test_sqlite_stuck_reads_its_partial_index(tmp_path: Path) -> None:
     assert "USING INDEX runs_stuck" in " ".join(row[-1] for row in plan), plan
 
 
+async def test_sqlite_claims_read_their_partial_indexes(tmp_path: Path) -> None:
+    """claim_runnable() and runnable() read each kind of runnable run through its own
+    index (migration 003): parked runs that wait cost them nothing."""
+    from piton.stores._sqlite_ops import _KINDS, _SELECT_RUN
+
+    args = {"now": 1.0, "n": 2, "host": "h/", "me": "h/1/1", "workflow": "wf"}
+    async with SqliteStore(tmp_path / "runs.db") as s:
+        assert isinstance(s, SqliteStore)
+        plans = []
+        for kind in _KINDS:
+            query = f"EXPLAIN QUERY PLAN {_SELECT_RUN} WHERE workflow = :workflow AND {kind}"
+            rows = await s._call(lambda c, q=query: c.execute(q, args).fetchall(), write=False)
+            plans.append(" ".join(row[-1] for row in rows))
+    indexes = ("runs_running", "runs_mail", "runs_wake", "runs_queued")
+    for plan, index in zip(plans, indexes, strict=True):
+        assert f"USING INDEX {index}" in plan and "TEMP B-TREE" not in plan, plan
+
+
 async def test_sqlite_deliver_limit_holds_across_connections(tmp_path: Path) -> None:
     stores = [SqliteStore(tmp_path / "runs.db") for _ in range(3)]
     await asyncio.gather(*(s.open() for s in stores))
@@ -194,8 +212,6 @@ async def test_postgres_release_keeps_its_place_in_a_batch(pg_url: str) -> None:
 
 
 # --- Redis ------------------------------------------------------------------------------------
-
-
 
 
 @pytest.fixture

@@ -290,10 +290,11 @@ class Writer(BatchWriter[WriteJob]):
 
 
 def _split(jobs: list[WriteJob]) -> tuple[list[WriteJob], list[WriteJob]]:
-    """Plain commits that are the first job of the batch on their run; the rest, in order."""
+    """Batchable commits (``CommitRequest.batchable``: plain ones, and those that park or
+    finish a run) that are the first job of the batch on their run; the rest, in order."""
     fast, slow, seen = [], [], set()
     for job in jobs:
-        if job.request is not None and job.run_id not in seen and job.request.plain:
+        if job.request is not None and job.run_id not in seen and job.request.batchable:
             fast.append(job)
         else:
             slow.append(job)

@@ -18,7 +18,7 @@ import psycopg
 
 from piton._core.status import FINAL_STATUSES, PARKED, QUEUED, RUNNING
 from piton.errors import RunNotFound
-from piton.stores._rows import COLUMNS, LoadReader, RowReader
+from piton.stores._rows import COLUMNS, INTEGERS, TEXT, TIMES, LoadReader, RowReader
 from piton.stores._sql import COLUMN_LIST, FINAL, STUCK, runs_filter
 from piton.stores.base import (
     CommitRequest,
@@ -35,37 +35,75 @@ Conn: TypeAlias = psycopg.AsyncConnection[tuple[Any, ...]]
 
 _SELECT_RUN = f"SELECT {COLUMN_LIST} FROM runs"
 _CHUNK = 1000  # run ids per get_many query
+# the per-request arrays of _COMMIT_BATCH, in the order commit_batch() lists them
+_BATCH_COLUMNS = (
+    "ids", "epochs", "seqs", "new_seqs", "plain", "statuses", "wake_ats", "waiters",
+    "results", "errors", "final", "release",
+)  # fmt: skip
 
-# A new run with its first entries and stream events, in one statement.
+# New runs, each with its first entries and stream events, in one statement; a run whose
+# id exists is left alone. A run created queued is told to the workers that LISTEN (the
+# notification is sent when the transaction commits).
+_TYPES = {name: "text" for name in TEXT} | {name: "bigint" for name in INTEGERS}
+_TYPES |= {name: "double precision" for name in TIMES}
 _CREATE = f"""
 WITH created AS (
-    INSERT INTO runs ({COLUMN_LIST}) VALUES ({", ".join(["%s"] * len(COLUMNS))})
+    INSERT INTO runs ({COLUMN_LIST})
+    SELECT {COLUMN_LIST} FROM unnest(
+        {", ".join(f"%({name})s::{_TYPES[name]}[]" for name in COLUMNS)}
+    ) AS r({COLUMN_LIST})
     ON CONFLICT (run_id) DO NOTHING
-    RETURNING run_id
+    RETURNING run_id, status
 ), entries AS (
     INSERT INTO journal (run_id, seq, entry)
-    SELECT created.run_id, e.n, e.entry
-    FROM created, unnest(%s::text[]) WITH ORDINALITY AS e(entry, n)
+    SELECT e.run_id, e.seq, e.entry
+    FROM unnest(%(entry_ids)s::text[], %(entry_seqs)s::bigint[], %(entries)s::text[])
+         AS e(run_id, seq, entry)
+    JOIN created USING (run_id)
 ), events AS (
     INSERT INTO stream (run_id, seq, event)
-    SELECT created.run_id, e.n, e.event
-    FROM created, unnest(%s::text[]) WITH ORDINALITY AS e(event, n)
+    SELECT e.run_id, e.seq, e.event
+    FROM unnest(%(event_ids)s::text[], %(event_seqs)s::bigint[], %(events)s::text[])
+         AS e(run_id, seq, event)
+    JOIN created USING (run_id)
+), told AS (
+    SELECT pg_notify(%(channel)s, run_id) FROM created
+    WHERE status = '{QUEUED}' AND %(channel)s <> ''
 )
-SELECT count(*) FROM created
+SELECT run_id, (SELECT count(*) FROM told) FROM created
 """
 
-# The common commit, for a whole batch at once: runs that are running, at the expected
-# epoch and seq, advance; their entries and events are appended. Returns the runs that
-# advanced; a request whose run did not is retried alone by commit(), which says why.
-_COMMIT_PLAIN = f"""
+# The commits of a batch that change only the run's row (CommitRequest.batchable: plain
+# step commits, and those that park or finish a run), in one statement: runs at the
+# expected epoch and seq, with an owner, advance (a plain request also needs the run
+# running; it leaves status, wake_at and waiters as they are); their entries and events
+# are appended. Returns the runs that advanced; a request whose run did not is retried
+# alone by commit(), which says why. Setting a column to the value it holds keeps a plain
+# commit a HOT update.
+_COMMIT_BATCH = f"""
 WITH req AS (
-    SELECT * FROM unnest(%(ids)s::text[], %(epochs)s::bigint[], %(seqs)s::bigint[],
-                         %(new_seqs)s::bigint[]) AS r(run_id, epoch, seq, new_seq)
+    SELECT * FROM unnest(
+        %(ids)s::text[], %(epochs)s::bigint[], %(seqs)s::bigint[], %(new_seqs)s::bigint[],
+        %(plain)s::boolean[], %(statuses)s::text[], %(wake_ats)s::double precision[],
+        %(waiters)s::integer[], %(results)s::text[], %(errors)s::text[],
+        %(final)s::boolean[], %(release)s::boolean[]
+    ) AS r(run_id, epoch, seq, new_seq, plain, status, wake_at, waiters, result, error,
+           final, release)
 ), won AS (
-    UPDATE runs SET seq = req.new_seq, updated_at = %(now)s
+    UPDATE runs SET
+        seq = req.new_seq,
+        updated_at = %(now)s,
+        status = CASE WHEN req.plain THEN runs.status ELSE req.status END,
+        wake_at = CASE WHEN req.plain THEN runs.wake_at ELSE req.wake_at END,
+        waiters = CASE WHEN req.plain THEN runs.waiters ELSE req.waiters END,
+        result = COALESCE(req.result, runs.result),
+        error = COALESCE(req.error, runs.error),
+        finished_at = CASE WHEN req.final THEN %(now)s ELSE runs.finished_at END,
+        owner = CASE WHEN req.release THEN NULL ELSE runs.owner END,
+        lease_until = CASE WHEN req.release THEN NULL ELSE runs.lease_until END
     FROM req
     WHERE runs.run_id = req.run_id AND runs.epoch = req.epoch AND runs.seq = req.seq
-      AND runs.owner IS NOT NULL AND runs.status = '{RUNNING}'
+      AND runs.owner IS NOT NULL AND (runs.status = '{RUNNING}' OR NOT req.plain)
     RETURNING runs.run_id
 ), entries AS (
     INSERT INTO journal (run_id, seq, entry)
@@ -133,11 +171,18 @@ WHERE runs.run_id = r.run_id AND runs.epoch = r.epoch AND runs.owner = %s
 RETURNING runs.run_id
 """
 
+# Leases handed back; the workers that LISTEN are told once, when the transaction commits,
+# that runs are free.
 _RELEASE = f"""
-UPDATE runs SET owner = NULL, lease_until = NULL, updated_at = %s
-FROM unnest(%s::text[], %s::bigint[]) AS r(run_id, epoch)
-WHERE runs.run_id = r.run_id AND runs.epoch = r.epoch AND runs.owner = %s
-  AND runs.status NOT IN ({FINAL})
+WITH released AS (
+    UPDATE runs SET owner = NULL, lease_until = NULL, updated_at = %(now)s
+    FROM unnest(%(ids)s::text[], %(epochs)s::bigint[]) AS r(run_id, epoch)
+    WHERE runs.run_id = r.run_id AND runs.epoch = r.epoch AND runs.owner = %(owner)s
+      AND runs.status NOT IN ({FINAL})
+    RETURNING runs.run_id
+)
+SELECT pg_notify(%(channel)s, min(run_id)) FROM released
+HAVING count(*) > 0 AND %(channel)s <> ''
 """
 
 # The run row is updated first: it is locked before the inbox row exists, so a commit
@@ -284,14 +329,36 @@ class PostgresOps:
     # -- writes: the writer runs them in its transaction ----------------------------------
 
     async def create(
-        self, conn: Conn, record: RunRecord, entries: list[str], stream: list[str]
-    ) -> bool:
+        self, conn: Conn, runs: list[tuple[RunRecord, list[str], list[str]]]
+    ) -> list[bool]:
+        """Create the runs in one statement; for each, whether it was created (False: a run
+        with its id exists, or it came earlier in ``runs``)."""
         now = time.time()
-        record = replace(record, seq=len(entries), inbox=0, created_at=now, updated_at=now)
-        values = [getattr(record, name) for name in COLUMNS]
-        cursor = await conn.execute(_CREATE, [*values, entries, stream])
-        row = await cursor.fetchone()
-        return bool(row and row[0])
+        params: dict[str, Any] = {name: [] for name in COLUMNS}
+        for key in ("entry_ids", "entry_seqs", "entries", "event_ids", "event_seqs", "events"):
+            params[key] = []
+        first: dict[str, int] = {}
+        for n, (record, entries, stream) in enumerate(runs):
+            if first.setdefault(record.run_id, n) != n:
+                continue
+            record = replace(record, seq=len(entries), inbox=0, created_at=now, updated_at=now)
+            for name in COLUMNS:
+                params[name].append(getattr(record, name))
+            for seq, entry in enumerate(entries, start=1):
+                params["entry_ids"].append(record.run_id)
+                params["entry_seqs"].append(seq)
+                params["entries"].append(entry)
+            for seq, event in enumerate(stream, start=1):
+                params["event_ids"].append(record.run_id)
+                params["event_seqs"].append(seq)
+                params["events"].append(event)
+        params["channel"] = self.channel
+        cursor = await conn.execute(_CREATE, params)
+        created = {row[0] for row in await cursor.fetchall()}
+        return [
+            record.run_id in created and first[record.run_id] == n
+            for n, (record, _, _) in enumerate(runs)
+        ]
 
     async def claim(self, conn: Conn, run_id: str, owner: str, lease: float) -> int | None:
         # SKIP LOCKED: a row locked right now is being committed or claimed by a process
@@ -319,27 +386,20 @@ class PostgresOps:
         )
         return epoch
 
-    async def commit_plain(self, conn: Conn, requests: list[CommitRequest]) -> set[str]:
-        """Apply plain requests (``CommitRequest.plain``, one per run) in one statement; return the
-        ids of the runs that advanced."""
-        params: dict[str, Any] = {
-            "ids": [],
-            "epochs": [],
-            "seqs": [],
-            "new_seqs": [],
-            "entry_ids": [],
-            "entry_seqs": [],
-            "entries": [],
-            "event_ids": [],
-            "event_ns": [],
-            "events": [],
-            "now": time.time(),
-        }
+    async def commit_batch(self, conn: Conn, requests: list[CommitRequest]) -> set[str]:
+        """Apply batchable requests (``CommitRequest.batchable``, one per run) in one
+        statement; return the ids of the runs that advanced."""
+        appended = ("entry_ids", "entry_seqs", "entries", "event_ids", "event_ns", "events")
+        params: dict[str, Any] = {key: [] for key in (*_BATCH_COLUMNS, *appended)}
+        params["now"] = time.time()
         for r in requests:
-            params["ids"].append(r.run_id)
-            params["epochs"].append(r.epoch)
-            params["seqs"].append(r.seq)
-            params["new_seqs"].append(r.seq + len(r.entries))
+            final = r.status in FINAL_STATUSES
+            row = (
+                r.run_id, r.epoch, r.seq, r.seq + len(r.entries), r.plain, r.status,
+                r.wake_at, r.waiters, r.result, r.error, final, r.release or final,
+            )  # fmt: skip
+            for key, value in zip(_BATCH_COLUMNS, row, strict=True):
+                params[key].append(value)
             for seq, entry in enumerate(r.entries, start=r.seq + 1):
                 params["entry_ids"].append(r.run_id)
                 params["entry_seqs"].append(seq)
@@ -348,7 +408,7 @@ class PostgresOps:
                 params["event_ids"].append(r.run_id)
                 params["event_ns"].append(n)
                 params["events"].append(event)
-        cursor = await conn.execute(_COMMIT_PLAIN, params)
+        cursor = await conn.execute(_COMMIT_BATCH, params)
         return {row[0] for row in await cursor.fetchall()}
 
     async def commit(self, conn: Conn, r: CommitRequest) -> None:
@@ -398,7 +458,8 @@ class PostgresOps:
 
     async def release(self, conn: Conn, runs: list[tuple[str, int]], owner: str) -> None:
         ids, epochs = [run_id for run_id, _ in runs], [epoch for _, epoch in runs]
-        await conn.execute(_RELEASE, [time.time(), ids, epochs, owner])
+        args = {"now": time.time(), "ids": ids, "epochs": epochs, "owner": owner}
+        await conn.execute(_RELEASE, {**args, "channel": self.channel})
 
     async def deliver(
         self, conn: Conn, run_id: str, event: str, step: str | None, limit: int | None

@@ -14,9 +14,11 @@ loop) is a few lines, and needs no extra dependency. Every wait is an ``await`` 
 non-blocking socket; nothing blocks the loop.
 
 Group commit. All writes go to the writer, which runs whatever queued while it was busy
-as one batch: the plain commits (a running run appending entries) in ONE statement,
-``UPDATE runs ... FROM unnest(...) WHERE epoch = .. AND seq = .. RETURNING`` chained to
-multi-row inserts of their entries and stream events; every other write in one
+as one batch: the commits that change only the run's row (``CommitRequest.batchable``:
+a running run appending entries, and the commits that park or finish a run) in ONE
+statement, ``UPDATE runs ... FROM unnest(...) WHERE epoch = .. AND seq = .. RETURNING``
+chained to multi-row inserts of their entries and stream events; the runs created
+meanwhile in one more (``create`` gathers them into one job); every other write in one
 transaction, a savepoint each, so a request that fails (``LeaseLost``) changes nothing
 and does not disturb the others. A deadlock with another process reruns the batch.
 
@@ -25,7 +27,13 @@ commits, under the row lock of ``SELECT ... FOR UPDATE``) that appends its entri
 process that lost its lease cannot write. ``claim`` reads the run's row with
 ``FOR UPDATE SKIP LOCKED``: a run whose row another transaction is changing right now is
 being worked on, so the claim gives way at once (returns None) instead of queueing;
-``prune`` skips such runs too. ``runnable`` is a plain read: the claim decides.
+``prune`` skips such runs too. ``claim_runnable`` is one statement that locks the runs it
+takes with ``FOR UPDATE SKIP LOCKED`` as it reads them, kind by kind, through indexes
+that hold only runnable runs (migration 003): two workers never take one run, and parked
+runs that wait cost nothing. ``runnable`` is a plain read: the claim decides.
+
+Wake-ups. A delivered event, a run created queued and released leases ``NOTIFY`` the
+schema's channel when their transaction commits; ``wait_for_work`` LISTENs to it.
 
 Times are the client's ``time.time()``, as in every store: lease expiry compares clocks
 across machines, so keep them in sync (NTP) and leases well above the skew.
@@ -39,6 +47,7 @@ lock timeout, out of resources) or ``StoreError``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import re
 import weakref
@@ -46,13 +55,23 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 from psycopg import ProgrammingError
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from piton.errors import WorkflowConfigurationError
+from piton.errors import StoreError, WorkflowConfigurationError
+from piton.stores._batching import copy_error
 from piton.stores._engines import Engines, ServerStore
-from piton.stores._postgres_engine import Connector, Engine, Op, WriteJob, migrate, migrations
-from piton.stores._postgres_ops import PostgresOps
+from piton.stores._postgres_engine import (
+    Connector,
+    Engine,
+    Op,
+    WriteJob,
+    migrate,
+    migrations,
+    translate,
+)
+from piton.stores._postgres_ops import Conn, PostgresOps
 from piton.stores._redact import scrub, secrets_of
 from piton.stores.base import (
     CommitRequest,
@@ -126,6 +145,8 @@ class PostgresStore(ServerStore[Engine]):
         )
         self._channel = _channel(self.schema)
         self._ops = PostgresOps(self.url, where, self.owner, self._channel)
+        # creations waiting for the writer of each engine (loop); see create()
+        self._creating: weakref.WeakKeyDictionary[Engine, _Creations] = weakref.WeakKeyDictionary()
         # a store nobody closed: close its connections when it is collected, or at exit
         self._finalizer = weakref.finalize(self, _abandon_all, self._engines)
 
@@ -160,7 +181,7 @@ class PostgresStore(ServerStore[Engine]):
         if engine is None:
             for old in self._engines.ended():
                 self._engines.retire(old).abandon()
-            engine = Engine(self._connector, self.pool_size, self._ops.commit_plain, self._channel)
+            engine = Engine(self._connector, self.pool_size, self._ops.commit_batch, self._channel)
             self._engines.add(loop, engine)
         return engine
 
@@ -187,11 +208,49 @@ class PostgresStore(ServerStore[Engine]):
     # -- the Store protocol ---------------------------------------------------------------
 
     async def create(self, record: RunRecord, entries: list[str], stream: list[str]) -> bool:
-        record, entries, stream = replace(record), list(entries), list(stream)
-        result: bool = await self._write(
-            lambda c: self._ops.create(c, record, entries, stream), run_id=record.run_id
-        )
-        return result
+        """Joins the creations waiting for the writer on this loop: the writer inserts them
+        all in one statement (one job), in the transaction of its next batch."""
+        engine = await self._ready_engine()
+        batch = self._creating.get(engine)
+        if batch is None or batch.started or batch.future.done():
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            future.add_done_callback(_retrieve)  # every caller may have been cancelled
+            batch = _Creations(future)
+            engine.writer.submit(WriteJob(functools.partial(self._create_all, batch), future))
+            self._creating[engine] = batch
+        n = len(batch.runs)
+        batch.runs.append((replace(record), list(entries), list(stream)))
+        try:  # shielded: one caller cancelled does not cancel the others' creations
+            outcomes = await asyncio.shield(batch.future)
+        except StoreError as exc:  # each caller its own copy: tracebacks do not mix
+            raise copy_error(exc) from exc.__cause__
+        outcome: bool | StoreError = outcomes[n]
+        if isinstance(outcome, StoreError):
+            raise outcome
+        return outcome
+
+    async def _create_all(self, batch: _Creations, conn: Conn) -> list[bool | StoreError]:
+        """The writer's job: every run of ``batch`` in one statement. If that statement
+        fails (one run holds what the database refuses), each run alone, so only that one
+        fails."""
+        batch.started = True  # later creations go to a new batch
+        runs = batch.runs
+        try:
+            async with conn.transaction():  # a savepoint
+                return list(await self._ops.create(conn, runs))
+        except psycopg.Error as exc:
+            if len(runs) == 1 or conn.closed or (exc.sqlstate or "").startswith("40"):
+                raise  # the writer reports it, or runs the batch again (a deadlock)
+        outcomes: list[bool | StoreError] = []
+        for run in runs:
+            try:
+                async with conn.transaction():
+                    outcomes += await self._ops.create(conn, [run])
+            except psycopg.Error as exc:
+                if conn.closed or (exc.sqlstate or "").startswith("40"):
+                    raise
+                outcomes.append(translate(exc, self.where, self._connector.secrets))
+        return outcomes
 
     async def get(self, run_id: str) -> RunRecord | None:
         result: RunRecord | None = await self._read(lambda c: self._ops.get(c, run_id))
@@ -269,8 +328,9 @@ class PostgresStore(ServerStore[Engine]):
         return result
 
     async def wait_for_work(self, timeout: float) -> None:
-        """Return when an event is delivered to a run of this schema (LISTEN/NOTIFY, from
-        any process), or after ``timeout`` seconds."""
+        """Return when an event is delivered to a run of this schema, a run is queued or
+        leases are released (LISTEN/NOTIFY, from any process), or after ``timeout``
+        seconds."""
         engine = await self._ready_engine()
         await engine.listener.wait(timeout)
 
@@ -278,6 +338,22 @@ class PostgresStore(ServerStore[Engine]):
         seconds = age_in_seconds(older_than)
         result: int = await self._read(lambda c: self._ops.prune(c, seconds))
         return result
+
+
+class _Creations:
+    """Runs to create that wait for the writer of one loop; one job inserts them all."""
+
+    __slots__ = ("future", "runs", "started")
+
+    def __init__(self, future: asyncio.Future[Any]) -> None:
+        self.future = future  # the job's outcome: one bool (created) or error per run
+        self.runs: list[tuple[RunRecord, list[str], list[str]]] = []
+        self.started = False  # the writer began inserting: later runs go to a new batch
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # seen: no "exception was never retrieved" if nobody waits
 
 
 def _channel(schema: str) -> str:

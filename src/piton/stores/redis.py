@@ -42,8 +42,11 @@ owner is dead; the script gets that verdict and takes the run only if its owner 
 epoch are still those that were read, under ``may_claim``'s rule. ``load`` reads the run,
 snapshot, journal, stream and inbox in one MULTI/EXEC round trip.
 
-Workers and the listeners of parked runs are woken by pub/sub: ``deliver`` publishes
-the run id on the channel ``P:work:<db>``, to which ``wait_for_work`` subscribes.
+Workers and the listeners of parked runs are woken by pub/sub: ``deliver``, ``create``
+of a queued run and ``release`` publish a run id on the channel ``P:work:<db>``, to which
+``wait_for_work`` subscribes. ``claim_runnable`` is one script: it reads the indexes
+above kind by kind (expired leases, dead owners' runs, parked runs with an inbox, due
+parked runs, queued runs) and claims as it goes, so two workers never take one run.
 
 Group commit: a store's writes on one event loop go through one writer, which sends the
 scripts queued while it was busy as one pipeline (see ``_redis_engine``). A store keeps
@@ -441,8 +444,8 @@ class RedisStore(ServerStore[Engine]):
         await self._write("deliver", keys, args, decode)
 
     async def wait_for_work(self, timeout: float) -> None:
-        """Return when an event is delivered to a run under this prefix (pub/sub, from any
-        process), or after ``timeout`` seconds."""
+        """Return when an event is delivered to a run under this prefix, a run is queued or
+        leases are released (pub/sub, from any process), or after ``timeout`` seconds."""
         engine = await self._ready_engine()
         await engine.listener.wait(timeout)
 
