@@ -115,7 +115,13 @@ async def final_and_parking_commits(store: PostgresStore, sizes: list[int]) -> N
     commits = store.commits
     requests = []
     for n, run_id in enumerate(runs):
-        if n % 4 == 0:
+        if n == 0:  # a snapshot that covers the new entries, with a stream event
+            requests.append(
+                CommitRequest(run_id, 1, 1, ["end"], ["out"], "completed", snapshot="S")
+            )
+        elif n == 4:
+            requests.append(CommitRequest(run_id, 1, 1, ["end"], [], "completed", fingerprint="F"))
+        elif n % 4 == 0:
             requests.append(
                 CommitRequest(run_id, 1, 1, ["end"], ["out"], "completed", result='"ok"')
             )
@@ -148,8 +154,16 @@ async def final_and_parking_commits(store: PostgresStore, sizes: list[int]) -> N
             ), record
         else:
             assert (record.status, record.owner) == ("running", store.owner), record
-    assert records["r0"].result == '"ok"' and records["r1"].error == '{"e": 1}'
-    assert (await store.load("r0")).stream == ["out"]
+    assert records["r8"].result == '"ok"' and records["r1"].error == '{"e": 1}'
+    assert (await store.load("r8")).entries == [(1, "e1"), (2, "end")]
+    loaded = await store.load("r0")
+    assert (loaded.snapshot, loaded.snapshot_seq, loaded.entries, loaded.stream) == (
+        "S",
+        2,
+        [],
+        ["out"],
+    ), loaded
+    assert records["r4"].fingerprint == "F" and records["r5"].fingerprint == "{}"
     # a request the batch statement did not apply goes alone, and says why
     with pytest.raises(LeaseLost):
         await store.commit(CommitRequest("r4", 1, 2, ["late"], status="completed"))

@@ -38,7 +38,7 @@ _CHUNK = 1000  # run ids per get_many query
 # the per-request arrays of _COMMIT_BATCH, in the order commit_batch() lists them
 _BATCH_COLUMNS = (
     "ids", "epochs", "seqs", "new_seqs", "plain", "statuses", "wake_ats", "waiters",
-    "results", "errors", "final", "release",
+    "results", "errors", "final", "release", "fingerprints",
 )  # fmt: skip
 
 # New runs, each with its first entries and stream events, in one statement; a run whose
@@ -73,26 +73,27 @@ WITH created AS (
 SELECT run_id, (SELECT count(*) FROM told) FROM created
 """
 
-# The commits of a batch that change only the run's row (CommitRequest.batchable: plain
-# step commits, and those that park or finish a run), in one statement: runs at the
-# expected epoch and seq, with an owner, advance (a plain request also needs the run
-# running; it leaves status, wake_at and waiters as they are); their entries and events
-# are appended. Returns the runs that advanced; a request whose run did not is retried
-# alone by commit(), which says why. Setting a column to the value it holds keeps a plain
-# commit a HOT update.
+# The commits of a batch that take no inbox event (CommitRequest.batchable: plain step
+# commits, and those that park or finish a run or write a snapshot), in one statement:
+# runs at the expected epoch and seq, with an owner, advance (a plain request also needs
+# the run running; it leaves status, wake_at and waiters as they are); their entries and
+# events are appended, or their snapshot replaces the journal up to the new seq. Returns
+# the runs that advanced; a request whose run did not is retried alone by commit(), which
+# says why. Setting a column to the value it holds keeps a plain commit a HOT update.
 _COMMIT_BATCH = f"""
 WITH req AS (
     SELECT * FROM unnest(
         %(ids)s::text[], %(epochs)s::bigint[], %(seqs)s::bigint[], %(new_seqs)s::bigint[],
         %(plain)s::boolean[], %(statuses)s::text[], %(wake_ats)s::double precision[],
         %(waiters)s::integer[], %(results)s::text[], %(errors)s::text[],
-        %(final)s::boolean[], %(release)s::boolean[]
+        %(final)s::boolean[], %(release)s::boolean[], %(fingerprints)s::text[]
     ) AS r(run_id, epoch, seq, new_seq, plain, status, wake_at, waiters, result, error,
-           final, release)
+           final, release, fingerprint)
 ), won AS (
     UPDATE runs SET
         seq = req.new_seq,
         updated_at = %(now)s,
+        fingerprint = COALESCE(req.fingerprint, runs.fingerprint),
         status = CASE WHEN req.plain THEN runs.status ELSE req.status END,
         wake_at = CASE WHEN req.plain THEN runs.wake_at ELSE req.wake_at END,
         waiters = CASE WHEN req.plain THEN runs.waiters ELSE req.waiters END,
@@ -119,6 +120,18 @@ WITH req AS (
     FROM unnest(%(event_ids)s::text[], %(event_ns)s::bigint[], %(events)s::text[])
          AS e(run_id, n, event)
     JOIN won USING (run_id)
+), snapshot AS (
+    INSERT INTO snapshots (run_id, seq, snapshot)
+    SELECT s.run_id, s.seq, s.snapshot
+    FROM unnest(%(snapshot_ids)s::text[], %(snapshot_seqs)s::bigint[], %(snapshots)s::text[])
+         AS s(run_id, seq, snapshot)
+    JOIN won USING (run_id)
+    ON CONFLICT (run_id) DO UPDATE SET seq = excluded.seq, snapshot = excluded.snapshot
+), compacted AS (
+    DELETE FROM journal
+    USING unnest(%(snapshot_ids)s::text[], %(snapshot_seqs)s::bigint[]) AS s(run_id, seq)
+    JOIN won USING (run_id)
+    WHERE journal.run_id = s.run_id AND journal.seq <= s.seq
 )
 SELECT run_id FROM won
 """
@@ -390,20 +403,26 @@ class PostgresOps:
         """Apply batchable requests (``CommitRequest.batchable``, one per run) in one
         statement; return the ids of the runs that advanced."""
         appended = ("entry_ids", "entry_seqs", "entries", "event_ids", "event_ns", "events")
-        params: dict[str, Any] = {key: [] for key in (*_BATCH_COLUMNS, *appended)}
+        snapshots = ("snapshot_ids", "snapshot_seqs", "snapshots")
+        params: dict[str, Any] = {key: [] for key in (*_BATCH_COLUMNS, *appended, *snapshots)}
         params["now"] = time.time()
         for r in requests:
-            final = r.status in FINAL_STATUSES
-            row = (
-                r.run_id, r.epoch, r.seq, r.seq + len(r.entries), r.plain, r.status,
-                r.wake_at, r.waiters, r.result, r.error, final, r.release or final,
+            final, new_seq = r.status in FINAL_STATUSES, r.seq + len(r.entries)
+            row: tuple[object, ...] = (
+                r.run_id, r.epoch, r.seq, new_seq, r.plain, r.status, r.wake_at, r.waiters,
+                r.result, r.error, final, r.release or final, r.fingerprint,
             )  # fmt: skip
             for key, value in zip(_BATCH_COLUMNS, row, strict=True):
                 params[key].append(value)
-            for seq, entry in enumerate(r.entries, start=r.seq + 1):
-                params["entry_ids"].append(r.run_id)
-                params["entry_seqs"].append(seq)
-                params["entries"].append(entry)
+            if r.snapshot is not None:  # it covers the entries: they are not stored
+                params["snapshot_ids"].append(r.run_id)
+                params["snapshot_seqs"].append(new_seq)
+                params["snapshots"].append(r.snapshot)
+            else:
+                for seq, entry in enumerate(r.entries, start=r.seq + 1):
+                    params["entry_ids"].append(r.run_id)
+                    params["entry_seqs"].append(seq)
+                    params["entries"].append(entry)
             for n, event in enumerate(r.stream, start=1):
                 params["event_ids"].append(r.run_id)
                 params["event_ns"].append(n)
