@@ -184,9 +184,11 @@ async def test_runs_of_an_unknown_workflow_are_left_alone(store_url: str | Store
 class Slow(Workflow):
     seconds: float = 0.4
     calls: collections.Counter[str] = collections.Counter()
+    began: int = 0
 
     @step
     async def first(self, ev: Gate) -> Answer:
+        type(self).began += 1
         await asyncio.sleep(type(self).seconds)
         type(self).calls[f"{ev.key}:first"] += 1
         return Answer(text=ev.key)
@@ -200,14 +202,14 @@ class Slow(Workflow):
 async def test_drain_lets_running_steps_finish_then_hands_the_run_back(
     store_url: str | Store,
 ) -> None:
-    Slow.seconds, Slow.calls = 0.4, collections.Counter()
+    Slow.seconds, Slow.calls, Slow.began = 0.4, collections.Counter(), 0
     w = Slow(store=store_url)
     run_id = await w.start(key="d")
     store = open_store(store_url)
     await store.open()
     worker = Worker(store_url, workflows=[w], poll_interval=0.02, grace=5)
     await worker.start()
-    await _eventually(lambda: _true(worker.active == 1), what="the run taken")
+    await _eventually(lambda: _true(Slow.began == 1), what="the step started")
     started = time.monotonic()
     await worker.drain()
     assert time.monotonic() - started >= 0.2  # it waited for the step
@@ -220,14 +222,14 @@ async def test_drain_lets_running_steps_finish_then_hands_the_run_back(
 
 
 async def test_drain_past_its_grace_lets_go(store_url: str | Store) -> None:
-    Slow.seconds, Slow.calls = 30.0, collections.Counter()
+    Slow.seconds, Slow.calls, Slow.began = 30.0, collections.Counter(), 0
     w = Slow(store=store_url)
     run_id = await w.start(key="g")
     store = open_store(store_url)
     await store.open()
     worker = Worker(store_url, workflows=[w], poll_interval=0.02, grace=0.2)
     await worker.start()
-    await _eventually(lambda: _true(worker.active == 1), what="the run taken")
+    await _eventually(lambda: _true(Slow.began == 1), what="the step started")
     started = time.monotonic()
     await worker.drain()
     assert time.monotonic() - started < 5

@@ -55,6 +55,7 @@ class RunWorker:
                 f"Worker grace must be a number of seconds >= 0, got {grace!r}."
             )
         self.store = open_store(store)
+        self._own_store = not isinstance(store, Store)  # made from a URL: closed with us
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.grace = float(grace)
@@ -241,6 +242,9 @@ class RunWorker:
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
+        if self._own_store:
+            with contextlib.suppress(Exception):
+                await self.store.close()
         log.info("piton worker %s: stopped", self.store.owner)
 
     async def wait_idle(self, timeout: float = 30.0) -> None:
