@@ -238,7 +238,7 @@ async def test_claims_read_indexes_with_many_parked_runs(
     for name, plan in plans.items():
         assert "Seq Scan on runs" not in plan, f"{name} reads the whole table:\n{plan}"
     claim = plans["claim_runnable"]
-    for index in ("runs_queued", "runs_wake", "runs_pkey"):
+    for index in ("runs_queued", "runs_wake", "runs_mail", "runs_pkey"):
         assert index in claim, f"the claim does not read {index}:\n{claim}"
     assert "rows=38" in claim.splitlines()[0], claim  # 30 queued, 3 due, 5 with an event
     found = await store.claim_runnable(["wf0", "wf1", "wf2"], time.time(), "c.invalid/1/1", 30, 100)

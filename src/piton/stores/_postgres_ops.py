@@ -248,20 +248,18 @@ WHERE workflow = ANY(%(workflows)s::text[]) AND status = '{RUNNING}'
 # found dead), kind by kind, each kind read through its own index, so that 100,000 parked
 # runs waiting for an event cost nothing (migration 003): running runs with no owner, an
 # expired lease or a dead owner (runs_active: only as many as workers run); parked runs
-# with an inbox event (found from the inbox table, which holds only the events not yet
-# taken: no index names the inbox count, so a delivery stays a HOT update); parked runs
-# whose deadline passed (runs_wake); queued runs, oldest first (runs_queued). Each kind
-# of each workflow is read in index order up to the limit. ``{may}`` is replaced by the
-# claim's terms (base.may_claim()), ``{lock}`` by its row locks.
+# with an inbox event (runs_mail); parked runs whose deadline passed (runs_wake); queued
+# runs, oldest first (runs_queued). Each kind of each workflow is read in index order up
+# to the limit. ``{may}`` is replaced by the claim's terms (base.may_claim()), ``{lock}``
+# by its row locks.
 _KINDS = (
     f"""SELECT run_id FROM runs
     WHERE workflow = ANY(%(workflows)s::text[]) AND status = '{RUNNING}'
       AND (owner IS NULL OR lease_until < %(now)s OR owner = ANY(%(dead)s::text[])){{may}}
     LIMIT %(limit)s{{lock}}""",
-    f"""SELECT run_id FROM runs
-    WHERE workflow = ANY(%(workflows)s::text[]) AND status = '{PARKED}' AND inbox > 0
-      AND run_id IN (SELECT run_id FROM inbox){{may}}
-    LIMIT %(limit)s{{lock}}""",
+    f"""SELECT c.run_id FROM unnest(%(workflows)s::text[]) AS w(name), LATERAL (
+        SELECT run_id FROM runs WHERE workflow = w.name AND status = '{PARKED}' AND inbox > 0{{may}}
+        ORDER BY created_at LIMIT %(limit)s{{lock}}) AS c""",
     f"""SELECT c.run_id FROM unnest(%(workflows)s::text[]) AS w(name), LATERAL (
         SELECT run_id FROM runs
         WHERE workflow = w.name AND status = '{PARKED}' AND wake_at <= %(now)s
