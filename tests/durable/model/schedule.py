@@ -1,8 +1,10 @@
 """Seeded random schedules for the model checker: which runs, which processes, what each
 does and how it ends. A pure function of the seed: ``make_schedule(seed)``.
 
-A process's actions (see ``actor.py``): ``start`` a run, ``attach`` to one (resume it or
-follow it), ``send`` an Answer to one, run a ``worker``. Every process listens to the runs
+A process's actions (see ``actor.py``): ``start`` a run (or ``queue`` it for a worker with
+``Workflow.start`` and follow it with ``Workflow.result``), ``attach`` to one (resume it or
+follow it), ``send`` an Answer to one (through a handler, or ``via`` the inbox with
+``Workflow.send_event``), run a ``worker`` (none, one, or two racing for claims). Every process listens to the runs
 it touches and logs what it sees. Its fate: ``stay`` (until its runs end or the schedule's
 time is up, then it is SIGKILLed), ``exit`` (its event loop ends at a time: a clean exit),
 ``kill`` (SIGKILL at a time: from the checker, or from itself once its sends returned, so
@@ -79,8 +81,9 @@ def make_schedule(seed: int) -> Schedule:
 
     starters = [runs] if len(runs) == 1 or rng.random() < 0.5 else [[run] for run in runs]
     for group in starters:
+        how = "queue" if rng.random() < 0.3 else "start"  # queued for a worker, or run here
         actions = [
-            {"do": "start", "run": run.run_id, "n": run.n, "k": run.k, "at": rng.uniform(0, 0.2)}
+            {"do": how, "run": run.run_id, "n": run.n, "k": run.k, "at": rng.uniform(0, 0.2)}
             for run in group
         ]
         procs.append(ProcSpec(f"starter{len(procs)}", actions, *_fate(rng, duration)))
@@ -93,6 +96,7 @@ def make_schedule(seed: int) -> Schedule:
                 "payload": payload,
                 "send_id": f"{run.run_id}/{j}",
                 "when": rng.choice(["early", "late"]),
+                "via": "inbox" if rng.random() < 0.3 else "handler",
                 "at": rng.uniform(0.0, duration * 0.6),
             }
             if procs[-1].sends and rng.random() < 0.3:
@@ -106,7 +110,8 @@ def make_schedule(seed: int) -> Schedule:
         action = {"do": "attach", "run": run.run_id, "at": rng.uniform(0.1, duration * 0.8)}
         procs.append(ProcSpec(f"attach{len(procs)}", [action], *_fate(rng, duration)))
 
-    if rng.random() < 0.6:
+    workers = rng.choices([0, 1, 2], weights=[3, 4, 3])[0]  # two workers race for claims
+    for _ in range(workers):
         action = {"do": "worker", "at": rng.uniform(0.0, duration * 0.7)}
         fate = rng.choice(["exit", "kill"])
         procs.append(ProcSpec(f"worker{len(procs)}", [action], fate, rng.uniform(0.5, duration)))
