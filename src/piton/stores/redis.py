@@ -65,6 +65,7 @@ import functools
 import random
 import re
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from datetime import timedelta
@@ -78,7 +79,7 @@ from redis.exceptions import RedisError
 
 from piton._core.status import PARKED, QUEUED
 from piton.errors import StoreError, WorkflowConfigurationError
-from piton.stores._engines import ServerStore
+from piton.stores._engines import Engines, ServerStore
 from piton.stores._redact import secrets_of
 from piton.stores._redis_codec import (
     PARTS,
@@ -172,6 +173,9 @@ class RedisStore(ServerStore[Engine]):
             **{key: value for key, value in CLIENT_DEFAULTS.items() if key not in connect},
             "retry": Retry(NoBackoff(), 0),  # never resend a write: it may have been applied
         }
+        # a store dropped while open (``await W(store=url).start(...)``) closes its
+        # connections on their loops, rather than leaving them to the garbage collector
+        weakref.finalize(self, _close_all, self._engines)
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -573,6 +577,22 @@ class RedisStore(ServerStore[Engine]):
         except BadColumn as bad:
             self._codec.rows.skipped(run_id.decode("utf-8", "replace"), bad)
             return None
+
+
+def _close_all(engines: Engines[Engine]) -> None:
+    """Close the engines of a store that was garbage-collected, each on its own loop."""
+    for loop, engine in engines.items():
+        engines.retire(loop)
+        if loop.is_closed():
+            continue  # its connections closed with it
+        try:
+            loop.call_soon_threadsafe(_close_on_loop, engine)
+        except RuntimeError:  # the loop closed meanwhile
+            pass
+
+
+def _close_on_loop(engine: Engine) -> None:
+    asyncio.ensure_future(engine.aclose())
 
 
 def _claimed(reply: list[Any]) -> int | str | None:
