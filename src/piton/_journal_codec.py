@@ -74,6 +74,7 @@ class _Field:
     key: str  # its on-disk key
     way: _Way
     required: bool  # the input has no default for it
+    default: Any = MISSING  # written only when the value differs (fields added later)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,13 +216,21 @@ SENDS = _Way(_enc_sends, _dec_sends)  # [[index, event, target step or null], ..
 # --- the on-disk names ----------------------------------------------------------------
 
 
-def _entry(cls: type[i.Input], kind: str, **names: tuple[str, _Way]) -> _Entry:
+def _entry(
+    cls: type[i.Input], kind: str, *, added: tuple[str, ...] = (), **names: tuple[str, _Way]
+) -> _Entry:
     """``cls`` is stored as ``kind``; ``names`` maps each of its Python fields to its
-    on-disk key and the way its value is stored."""
+    on-disk key and the way its value is stored. The fields ``added`` after the format's
+    first entries were written are left out while they hold their default, so an entry
+    written before they existed reads and writes back unchanged."""
+    known = {f.name: f for f in fields(cls)}
     required = {
-        f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+        n for n, f in known.items() if f.default is MISSING and f.default_factory is MISSING
     }
-    table = tuple(_Field(attr, key, way, attr in required) for attr, (key, way) in names.items())
+    table = tuple(
+        _Field(attr, key, way, attr in required, known[attr].default if attr in added else MISSING)
+        for attr, (key, way) in names.items()
+    )
     return _Entry(cls, kind, table, {f.key: f for f in table})
 
 
@@ -235,6 +244,7 @@ _ENTRIES: Final[dict[type[i.Input], _Entry]] = {
             start_event=("start_event", OPT_EVENT),
             owner=("owner", OPT_TEXT),
             epoch=("epoch", INT),
+            added=("owner", "epoch"),
         ),
         _entry(
             i.StepDone,
@@ -348,6 +358,8 @@ def encode_input(item: i.Input, s: JsonSerializer) -> str:
     tree: dict[str, Any] = {KIND_KEY: entry.kind}
     for f in entry.fields:
         value = getattr(item, f.attr)
+        if f.default is not MISSING and value == f.default:
+            continue
         if value is None or type(value) in _PLAIN:
             tree[f.key] = value
         else:

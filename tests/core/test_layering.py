@@ -139,7 +139,8 @@ def test_stores_import_neither_runtime_nor_public_modules() -> None:
 
 
 def test_public_modules_do_not_import_cli_or_server() -> None:
-    public = [p for p in sorted(PACKAGE.glob("*.py"))]
+    # ``python -m piton`` (``__main__``) is the command itself: the top layer
+    public = [p for p in sorted(PACKAGE.glob("*.py")) if p.name != "__main__.py"]
     found = [v for path in public for v in violations(path, TOP)]
     assert not found, "\n".join(found)
 
