@@ -318,6 +318,24 @@ def split_store_url(
     return urlunsplit(parts._replace(query=urlencode(rest))), options
 
 
+def check_timing(store: Store, lease: float, deadline: float) -> None:
+    """Set ``store.lease`` and ``store.deadline``, refusing values that are not seconds."""
+    name = type(store).__name__
+    for key, value in (("lease", lease), ("deadline", deadline)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise WorkflowConfigurationError(
+                f"{name}({key}={value!r}): give seconds > 0 ({key}=inf waits for ever)."
+                if key == "deadline"
+                else f"{name}({key}={value!r}): give seconds > 0."
+            )
+    if lease == float("inf"):
+        raise WorkflowConfigurationError(
+            f"{name}(lease=inf): a lease must end, or a dead process would hold its runs for "
+            "ever; give seconds (15 by default)."
+        )
+    store.lease, store.deadline = float(lease), float(deadline)
+
+
 def age_in_seconds(older_than: float | timedelta) -> float:
     """``prune``'s argument as seconds, refusing what cannot be an age."""
     if isinstance(older_than, timedelta):
@@ -484,6 +502,7 @@ __all__ = [
     "Store",
     "backend",
     "check_limit",
+    "check_timing",
     "claimable",
     "is_runnable",
     "is_stuck",

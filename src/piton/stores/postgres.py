@@ -79,19 +79,23 @@ from piton.stores.base import (
     RunRecord,
     age_in_seconds,
     check_limit,
+    check_timing,
     redact_url,
     split_store_url,
 )
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_OPTIONS = ("schema", "pool_size", "lock_timeout")  # piton's own URL options; the rest is libpq's
+# piton's own URL options; the rest is libpq's
+_OPTIONS = ("schema", "pool_size", "lock_timeout", "lease", "deadline")
 
 
 class PostgresStore(ServerStore[Engine]):
     """Runs kept in a PostgreSQL schema. ``PostgresStore("postgresql://host/db")``.
 
     ``schema`` (or ``?schema=`` in the URL; default ``piton``) is created if missing.
-    ``lease`` is how long (seconds) a claim lasts without renewal. ``pool_size`` is how
+    ``lease`` is how long (seconds) a claim lasts without renewal; ``deadline`` how long
+    (seconds) a caller waits for a server that cannot be reached before it gets
+    ``StoreUnavailable`` (workers retry for ever). ``pool_size`` is how
     many connections serve reads, besides the one that writes. ``lock_timeout`` is how long
     (seconds) a write waits for a row another transaction holds before failing with
     ``StoreUnavailable``. Other query parameters are passed to libpq (``sslmode``,
@@ -103,9 +107,10 @@ class PostgresStore(ServerStore[Engine]):
         url: str,
         *,
         schema: str | None = None,
-        lease: float = 15.0,
+        lease: float | None = None,
         pool_size: int | None = None,
         lock_timeout: float | None = None,
+        deadline: float | None = None,
     ) -> None:
         super().__init__()
         conninfo, options, libpq = _parse_url(url)
@@ -125,9 +130,11 @@ class PostgresStore(ServerStore[Engine]):
             raise WorkflowConfigurationError(
                 f"PostgresStore(lock_timeout={self.lock_timeout!r}): give seconds > 0."
             )
-        if not (isinstance(lease, int | float) and lease > 0):
-            raise WorkflowConfigurationError(f"PostgresStore(lease={lease!r}): give seconds > 0.")
-        self.lease = float(lease)
+        check_timing(
+            self,
+            _option(url, "lease", lease, options, float, 15.0),
+            _option(url, "deadline", deadline, options, float, 30.0),
+        )
         self.url = redact_url(url)  # a password never reaches a message or a log
         named = "" if "schema" in options else f" (schema '{self.schema}')"
         self.where = where = f"PostgreSQL store '{self.url}'{named}"
@@ -152,7 +159,7 @@ class PostgresStore(ServerStore[Engine]):
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:
-        """``postgresql://user@host:port/db?schema=name&pool_size=4&lock_timeout=10``."""
+        """``postgresql://user@host:port/db?schema=name&pool_size=4&lock_timeout=10&lease=15&deadline=30``."""
         return cls(url)
 
     # -- lifecycle ----------------------------------------------------------------------------

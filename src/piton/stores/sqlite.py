@@ -35,6 +35,7 @@ from piton.stores.base import (
     Store,
     age_in_seconds,
     check_limit,
+    check_timing,
     redact_url,
 )
 
@@ -51,9 +52,16 @@ class SqliteStore(Store):
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, synchronous: str = "FULL", busy_timeout: float = 5.0
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "FULL",
+        busy_timeout: float = 5.0,
+        lease: float = 15.0,
+        deadline: float = 30.0,
     ) -> None:
         super().__init__()
+        check_timing(self, lease, deadline)
         self.path = os.fspath(path)
         if self.path in ("", ":memory:") or self.path.startswith("file:"):
             raise WorkflowConfigurationError(
@@ -82,7 +90,7 @@ class SqliteStore(Store):
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
         """``sqlite:///relative.db``, ``sqlite:////abs/path.db``; options as a query string:
-        ``?synchronous=NORMAL&busy_timeout=2``."""
+        ``?synchronous=NORMAL&busy_timeout=2&lease=15&deadline=30``."""
         prefix = "sqlite://"
         rest, _, query = (
             url[len(prefix) :].partition("?") if url.startswith(prefix) else ("", "", "")
@@ -96,15 +104,15 @@ class SqliteStore(Store):
         for key, value in parse_qsl(query, keep_blank_values=True):
             if key == "synchronous":
                 options[key] = value
-            elif key == "busy_timeout":
+            elif key in ("busy_timeout", "lease", "deadline"):
                 try:
                     options[key] = float(value)
                 except ValueError:
                     options[key] = value  # rejected by __init__ with a clear message
             else:
                 raise WorkflowConfigurationError(
-                    f"Store URL {redact_url(url)!r}: unknown option {key!r}; use synchronous= or "
-                    "busy_timeout=."
+                    f"Store URL {redact_url(url)!r}: unknown option {key!r}; use synchronous=, "
+                    "busy_timeout=, lease= or deadline=."
                 )
         store = cls(unquote(rest[1:]), **options)
         store.url = store._ops.url = url
