@@ -16,6 +16,7 @@ Every error derives from :class:`PitonError`::
     ├── StateKeyError                  ctx.store.get(path) found nothing (also KeyError, ValueError)
     └── StoreError                     the store failed; nothing committed is lost
         ├── StoreUnavailable           the database cannot be reached or is locked/full
+        │   └── StoreUnreachable       ... and the request never reached it: safe to send again
         ├── RunNotFound                no run with that id in the store
         ├── LeaseLost                  another owner took the run over (fencing)
         └── JournalCorrupted           a stored journal row cannot be read
@@ -93,6 +94,13 @@ class StoreUnavailable(StoreError):
     """The store cannot be reached, is locked, or is out of space."""
 
 
+class StoreUnreachable(StoreUnavailable):
+    """The request never ran: no connection to the store could be opened, or the server
+    refused it unrun while starting up. It changed nothing, so sending it again is safe even
+    for a request that is not idempotent (``deliver``). A plain ``StoreUnavailable`` from a
+    write means its outcome is unknown: it may or may not have been applied."""
+
+
 class RunNotFound(StoreError, LookupError):
     """No run with the given id exists in the store."""
 
@@ -117,6 +125,7 @@ __all__ = [
     "StateKeyError",
     "StoreError",
     "StoreUnavailable",
+    "StoreUnreachable",
     "TooManyPendingEvents",
     "WorkflowCancelledByUser",
     "WorkflowConfigurationError",

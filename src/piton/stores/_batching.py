@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Generic, Protocol, TypeVar
 
-from piton.errors import StoreError, StoreUnavailable
+from piton.errors import StoreError, StoreUnavailable, StoreUnreachable
 
 
 class _Job(Protocol):
@@ -80,6 +80,18 @@ class BatchWriter(Generic[J]):
             self.task = None
 
 
+def unreachable(error: StoreError) -> StoreError:
+    """The request never ran (no connection could be opened, or the server refused it
+    unrun): a ``StoreUnavailable`` becomes ``StoreUnreachable``, which anyone may send again;
+    other errors (a refused login) stay as they are."""
+    if not isinstance(error, StoreUnavailable) or isinstance(error, StoreUnreachable):
+        return error
+    marked = StoreUnreachable(*error.args)
+    marked.__cause__ = error.__cause__
+    marked.__suppress_context__ = True
+    return marked
+
+
 def copy_error(error: BaseException) -> BaseException:
     """One exception object per waiting caller, so their tracebacks do not mix."""
     copy = type(error)(*error.args)
@@ -87,4 +99,4 @@ def copy_error(error: BaseException) -> BaseException:
     return copy
 
 
-__all__ = ["BatchWriter", "copy_error"]
+__all__ = ["BatchWriter", "copy_error", "unreachable"]

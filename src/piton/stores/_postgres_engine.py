@@ -6,12 +6,22 @@ translation of psycopg errors into piton errors.
 takes every job queued, applies the plain commits among them in one statement, runs the
 rest in one transaction with a savepoint per job, settles the callers' futures, and
 starts again with whatever queued meanwhile. It stops when the queue is empty.
+
+Reconnecting: no connection outlives a server restart. Before an idle connection (the
+writer's, or the pool's) is used, ``_alive`` checks without blocking that the server has
+not closed it; a dead one is dropped and the next request opens a new connection
+(``connect_timeout`` bounds a connect, 10 s unless the URL says otherwise). A connection
+that cannot be opened fails with ``StoreUnreachable``: the request never ran, so anyone
+may send it again. A connection that breaks while a request is under way fails it with a
+plain ``StoreUnavailable``: it may or may not have been applied (the committer reads the
+run back to know).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import select
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -22,7 +32,7 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from piton.errors import StoreError, StoreUnavailable
-from piton.stores._batching import BatchWriter, copy_error
+from piton.stores._batching import BatchWriter, copy_error, unreachable
 from piton.stores._migrations import read_migrations
 from piton.stores._postgres_ops import Conn
 from piton.stores._redact import scrub
@@ -51,10 +61,12 @@ class Connector:
     secrets: tuple[str, ...] = field(default=(), repr=False)  # scrubbed from driver errors
 
     async def connect(self) -> Conn:
+        """A new connection. Fails with ``StoreUnreachable`` when the server cannot be
+        reached (or is starting or stopping): the request that wanted it was never sent."""
         try:
             conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
         except psycopg.Error as exc:
-            error = translate(exc, self.where, self.secrets)
+            error = unreachable(translate(exc, self.where, self.secrets))
             raise error from error.__cause__
         try:
             await conn.execute(
@@ -64,7 +76,7 @@ class Connector:
             )
         except psycopg.Error as exc:
             discard(conn)
-            error = translate(exc, self.where, self.secrets)
+            error = unreachable(translate(exc, self.where, self.secrets))
             raise error from error.__cause__
         except BaseException:  # cancelled while setting up (a store closing): never leak it
             discard(conn)
@@ -77,12 +89,53 @@ def quote_ident(name: str) -> str:
 
 
 def discard(conn: Conn) -> None:
-    """Close a connection now, whatever state it is in; no await needed."""
+    """Close a connection now, whatever state it is in; no await needed.
+
+    Not while a task waits on its socket: the loop would keep that wait registered, the
+    closed fd number is soon reused by a new connection, and that one then fails (epoll's
+    FileNotFoundError, "connection socket closed"). Such a task is cancelled instead
+    (``_unwind``), and closes the connection once psycopg has stopped waiting on it."""
     conn.pgconn.finish()
+
+
+def _unwind(task: asyncio.Task[Any] | None) -> bool:
+    """Cancel ``task`` if a live loop still runs it, so that it closes its own connection
+    as it unwinds; False when nothing will run it any more (the caller closes it)."""
+    if task is None or task.done():
+        return False
+    loop = task.get_loop()
+    if loop.is_closed() or not loop.is_running():
+        return False
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        task.cancel()
+    else:  # a finalizer, or a store closed from another thread
+        loop.call_soon_threadsafe(task.cancel)
+    return True
 
 
 def _reusable(conn: Conn) -> bool:
     return not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE
+
+
+def _alive(conn: Conn) -> bool:
+    """Whether an idle connection may still be used. A server that shuts down (a restart)
+    sends each connection a last message and closes it: an idle connection with something
+    to read has been dropped, and a request sent on it would fail with its fate unknown.
+    Checked without blocking; a connection that merely got a notice is dropped too, which
+    costs only a reconnect."""
+    if not _reusable(conn):
+        return False
+    try:
+        fd = conn.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return not poller.poll(0)
+    except (OSError, ValueError, AttributeError, psycopg.Error):  # no poll(): Windows
+        return not conn.closed
 
 
 # --- reads ------------------------------------------------------------------------------------
@@ -103,8 +156,10 @@ class Pool:
             retried = False
             while True:
                 self._check_open()
-                fresh = not self.idle
-                conn = await self.connector.connect() if fresh else self.idle.pop()
+                conn = self._idle_connection()
+                fresh = conn is None
+                if conn is None:
+                    conn = await self.connector.connect()
                 try:
                     result = await op(conn)
                 except psycopg.Error as exc:
@@ -119,6 +174,15 @@ class Pool:
                     raise
                 self._put(conn)
                 return result
+
+    def _idle_connection(self) -> Conn | None:
+        """An idle connection that is still alive, dropping those the server closed."""
+        while self.idle:
+            conn = self.idle.pop()
+            if _alive(conn):
+                return conn
+            discard(conn)
+        return None
 
     def _check_open(self) -> None:
         if self.closed:
@@ -175,7 +239,8 @@ class Writer(BatchWriter[WriteJob]):
 
     def abandon(self) -> None:
         self.closed = True
-        self.abandon_connection()
+        if not _unwind(self.task):  # a batch under way: its task closes the connection
+            self.abandon_connection()
 
     def _reset(self) -> None:
         self.abandon_connection()
@@ -186,8 +251,10 @@ class Writer(BatchWriter[WriteJob]):
             discard(conn)
 
     async def _connection(self) -> Conn:
-        if self.conn is None or self.conn.closed:
-            self.conn = None
+        """The writer's connection; a new one if the server dropped it (a restart)."""
+        if self.conn is not None and not _alive(self.conn):
+            self.abandon_connection()
+        if self.conn is None:
             self.conn = await self.connector.connect()
         return self.conn
 
@@ -355,9 +422,7 @@ class Listener:
                 self.conn = None
 
     def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-        if self.conn is not None:
+        if not _unwind(self.task) and self.conn is not None:  # else `_listen` closes it
             discard(self.conn)
             self.conn = None
 

@@ -12,6 +12,15 @@ transaction: each script is atomic by itself, and scripts run in the order queue
 redis-py's retries are off: a write whose connection failed may have been applied, and
 is reported as such (``StoreUnavailable``), never sent twice.
 
+Reconnecting: the writer takes its connection from the client's pool before it sends
+anything, and the pool replaces a connection the server closed (a restart). When no
+connection can be opened, or the server answers LOADING (it is reading its data back
+after a restart and runs nothing), the writer fails its jobs with ``StoreUnreachable``:
+they never ran, so anyone may send them again. redis-py 7's maintenance notifications are
+switched off (``CLIENT_DEFAULTS``): with them on, the pool stops checking that an idle
+connection is still open, and the first request after a restart would fail with its fate
+unknown.
+
 An engine closes its connections when its loop ends: it parks an async generator on
 the loop, which ``asyncio.run`` (and any ``loop.shutdown_asyncgens()``) finalizes
 before closing the loop, so ``run_sync``'s short-lived loops leave no socket behind.
@@ -44,8 +53,18 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from piton.errors import StoreError, StoreUnavailable, WorkflowConfigurationError
-from piton.stores._batching import BatchWriter, copy_error
+try:  # redis-py 7+
+    from redis.maint_notifications import MaintNotificationsConfig
+except ImportError:  # pragma: no cover - older redis-py has no such notifications
+    MaintNotificationsConfig = None  # type: ignore[assignment,misc]
+
+from piton.errors import (
+    StoreError,
+    StoreUnavailable,
+    StoreUnreachable,
+    WorkflowConfigurationError,
+)
+from piton.stores._batching import BatchWriter, copy_error, unreachable
 from piton.stores._redact import scrub, secrets_of
 from piton.stores._redis_codec import Arg
 from piton.stores._redis_scripts import SCRIPTS
@@ -105,6 +124,8 @@ class Writer(BatchWriter[Job]):
                 again = await self._pipeline([jobs[n] for n in missing])
                 for n, reply in zip(missing, again, strict=True):
                     replies[n] = reply
+        except StoreUnreachable as exc:  # no connection: the batch never ran
+            return [(job, None, copy_error(exc)) for job in jobs]
         except (RedisError, OSError) as exc:  # the connection failed: the batch's fate is unknown
             error = translate(exc, self.where, writing=True, secrets=self.secrets)
             return [(job, None, copy_error(error)) for job in jobs]
@@ -112,7 +133,11 @@ class Writer(BatchWriter[Job]):
         outcomes: list[Outcome] = []
         for job, reply in zip(jobs, replies, strict=True):
             if isinstance(reply, Exception):
-                error = translate(reply, self.where, writing=True, secrets=self.secrets)
+                error = (
+                    reply
+                    if isinstance(reply, StoreError)
+                    else translate(reply, self.where, writing=True, secrets=self.secrets)
+                )
                 outcomes.append((job, None, error))
                 continue
             try:
@@ -128,14 +153,32 @@ class Writer(BatchWriter[Job]):
         pipe = self.client.pipeline(transaction=False)
         for job in jobs:
             pipe.evalsha(self.scripts[job.script].sha, len(job.keys), *job.keys, *job.args)
-        return await pipe.execute(raise_on_error=False)
+        pipe.connection = await self._connect()
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        for n, reply in enumerate(replies):
+            if isinstance(reply, BusyLoadingError):  # refused unrun: the script never ran
+                replies[n] = unreachable(translate(reply, self.where, secrets=self.secrets))
+        return replies
 
     async def _load(self) -> None:
         pipe = self.client.pipeline(transaction=False)
         for script in self.scripts.values():
             pipe.script_load(script.script)
+        pipe.connection = await self._connect()
         await pipe.execute()
         self.loaded = True
+
+    async def _connect(self) -> Any:
+        """A connection from the client's pool, open and checked, before anything is sent:
+        a failure here is ``StoreUnreachable`` (the batch never ran)."""
+        pool = self.client.connection_pool
+        try:
+            if _wants_command_name(type(pool)):
+                return await pool.get_connection("EVALSHA")  # type: ignore[no-untyped-call,unused-ignore]
+            return await pool.get_connection()  # type: ignore[no-untyped-call,unused-ignore]
+        except (RedisError, OSError) as exc:
+            error = unreachable(translate(exc, self.where, secrets=self.secrets))
+            raise error from error.__cause__
 
 
 class Listener:
@@ -233,6 +276,8 @@ CLIENT_DEFAULTS: dict[str, Any] = {
     "socket_timeout": 30.0,
     "client_name": "piton",
 }
+if MaintNotificationsConfig is not None:  # redis-py 7+: keep the pool's stale-connection check
+    CLIENT_DEFAULTS["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
 
 
 def parse_store_url(url: str) -> tuple[str, dict[str, str], dict[str, Any]]:
@@ -271,7 +316,18 @@ def _known_options() -> frozenset[str]:
     return frozenset(known)
 
 
+@cache
+def _wants_command_name(pool: type[Any]) -> bool:
+    """redis-py before 5.3 wants ``get_connection(command_name)``; later ones warn about it."""
+    try:
+        parameter = inspect.signature(pool.get_connection).parameters.get("command_name")
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.default is inspect.Parameter.empty
+
+
 # --- errors -----------------------------------------------------------------------------------
+
 
 _CODE = re.compile(r"\b(NOAUTH|WRONGPASS|NOPERM|LOADING|BUSY|OOM|MISCONF|READONLY|WRONGTYPE)\b")
 
