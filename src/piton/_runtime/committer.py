@@ -15,6 +15,16 @@ It also owns the run's phase in this process::
     any phase --(a commit fails, the lease is lost, the process lets go)--> LOST
 
 PARKED and LOST close the run here: later inputs are ignored, the store has the rest.
+
+While the store is unavailable (a server restart, a dropped connection) the committer
+keeps the run as it is, its steps going on, and writes the commit again with back-off
+(``outage.Outage``) until ``deadline`` seconds have passed (None: for ever, as workers
+do); only then is the run lost here, with ``StoreUnavailable``. Nothing is shown to the
+world meanwhile: ``advance`` waits for the commit (promise 9). A write whose outcome is
+unknown (the connection broke while it was under way) is resolved by reading the run's
+row back (``_landed``): our epoch and the seq after the commit mean it landed; the seq
+before it means it did not, and it is written again; anything else means another process
+has the run (``LeaseLost``, or ``AlreadyCreated`` for a first commit). No guessing.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 from piton._core import inputs as i
@@ -40,7 +51,16 @@ from piton._journal_codec import encode_input
 from piton._run_codec import encode_run
 from piton._runtime import faults
 from piton._runtime.clock import Clock
-from piton.errors import ContextSerdeError, PitonError, StoreError
+from piton._runtime.outage import Outage
+from piton.errors import (
+    ContextSerdeError,
+    LeaseLost,
+    PitonError,
+    RunNotFound,
+    StoreError,
+    StoreUnavailable,
+    StoreUnreachable,
+)
 from piton.events import Event
 from piton.serde import JsonSerializer
 from piton.stores.base import CommitRequest, RunRecord, Store
@@ -48,7 +68,16 @@ from piton.stores.base import CommitRequest, RunRecord, Store
 if TYPE_CHECKING:
     from piton._runtime.runner import Runner
 
+log = logging.getLogger("piton.run")
+
 PARK_GRACE = 0.25  # a run idle until a deadline closer than this stays in memory
+
+
+class _Default(enum.Enum):
+    STORE = "the store's deadline"
+
+
+STORE_DEADLINE = _Default.STORE  # DurableCommitter(deadline=...): use Store.deadline
 
 
 class Phase(enum.Enum):
@@ -87,8 +116,11 @@ class DurableCommitter:
         snapshot_every: int,
         clock: Clock,
         create: RunRecord | None = None,
+        deadline: float | None | _Default = STORE_DEADLINE,
     ) -> None:
         self.clock = clock
+        # seconds a commit is retried while the store is unavailable (None: for ever)
+        self.deadline = store.deadline if deadline is STORE_DEADLINE else deadline
         self.store = store
         self.state = state
         self.ser = ser
@@ -250,11 +282,8 @@ class DurableCommitter:
                 request.snapshot = json.dumps(encode_run(state, self.ser, keep_running=True))
                 self.snapshot_due = False
             try:
-                await self._write(request)
-            except AlreadyCreated as exc:
-                self.lose(exc)
-                return
-            except (StoreError, PitonError) as exc:
+                await self._write_patiently(request)
+            except (AlreadyCreated, StoreError, PitonError) as exc:
                 self.lose(exc)
                 return
             faults.after_commit()
@@ -269,6 +298,47 @@ class DurableCommitter:
             elif request.status in FINAL:
                 self._settle("finished")
 
+    async def _write_patiently(self, request: CommitRequest) -> None:
+        """Write ``request``, retrying while the store is unavailable, until the deadline.
+
+        A try that failed after its request may have reached the server leaves the
+        outcome in doubt: before writing again, the run's row is read back (``_landed``).
+        """
+        outage = Outage(
+            f"run '{request.run_id}': commit at seq {request.seq}",
+            self.deadline,
+            log,
+            advice=(
+                "the run stopped here after its last durable commit; once the store is back, "
+                f"w.run(run_id={request.run_id!r}) or a worker resumes it"
+            ),
+        )
+        doubted = False  # a try may have reached the server: read back before writing again
+        while True:
+            try:
+                await self._attempt(request, doubted)
+                break
+            except StoreUnreachable as exc:  # this try never reached the server
+                error: StoreUnavailable = exc
+            except StoreUnavailable as exc:
+                doubted, error = True, exc
+            if self.phase is Phase.LOST:
+                raise error  # the process let the run go: stop trying
+            outage.failed(error)  # raises once the deadline has passed
+            await outage.pause()
+        outage.over()
+
+    async def _attempt(self, request: CommitRequest, doubted: bool) -> None:
+        """One try: if an earlier one is in doubt, read the run back first; then write."""
+        if doubted and await self._landed(request):
+            return
+        try:
+            await self._write(request)
+        except (LeaseLost, AlreadyCreated):
+            # refused by the fence: after a try in doubt, maybe that try landed late
+            if not doubted or not await self._landed_once_more(request):
+                raise
+
     async def _write(self, request: CommitRequest) -> None:
         record = self.create
         if record is None:
@@ -280,14 +350,69 @@ class DurableCommitter:
         else:
             created = await self.store.create(record, [], [])
             if created:
+                self._row_exists()  # a failure of the commit below is a commit's failure
                 await self.store.commit(request)
         if not created:
             raise AlreadyCreated()
+        self._row_exists()
+
+    def _row_exists(self) -> None:
         self.create = None
         if not self.created.done():
             self.created.set_result(True)
         if self.phase is Phase.CREATING:
             self._to(Phase.RUNNING)
+
+    async def _landed(self, request: CommitRequest) -> bool:
+        """Whether ``request``, whose write failed with its outcome unknown, is in the store:
+        read the run's row back and compare its epoch and seq. Raises ``LeaseLost`` (or
+        ``AlreadyCreated``, for a first commit) when the row shows another process's run."""
+        run_id, seq = request.run_id, request.seq
+        after = seq + len(request.entries)  # the run's seq once the request has landed
+        record = await self.store.get(run_id)
+        mine = self.create
+        if mine is not None:  # the first commit: did our row come into being?
+            if record is None:
+                return False  # the create did not land: write it again
+            released = record.owner is None and request.release and record.seq == after
+            if record.epoch != mine.epoch or not (record.owner == mine.owner or released):
+                raise AlreadyCreated()
+            self._row_exists()  # ours: whatever is missing is written as a commit
+        elif record is None:
+            raise RunNotFound(
+                f"Run '{run_id}' is gone from the store (deleted?) while its commit at seq "
+                f"{seq} was in doubt; this process stops working on it."
+            )
+        elif record.epoch != request.epoch:
+            raise LeaseLost(
+                f"Run '{run_id}' was taken over by another process (epoch {record.epoch}, ours "
+                f"{request.epoch}) while its commit at seq {seq} was in doubt; this process "
+                "stops working on it."
+            )
+        if record.seq == after and record.status == request.status:
+            log.info("piton: run '%s': its commit at seq %d was in doubt; it landed.", run_id, seq)
+            return True
+        if record.seq == seq:
+            log.info(
+                "piton: run '%s': its commit at seq %d was in doubt; it did not land, writing "
+                "it again.",
+                run_id,
+                seq,
+            )
+            return False
+        raise LeaseLost(
+            f"Run '{run_id}': its commit at seq {seq} ({len(request.entries)} entries, status "
+            f"{request.status}) was in doubt, and the store holds seq {record.seq} with status "
+            f"{record.status}: not what this process wrote. It stops working on the run."
+        )
+
+    async def _landed_once_more(self, request: CommitRequest) -> bool:
+        """After the fence refused a rewrite: read back once; if the store cannot tell now,
+        the refusal stands (the run is let go here; what was committed stays)."""
+        try:
+            return await self._landed(request)
+        except StoreUnavailable:
+            return False
 
     def _settle(self, outcome: str) -> None:
         if not self.outcome.done():
@@ -310,4 +435,4 @@ def _merge(batch: list[CommitRequest]) -> CommitRequest:
     return merged
 
 
-__all__ = ["AlreadyCreated", "DurableCommitter", "Phase"]
+__all__ = ["STORE_DEADLINE", "AlreadyCreated", "DurableCommitter", "Phase"]
