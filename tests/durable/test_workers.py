@@ -489,3 +489,21 @@ async def test_the_worker_command_drains_on_sigterm_and_stops_at_a_second_signal
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_lease_and_deadline_are_store_url_options(tmp_path: Path) -> None:
+    """``piton worker --store URL`` is configured through its URL."""
+    urls = [
+        f"sqlite:///{tmp_path}/runs.db?lease=5&deadline=2.5",
+        "postgresql://postgres@127.0.0.1:5432/test?lease=5&deadline=2.5",
+        "redis://127.0.0.1:6379/0?lease=5&deadline=2.5",
+    ]
+    for url in urls:
+        store = open_store(url)
+        assert (store.lease, store.deadline) == (5.0, 2.5), url
+        assert open_store(url.split("?")[0]).lease == 15.0
+        assert open_store(url.split("?")[0]).deadline == 30.0
+        with pytest.raises(WorkflowConfigurationError, match="lease"):
+            open_store(url.split("?")[0] + "?lease=0")
+        with pytest.raises(WorkflowConfigurationError, match="deadline"):
+            open_store(url.split("?")[0] + "?deadline=-1")

@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
-from typing import Any, cast
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 from piton._core import inputs as i
 from piton._core.state import (
@@ -27,9 +27,16 @@ from piton._core.state import (
 )
 from piton._core.status import RunStatus
 from piton._runtime.clock import SYSTEM_CLOCK
-from piton._runtime.committer import AlreadyCreated, DurableCommitter, Phase
+from piton._runtime.committer import (
+    STORE_DEADLINE,
+    AlreadyCreated,
+    DurableCommitter,
+    Phase,
+    _Default,
+)
 from piton._runtime.engine import Engine, RunLink
 from piton._runtime.live import LeaseKeeper, LeaveCleanly, ParkedWatch, live_runs
+from piton._runtime.outage import patiently
 from piton._runtime.restore import rebuild
 from piton._runtime.runner import Runner
 from piton.errors import (
@@ -45,6 +52,7 @@ from piton.stores.base import CommitRequest, Loaded, RunRecord, Store, may_claim
 
 log = logging.getLogger("piton.run")
 
+T = TypeVar("T")
 Message = tuple[int, Event | None, str | None]  # inbox id, event (None: cancel), target step
 # an inbox message asking the run to stop (``cancel_run`` from a process not driving it)
 CANCEL_MESSAGE = json.dumps({"__piton_cancel__": True})
@@ -69,8 +77,12 @@ class RunDriver:
         stay: bool = True,
         claimed: RunRecord | None = None,
         follow_only: bool = False,
+        deadline: float | None | _Default = STORE_DEADLINE,
     ) -> None:
         self.engine = engine
+        # seconds store calls and commits are retried while the store cannot be reached,
+        # before the caller gets StoreUnavailable (None: for ever, as workers do)
+        self.deadline = store.deadline if deadline is STORE_DEADLINE else deadline
         self.clock = engine.clock
         self.store = store
         self.run_id = run_id
@@ -90,6 +102,9 @@ class RunDriver:
         self.run: Runner | None = None
         self.committer: DurableCommitter | None = None
         self._watching: asyncio.Future[RunRecord | None] | None = None
+        # set once the first attach decided (the run executes here, is held elsewhere,
+        # parked, finished or failed to load): sends before that wait for it
+        self._attached = asyncio.Event()
         self._stream_wake: asyncio.Future[None] | None = None
         self.finished = False
         self.final_status: RunStatus | None = None  # a finished run's status, as stored
@@ -107,12 +122,15 @@ class RunDriver:
         *,
         stay: bool = True,
         claimed: RunRecord | None = None,
+        deadline: float | None | _Default = STORE_DEADLINE,
     ) -> RunDriver:
         """A driver for ``run_id``, registered as this process's and started on the loop.
 
         ``claimed``: the run's row as a worker's claim left it; the driver takes it from
         there (no second claim)."""
-        driver = cls(engine, store, run_id, link, start_event, stay=stay, claimed=claimed)
+        driver = cls(
+            engine, store, run_id, link, start_event, stay=stay, claimed=claimed, deadline=deadline
+        )
         live_runs(store)[run_id] = driver
         driver.task = driver.loop.create_task(driver.main())
         return driver
@@ -191,6 +209,10 @@ class RunDriver:
             await asyncio.wait(waiters, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
 
     def send_event(self, event: Event, step: str | None) -> asyncio.Future[None]:
+        if not self._attached.is_set():
+            # the driver has not attached yet (a new run's row may not exist): decide then
+            self.engine.check_target(event, step)
+            return asyncio.ensure_future(self._once_attached(lambda: self.send_event(event, step)))
         run, committer = self.run, self.committer
         if run is not None and committer is not None and self.live:
             if committer.phase is Phase.CREATING:
@@ -222,9 +244,27 @@ class RunDriver:
             return
         await self._deliver(CANCEL_MESSAGE, None)
 
+    async def _once_attached(self, then: Callable[[], Awaitable[None]]) -> None:
+        await self._attached.wait()
+        await then()
+
     async def _deliver(self, text: str, step: str | None) -> None:
-        await self.store.deliver(self.run_id, text, step, limit=MAX_PENDING_EVENTS)
+        store = self.store
+        await self._patiently(
+            lambda: store.deliver(self.run_id, text, step, limit=MAX_PENDING_EVENTS),
+            "delivering an event",
+            idempotent=False,  # sent twice, it would arrive twice
+        )
         self.poke()
+
+    async def _get(self) -> RunRecord | None:
+        return await self.store.get(self.run_id)
+
+    async def _patiently(self, op: Callable[[], Awaitable[T]], what: str, **kw: Any) -> T:
+        """A store call, retried while the store cannot be reached, up to the deadline."""
+        return await patiently(
+            op, what=f"run '{self.run_id}': {what}", deadline=self.deadline, log=log, **kw
+        )
 
     def followable(self) -> bool:
         """Another caller in this process may follow this driver rather than start a
@@ -260,6 +300,8 @@ class RunDriver:
         self.poke()
 
     def cancel_run(self) -> asyncio.Future[None]:
+        if not self._attached.is_set():
+            return asyncio.ensure_future(self._once_attached(self.cancel_run))
         run = self.run
         if run is not None and self.live and self.committer is not None:
             if self.committer.phase is Phase.CREATING:
@@ -272,10 +314,13 @@ class RunDriver:
 
     async def main(self) -> None:
         try:
-            await self.store.open()
+            await self._patiently(self.store.open, "opening the store")
             LeaveCleanly.install(self.loop)
             while True:  # attach at least once, even if the caller stopped listening
-                ended = await self._attach_and_run()
+                try:
+                    ended = await self._attach_and_run()
+                finally:
+                    self._attached.set()
                 if ended == "finished" or not self.stay or self.outcome.done():
                     return
                 await self._wait_for_wake()
@@ -330,7 +375,7 @@ class RunDriver:
         if record is not None:
             epoch: int | None = record.epoch
         else:
-            record = await store.get(self.run_id)
+            record = await self._patiently(lambda: store.get(self.run_id), "reading the run")
             if record is None:
                 raise RunNotFound(f"No run '{self.run_id}' in {store.url}.")
             if record.workflow != self.engine.name:
@@ -343,11 +388,13 @@ class RunDriver:
                 return "finished"
             if self.follow_only:
                 return "busy"
-            epoch = await store.claim(self.run_id, store.owner, store.lease)
+            epoch = await self._patiently(  # a claim by the same owner may be repeated
+                lambda: store.claim(self.run_id, store.owner, store.lease), "claiming the run"
+            )
         if epoch is None:
             return "busy"
         try:
-            loaded = await store.load(self.run_id)
+            loaded = await self._patiently(lambda: store.load(self.run_id), "loading the run")
             state = rebuild(loaded, self.engine, self.ser)
             inbox = self.decode_inbox(loaded.inbox)
             self.stream[:] = [self._decode_stream(text) for text in loaded.stream]
@@ -451,6 +498,7 @@ class RunDriver:
             snapshot_every=self.engine.config.snapshot_every,
             clock=self.clock,
             create=create,
+            deadline=self.deadline,
         )
         run = Runner(
             self.engine,
@@ -464,6 +512,7 @@ class RunDriver:
         run.on_finish = self._on_finish
         self._latest = state
         self.run, self.committer = run, committer
+        self._attached.set()
         self._notify_stream()  # a listener that came before the run follows it now
         live_runs(self.store)[self.run_id] = self
         keeper = LeaseKeeper.of(self.store, self.loop)
@@ -522,7 +571,8 @@ class RunDriver:
 
     async def _replay_finished(self, record: RunRecord) -> None:
         self.final_status = record.status
-        loaded = await self.store.load(self.run_id)
+        store = self.store
+        loaded = await self._patiently(lambda: store.load(self.run_id), "loading the run")
         self.stream[:] = [self._decode_stream(text) for text in loaded.stream]
         types = TypeResolver(self.engine.graph.event_types)
         if record.status == COMPLETED and record.result is not None:
@@ -580,7 +630,7 @@ class RunDriver:
             if me is not None and me.cancelling():
                 raise asyncio.CancelledError  # a store driver swallowed it: honour it
             if record is None:
-                record = await self.store.get(self.run_id)
+                record = await self._patiently(self._get, "reading the run")
                 if record is None:
                     return
             if record.finished:

@@ -26,6 +26,7 @@ from piton._runtime.clock import SYSTEM_CLOCK, Clock
 from piton._runtime.durable import RunDriver
 from piton._runtime.engine import Engine
 from piton._runtime.live import live_runs
+from piton._runtime.outage import patiently
 from piton.errors import WorkflowConfigurationError
 from piton.stores.base import RunRecord, Store, open_store
 
@@ -91,7 +92,10 @@ class RunWorker:
         return len(self._drivers)
 
     async def start(self) -> None:
-        await self.store.open()
+        # a store that cannot be reached yet (a worker started before its database): wait
+        await patiently(
+            self.store.open, what=f"worker: opening {self.store.url}", deadline=None, log=log
+        )
         log.info(
             "piton worker %s: working on %s in %s (concurrency %d)",
             self.store.owner,
@@ -130,7 +134,14 @@ class RunWorker:
     def _launch(self, record: RunRecord) -> None:
         engine = self.engines[record.workflow]
         driver = RunDriver.launch(
-            engine, self.store, record.run_id, engine.new_link(), None, stay=False, claimed=record
+            engine,
+            self.store,
+            record.run_id,
+            engine.new_link(),
+            None,
+            stay=False,
+            claimed=record,
+            deadline=None,  # a worker waits out an outage of its store, however long
         )
         self.claimed += 1
         self._drivers[record.run_id] = driver

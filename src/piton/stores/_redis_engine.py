@@ -270,7 +270,7 @@ class Engine:
 
 # --- the URL ----------------------------------------------------------------------------------
 
-OPTIONS = ("prefix",)  # piton's own URL options; the rest is redis-py's
+OPTIONS = ("prefix", "lease", "deadline")  # piton's own URL options; the rest is redis-py's
 CLIENT_DEFAULTS: dict[str, Any] = {
     "socket_connect_timeout": 10.0,
     "socket_timeout": 30.0,
@@ -299,8 +299,8 @@ def parse_store_url(url: str) -> tuple[str, dict[str, str], dict[str, Any]]:
     unknown = sorted(key for key, _ in rest if key not in _known_options())
     if unknown:
         raise WorkflowConfigurationError(
-            f"Store URL {redact_url(url)!r}: unknown option {unknown[0]!r}. piton's own option is "
-            "prefix; the others go to redis-py (socket_timeout, ssl_cert_reqs, ...)."
+            f"Store URL {redact_url(url)!r}: unknown option {unknown[0]!r}. piton's own options are "
+            "prefix, lease and deadline; the others go to redis-py (socket_timeout, ssl_cert_reqs, ...)."
         )
     return client_url, options, connect
 

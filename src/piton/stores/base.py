@@ -36,6 +36,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlparse, urlsplit, urlunsplit
 
 from piton._core.status import FINAL_STATUSES, PARKED, QUEUED, RUNNING, STATUSES, RunStatus
@@ -318,6 +319,33 @@ def split_store_url(
     return urlunsplit(parts._replace(query=urlencode(rest))), options
 
 
+def url_option(
+    store: str,
+    url: str,
+    name: str,
+    given: Any,
+    options: dict[str, str],
+    kind: type[Any],
+    default: Any,
+) -> Any:
+    """Option ``name`` of ``store`` (a class name) from its keyword argument or the URL's
+    ``options`` (both: they must agree), else ``default``."""
+    if name not in options:
+        return default if given is None else given
+    try:
+        value = kind(options[name])
+    except ValueError:
+        raise WorkflowConfigurationError(
+            f"Store URL {redact_url(url)!r}: {name}={options[name]!r} is not a {kind.__name__}."
+        ) from None
+    if given is not None and given != value:
+        raise WorkflowConfigurationError(
+            f"{store}({name}={given!r}) disagrees with {name}={options[name]} in the URL; "
+            "give it once."
+        )
+    return value
+
+
 def check_timing(store: Store, lease: float, deadline: float) -> None:
     """Set ``store.lease`` and ``store.deadline``, refusing values that are not seconds."""
     name = type(store).__name__
@@ -512,4 +540,5 @@ __all__ = [
     "process_owner",
     "redact_url",
     "too_many_events",
+    "url_option",
 ]

@@ -82,6 +82,7 @@ from piton.stores.base import (
     check_timing,
     redact_url,
     split_store_url,
+    url_option,
 )
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -114,9 +115,11 @@ class PostgresStore(ServerStore[Engine]):
     ) -> None:
         super().__init__()
         conninfo, options, libpq = _parse_url(url)
-        self.schema = _option(url, "schema", schema, options, str, "piton")
-        self.pool_size = _option(url, "pool_size", pool_size, options, int, 4)
-        self.lock_timeout = _option(url, "lock_timeout", lock_timeout, options, float, 10.0)
+        self.schema = url_option("PostgresStore", url, "schema", schema, options, str, "piton")
+        self.pool_size = url_option("PostgresStore", url, "pool_size", pool_size, options, int, 4)
+        self.lock_timeout = url_option(
+            "PostgresStore", url, "lock_timeout", lock_timeout, options, float, 10.0
+        )
         if not _SCHEMA_NAME.match(self.schema):
             raise WorkflowConfigurationError(
                 f"PostgresStore(schema={self.schema!r}): use letters, digits and underscores, "
@@ -132,8 +135,8 @@ class PostgresStore(ServerStore[Engine]):
             )
         check_timing(
             self,
-            _option(url, "lease", lease, options, float, 15.0),
-            _option(url, "deadline", deadline, options, float, 30.0),
+            url_option("PostgresStore", url, "lease", lease, options, float, 15.0),
+            url_option("PostgresStore", url, "deadline", deadline, options, float, 30.0),
         )
         self.url = redact_url(url)  # a password never reaches a message or a log
         named = "" if "schema" in options else f" (schema '{self.schema}')"
@@ -399,31 +402,6 @@ def _parse_url(url: str) -> tuple[str, dict[str, str], dict[str, Any]]:
         # libpq may quote a piece of the password back: then its error is not chained
         raise error from (exc if shown == text else None)
     return conninfo, options, libpq
-
-
-def _option(
-    url: str,
-    name: str,
-    given: Any,
-    options: dict[str, str],
-    kind: type[Any],
-    default: Any,
-) -> Any:
-    """An option from the keyword argument or the URL (both: they must agree), else the default."""
-    if name in options:
-        try:
-            value = kind(options[name])
-        except ValueError:
-            raise WorkflowConfigurationError(
-                f"Store URL {redact_url(url)!r}: {name}={options[name]!r} is not a {kind.__name__}."
-            ) from None
-        if given is not None and given != value:
-            raise WorkflowConfigurationError(
-                f"PostgresStore({name}={given!r}) disagrees with {name}={options[name]} in the "
-                "URL; give it once."
-            )
-        return value
-    return default if given is None else given
 
 
 __all__ = ["PostgresStore", "migrations"]

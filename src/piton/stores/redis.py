@@ -108,11 +108,13 @@ from piton.stores.base import (
     RunRecord,
     age_in_seconds,
     check_limit,
+    check_timing,
     is_runnable,
     is_stuck,
     owner_is_dead,
     redact_url,
     too_many_events,
+    url_option,
 )
 
 # the data model's version, kept in <prefix>:schema. 2: a run's hash has a `waiters` field
@@ -141,7 +143,14 @@ class RedisStore(ServerStore[Engine]):
     query parameters go to redis-py (``socket_timeout``, ``ssl_cert_reqs``, ...).
     """
 
-    def __init__(self, url: str, *, prefix: str | None = None, lease: float = 15.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str | None = None,
+        lease: float | None = None,
+        deadline: float | None = None,
+    ) -> None:
         super().__init__()
         client_url, options, connect = parse_store_url(url)
         if "prefix" in options and prefix is not None and prefix != options["prefix"]:
@@ -155,9 +164,11 @@ class RedisStore(ServerStore[Engine]):
                 f"RedisStore(prefix={self.prefix!r}): use letters, digits, '_', '-' and '.', "
                 "at most 100 characters."
             )
-        if not (isinstance(lease, int | float) and not isinstance(lease, bool) and lease > 0):
-            raise WorkflowConfigurationError(f"RedisStore(lease={lease!r}): give seconds > 0.")
-        self.lease = float(lease)
+        check_timing(
+            self,
+            url_option("RedisStore", url, "lease", lease, options, float, 15.0),
+            url_option("RedisStore", url, "deadline", deadline, options, float, 30.0),
+        )
         self.url = redact_url(url)  # a password never reaches a message or a log
         named = "" if "prefix" in options else f" (prefix '{self.prefix}')"
         self.where = f"Redis store '{self.url}'{named}"
