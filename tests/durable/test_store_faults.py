@@ -29,7 +29,7 @@ import psycopg
 import pytest
 
 from conftest import REQUIRE_SERVICES
-from piton import Event, StartEvent, StopEvent, Workflow, step
+from piton import Event, StartEvent, StopEvent, Worker, Workflow, step
 from piton._runtime.outage import Outage, patiently, retry_safe
 from piton.errors import LeaseLost, StoreError, StoreUnavailable, StoreUnreachable
 from piton.stores import MemoryStore, RunRecord, Store, open_store
@@ -589,6 +589,49 @@ async def test_a_caller_sees_store_unavailable_only_past_the_deadline_then_the_r
     finally:
         with contextlib.suppress(Exception):
             await store.close()
+
+
+@pytest.mark.slow
+async def test_a_worker_waits_out_an_outage_longer_than_the_deadline(
+    server: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Queued runs on a worker; the server is down for three times the store's deadline.
+    Callers would have given up; the worker logs, keeps retrying and finishes every run,
+    with no committed step run twice."""
+    caplog.set_level(logging.INFO)
+    url = server.store_url()
+    submitter = open_store(url)
+    await submitter.open()
+    effects = tmp_path / "effects.txt"
+    w = chain(submitter, effects, delay=0.02)
+    w.gates = {3: asyncio.Event()}
+    tags = [f"q{n}" for n in range(10)]
+    worker_store = open_store(url)
+    worker_store.deadline = 0.5
+    worker_w = chain(worker_store, effects, delay=0.02)
+    worker_w.gates = w.gates
+    try:
+        for tag in tags:
+            await w.start(run_id=tag, tag=tag)
+        async with Worker(worker_store, workflows=[worker_w], poll_interval=0.1):
+            await until(lambda: len(executions(effects)) == 3 * len(tags), "every run at hop 3")
+            await asyncio.to_thread(server.stop)
+            w.gates[3].set()  # steps go on; their commits wait for the server
+            await asyncio.sleep(3 * worker_store.deadline)
+            await asyncio.to_thread(server.start)
+            results = await asyncio.wait_for(
+                asyncio.gather(*(w.result(tag, timeout=40) for tag in tags)), 45
+            )
+        assert results == [f"{tag}:done" for tag in tags]
+        assert executions(effects) == Counter((t, n) for t in tags for n in range(HOPS + 1))
+        logs = outage_logs(caplog)
+        assert any("Retrying for ever" in m for m in logs), logs
+        assert any("answers again" in m for m in logs), logs
+    finally:
+        with contextlib.suppress(Exception):
+            await submitter.close()
+        with contextlib.suppress(Exception):
+            await worker_store.close()
 
 
 @pytest.mark.slow
