@@ -1,9 +1,10 @@
-"""bench/durable.py and bench/postgres.py run end to end (``--smoke``: tiny workloads, one
-repetition).
+"""bench/durable.py, bench/postgres.py, bench/workers.py and bench/parked_pg.py run end to
+end (``--smoke``: tiny workloads, one repetition).
 
 They measure nothing here; they must only run, report what they promise and clean up. CI
 installs only '.[dev]', so the DBOS part runs only where dbos is installed; bench/postgres.py
-needs a PostgreSQL server (the ``postgres_url`` fixture skips without one).
+and bench/parked_pg.py need a PostgreSQL server, bench/workers.py also a Redis server (the
+``postgres_url`` and ``redis_url`` fixtures skip without them).
 """
 
 from __future__ import annotations
@@ -167,3 +168,81 @@ def test_postgres_bench_runs(tmp_path: Path, postgres_url: str) -> None:
             "SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)", (dropped,)
         ).fetchall()
     assert left == []
+
+
+def run_script(name: str, tmp_path: Path, *args: str) -> tuple[str, dict[str, Any]]:
+    """Run bench/<name> with ``args`` and ``--json``; fail with its output if it fails."""
+    out = tmp_path / "figures.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / name), *args, "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    if proc.returncode != 0:
+        pytest.fail(
+            f"bench/{name} exited with {proc.returncode}\n"
+            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
+    return proc.stdout, json.loads(out.read_text())
+
+
+def schemas_left(postgres_url: str, prefix: str) -> list[Any]:
+    import psycopg
+
+    with psycopg.connect(postgres_url) as conn:
+        return conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (prefix + "%",)
+        ).fetchall()
+
+
+def test_workers_bench_runs(tmp_path: Path, postgres_url: str, redis_url: str) -> None:
+    """bench/workers.py: worker processes on both stores, the floors, the in-process
+    steps and (where installed) DBOS; it removes its schema and its Redis keys."""
+    pytest.importorskip("psycopg")
+    redis = pytest.importorskip("redis")
+    stdout, figures = run_script(
+        "workers.py", tmp_path, "--smoke", "--fleets", "1x2,2x2", "--runs", "1,5",
+        "--postgres-url", postgres_url, "--redis-url", redis_url,
+        *([] if HAS_DBOS else ["--no-dbos"]),
+    )  # fmt: skip
+    medians = figures["medians"]
+    for store in ("postgres", "redis"):
+        assert medians[f"{store}_floor_us"] > 0
+        for mode in ("fast", "strict"):
+            assert medians[f"{store}_{mode}_us_step"] > 0
+        for shape in ("1x2", "2x2"):  # processes x concurrency
+            for runs in (1, 5):
+                key = f"{store}_{shape}_n{runs}"
+                assert medians[f"{key}_steps_s"] > 0, key
+                assert medians[f"{key}_cpu_workers"] >= 0, key
+        # 5 runs > concurrency 2: the work spreads, so "2 workers / 1" has its goal
+        assert figures["goals"][f"{store}_2x2_over_1x2_n5"] in (True, False)
+        assert figures["ratios"][f"{store}_1x2_n5_over_n1"] > 0
+    assert figures["goals"]["postgres_strict_over_floor"] in (True, False)
+    if HAS_DBOS:
+        assert medians["dbos_us_step"] > 0
+        assert figures["goals"]["postgres_dbos_over_strict"] in (True, False)
+    assert "load average at the end" in stdout
+    # its scratch schema and its Redis keys are gone
+    prefix = figures["machine"]["scratch"].split()[1]
+    assert schemas_left(postgres_url, prefix) == []
+    assert list(redis.Redis.from_url(redis_url).scan_iter(match=f"{prefix}:*")) == []
+
+
+def test_parked_pg_bench_runs(tmp_path: Path, postgres_url: str) -> None:
+    """bench/parked_pg.py: bulk-loaded parked runs, real runs parked and woken by a worker
+    process, the query plans; it drops its schema."""
+    pytest.importorskip("psycopg")
+    stdout, figures = run_script("parked_pg.py", tmp_path, "--smoke", "--url", postgres_url)
+    for state in ("empty", "loaded"):
+        assert figures["medians"][state]["wake_ms_median"] > 0
+    assert figures["read_back"] > 0
+    assert figures["worker_exit"] == [0]
+    titles = [title for title, _ in figures["plans"]]
+    assert any(t.startswith("claim_runnable") for t in titles) and len(titles) == 6
+    assert all("Index" in plan for _, plan in figures["plans"])
+    assert figures["rss"]
+    assert schemas_left(postgres_url, figures["dropped"][0]) == []
+    assert "sequential scans in those plans" in stdout
