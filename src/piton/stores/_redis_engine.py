@@ -236,6 +236,10 @@ class Engine:
         secrets: tuple[str, ...] = (),
     ) -> None:
         self.client = aioredis.Redis.from_url(url, **options)
+        # reads share READERS connections: redis-py's pool opens one per concurrent call,
+        # and past its limit (100) fails the call as if the server were down; a worker
+        # running a thousand runs would open a thousand
+        self.reads = asyncio.Semaphore(READERS)
         self.writer = Writer(self.client, where, secrets)
         self.listener = Listener(self.client, channel)
         self.forget = forget
@@ -270,6 +274,7 @@ class Engine:
 
 # --- the URL ----------------------------------------------------------------------------------
 
+READERS = 32  # reads in flight at once per store and event loop (each holds a connection)
 OPTIONS = ("prefix", "lease", "deadline")  # piton's own URL options; the rest is redis-py's
 CLIENT_DEFAULTS: dict[str, Any] = {
     "socket_connect_timeout": 10.0,

@@ -258,12 +258,14 @@ class RedisStore(ServerStore[Engine]):
         return await self._engine()
 
     async def _read(self, op: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
-        client = (await self._ready_engine()).client
+        engine = await self._ready_engine()
+        client = engine.client
         try:
-            try:
-                result = await op(client)
-            except RedisConnectionError:  # it died while idle (a server restart): once more
-                result = await op(client)
+            async with engine.reads:
+                try:
+                    result = await op(client)
+                except RedisConnectionError:  # it died while idle (a server restart): again
+                    result = await op(client)
         except (RedisError, OSError) as exc:
             error = translate(exc, self.where, secrets=self._secrets)
             raise error from error.__cause__
