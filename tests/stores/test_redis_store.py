@@ -322,3 +322,22 @@ async def test_prune_deletes_every_key_of_old_runs(
     assert await store.prune(timedelta(milliseconds=10)) == 1
     assert await keys_of(db, prefix, "old") == {}
     assert [r.run_id for r in await store.list_runs()] == ["young"]
+
+
+async def test_a_thousand_concurrent_reads_share_a_few_connections(
+    url: str, db: aioredis.Redis
+) -> None:
+    """A worker running 1,000 runs reads for all of them at once: the reads queue for the
+    store's connections instead of opening one each (redis-py's pool fails past 100)."""
+    from piton.stores._redis_engine import READERS
+
+    name = f"piton_test_{uuid.uuid4().hex[:8]}"
+    s = RedisStore(f"{url}&client_name={name}")
+    try:
+        await new_run(s, "r")
+        records = await asyncio.gather(*(s.get("r") for _ in range(1000)))
+        assert all(r is not None and r.run_id == "r" for r in records)
+        mine = [c for c in await db.client_list() if c.get("name") == name]
+        assert 1 <= len(mine) <= READERS + 2, len(mine)  # the readers, the writer, a listener
+    finally:
+        await s.close()
