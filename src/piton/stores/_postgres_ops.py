@@ -50,20 +50,20 @@ _CREATE = f"""
 WITH created AS (
     INSERT INTO runs ({COLUMN_LIST})
     SELECT {COLUMN_LIST} FROM unnest(
-        {", ".join(f"%({name})s::{_TYPES[name]}[]" for name in COLUMNS)}
+        {", ".join(f"%({name})b::{_TYPES[name]}[]" for name in COLUMNS)}
     ) AS r({COLUMN_LIST})
     ON CONFLICT (run_id) DO NOTHING
     RETURNING run_id, status
 ), entries AS (
     INSERT INTO journal (run_id, seq, entry)
     SELECT e.run_id, e.seq, e.entry
-    FROM unnest(%(entry_ids)s::text[], %(entry_seqs)s::bigint[], %(entries)s::text[])
+    FROM unnest(%(entry_ids)b::text[], %(entry_seqs)b::bigint[], %(entries)b::text[])
          AS e(run_id, seq, entry)
     JOIN created USING (run_id)
 ), events AS (
     INSERT INTO stream (run_id, seq, event)
     SELECT e.run_id, e.seq, e.event
-    FROM unnest(%(event_ids)s::text[], %(event_seqs)s::bigint[], %(events)s::text[])
+    FROM unnest(%(event_ids)b::text[], %(event_seqs)b::bigint[], %(events)b::text[])
          AS e(run_id, seq, event)
     JOIN created USING (run_id)
 ), told AS (
@@ -83,10 +83,10 @@ SELECT run_id, (SELECT count(*) FROM told) FROM created
 _COMMIT_BATCH = f"""
 WITH req AS (
     SELECT * FROM unnest(
-        %(ids)s::text[], %(epochs)s::bigint[], %(seqs)s::bigint[], %(new_seqs)s::bigint[],
-        %(plain)s::boolean[], %(statuses)s::text[], %(wake_ats)s::double precision[],
-        %(waiters)s::integer[], %(results)s::text[], %(errors)s::text[],
-        %(final)s::boolean[], %(release)s::boolean[], %(fingerprints)s::text[]
+        %(ids)b::text[], %(epochs)b::bigint[], %(seqs)b::bigint[], %(new_seqs)b::bigint[],
+        %(plain)b::boolean[], %(statuses)b::text[], %(wake_ats)b::double precision[],
+        %(waiters)b::integer[], %(results)b::text[], %(errors)b::text[],
+        %(final)b::boolean[], %(release)b::boolean[], %(fingerprints)b::text[]
     ) AS r(run_id, epoch, seq, new_seq, plain, status, wake_at, waiters, result, error,
            final, release, fingerprint)
 ), won AS (
@@ -109,7 +109,7 @@ WITH req AS (
 ), entries AS (
     INSERT INTO journal (run_id, seq, entry)
     SELECT e.run_id, e.seq, e.entry
-    FROM unnest(%(entry_ids)s::text[], %(entry_seqs)s::bigint[], %(entries)s::text[])
+    FROM unnest(%(entry_ids)b::text[], %(entry_seqs)b::bigint[], %(entries)b::text[])
          AS e(run_id, seq, entry)
     JOIN won USING (run_id)
 ), events AS (
@@ -117,19 +117,19 @@ WITH req AS (
     SELECT e.run_id,
            COALESCE((SELECT max(s.seq) FROM stream s WHERE s.run_id = e.run_id), 0) + e.n,
            e.event
-    FROM unnest(%(event_ids)s::text[], %(event_ns)s::bigint[], %(events)s::text[])
+    FROM unnest(%(event_ids)b::text[], %(event_ns)b::bigint[], %(events)b::text[])
          AS e(run_id, n, event)
     JOIN won USING (run_id)
 ), snapshot AS (
     INSERT INTO snapshots (run_id, seq, snapshot)
     SELECT s.run_id, s.seq, s.snapshot
-    FROM unnest(%(snapshot_ids)s::text[], %(snapshot_seqs)s::bigint[], %(snapshots)s::text[])
+    FROM unnest(%(snapshot_ids)b::text[], %(snapshot_seqs)b::bigint[], %(snapshots)b::text[])
          AS s(run_id, seq, snapshot)
     JOIN won USING (run_id)
     ON CONFLICT (run_id) DO UPDATE SET seq = excluded.seq, snapshot = excluded.snapshot
 ), compacted AS (
     DELETE FROM journal
-    USING unnest(%(snapshot_ids)s::text[], %(snapshot_seqs)s::bigint[]) AS s(run_id, seq)
+    USING unnest(%(snapshot_ids)b::text[], %(snapshot_seqs)b::bigint[]) AS s(run_id, seq)
     JOIN won USING (run_id)
     WHERE journal.run_id = s.run_id AND journal.seq <= s.seq
 )
@@ -142,16 +142,16 @@ _COMMIT = """
 WITH entries AS (
     INSERT INTO journal (run_id, seq, entry)
     SELECT %(run_id)s, %(seq)s + e.n, e.entry
-    FROM unnest(%(entries)s::text[]) WITH ORDINALITY AS e(entry, n)
+    FROM unnest(%(entries)b::text[]) WITH ORDINALITY AS e(entry, n)
     WHERE %(snapshot)s::text IS NULL
 ), events AS (
     INSERT INTO stream (run_id, seq, event)
     SELECT %(run_id)s,
            (SELECT COALESCE(max(seq), 0) FROM stream WHERE run_id = %(run_id)s) + e.n,
            e.event
-    FROM unnest(%(events)s::text[]) WITH ORDINALITY AS e(event, n)
+    FROM unnest(%(events)b::text[]) WITH ORDINALITY AS e(event, n)
 ), taken AS (
-    DELETE FROM inbox WHERE run_id = %(run_id)s AND id = ANY(%(inbox_done)s::bigint[])
+    DELETE FROM inbox WHERE run_id = %(run_id)s AND id = ANY(%(inbox_done)b::bigint[])
     RETURNING id
 ), snapshot AS (
     INSERT INTO snapshots (run_id, seq, snapshot)
