@@ -507,3 +507,23 @@ def test_lease_and_deadline_are_store_url_options(tmp_path: Path) -> None:
             open_store(url.split("?")[0] + "?lease=0")
         with pytest.raises(WorkflowConfigurationError, match="deadline"):
             open_store(url.split("?")[0] + "?deadline=-1")
+
+
+async def test_a_worker_closed_at_once_hands_back_what_it_claimed(store_url: str | Store) -> None:
+    """Closed right after its first claim (its drivers not even begun): every run it took
+    is free again at once, not held until its lease expires."""
+    Hold.gate, Hold.running, Hold.most = asyncio.Event(), 0, 0
+    w = Hold(store=store_url)
+    ids = [await w.start(key=f"c{n}") for n in range(5)]
+    store = open_store(store_url)
+    await store.open()
+    worker = Worker(store_url, workflows=[w], poll_interval=30)
+    await worker.start()
+    assert worker.claimed == 5
+    await worker.close()
+    for run_id in ids:
+        record = await store.get(run_id)
+        assert record is not None and record.owner is None and not record.finished, record
+    Hold.gate.set()
+    async with Worker(store_url, workflows=[w], poll_interval=0.02):
+        assert sorted([await w.result(r, timeout=20) for r in ids]) == [f"c{n}" for n in range(5)]

@@ -348,7 +348,11 @@ class RunDriver:
     async def _leave(self) -> None:
         """The process lets go of the run (its loop ends, SIGTERM, a worker closes): stop the
         steps, let the commits already queued land, and hand the lease back (promise 12)."""
-        committer = self.committer
+        committer, claimed = self.committer, self.claimed
+        if committer is None and claimed is not None:  # a worker's claim, not yet taken up
+            self.claimed = None
+            await self._hand_back(claimed.epoch)
+            return
         if committer is None or committer.phase in (Phase.PARKED, Phase.LOST):
             return
         finished = committer.phase is Phase.FINISHED
@@ -357,10 +361,12 @@ class RunDriver:
             await committer.settled(timeout=LEAVE_TIMEOUT)
         if finished or not committer.has_row:
             return
+        await self._hand_back(committer.epoch)
+
+    async def _hand_back(self, epoch: int) -> None:
         try:  # bounded: a process that is leaving must not hang on a store going away
             await asyncio.wait_for(
-                self.store.release([(self.run_id, committer.epoch)], self.store.owner),
-                LEAVE_TIMEOUT,
+                self.store.release([(self.run_id, epoch)], self.store.owner), LEAVE_TIMEOUT
             )
         except Exception as exc:  # noqa: BLE001 - leaving anyway: the lease will expire
             log.warning("piton: could not hand back the lease of run %r: %r", self.run_id, exc)

@@ -247,12 +247,18 @@ class RunWorker:
         """Stop now: the runs this worker drives are let go (their leases handed back)."""
         self._stopping = True
         await self._stop_loop()
-        tasks = [d.task for d in self._drivers.values() if d.task is not None]
+        drivers = list(self._drivers.values())
+        tasks = [d.task for d in drivers if d.task is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
+        # a run claimed for a driver that was cancelled before it began: hand it back too
+        unstarted = [(d.run_id, d.claimed.epoch) for d in drivers if d.claimed is not None]
+        if unstarted:
+            with contextlib.suppress(Exception):  # not handed back: its lease expires
+                await asyncio.wait_for(self.store.release(unstarted, self.store.owner), 2.0)
         if self._own_store:
             with contextlib.suppress(Exception):
                 await self.store.close()
