@@ -22,7 +22,7 @@ from piton.errors import WorkflowConfigurationError, WorkflowRuntimeError
 from piton.serde import JsonSerializer, TypeResolver
 from piton.stores import Store, open_store
 from piton.worker import Worker
-from worker_flows import Chain, Other, expected
+from worker_flows import Chain, Job, Other, expected
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -527,3 +527,31 @@ async def test_a_worker_closed_at_once_hands_back_what_it_claimed(store_url: str
     Hold.gate.set()
     async with Worker(store_url, workflows=[w], poll_interval=0.02):
         assert sorted([await w.result(r, timeout=20) for r in ids]) == [f"c{n}" for n in range(5)]
+
+
+async def test_a_worker_takes_over_a_run_whose_owner_lease_expired(
+    store_url: str | Store,
+) -> None:
+    """A run held by a process on another machine (its liveness unknowable from here) is
+    left alone while its lease holds, and taken over once it has expired."""
+    from piton.serde import JsonSerializer
+    from piton.stores import RunRecord
+
+    w = Chain(store=store_url)
+    store = open_store(store_url)
+    await store.open()
+    start = JsonSerializer().dumps(Job(key="far", n=5), "start")
+    engine = w._engine()
+    lease_until = time.time() + 1.0
+    record = RunRecord(
+        "far", engine.name, "running", engine.fingerprint,
+        owner="another-host.invalid/4242/1", epoch=1, lease_until=lease_until, start=start,
+    )  # fmt: skip
+    assert await store.create(record, [], [])
+    async with Worker(store_url, workflows=[Chain], poll_interval=0.05):
+        await asyncio.sleep(0.5)
+        held = await store.get("far")
+        assert held is not None and held.owner == "another-host.invalid/4242/1"  # still its
+        assert await w.result("far", timeout=20) == expected(5)
+    done = await store.get("far")
+    assert done is not None and done.epoch >= 2 and time.time() > lease_until
