@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from piton.cli._draw import draw
 from piton.cli._worker import worker
 
 
@@ -18,5 +19,6 @@ def main() -> None:
 
 
 main.add_command(worker)
+main.add_command(draw)
 
 __all__ = ["main"]
