@@ -9,6 +9,8 @@ from __future__ import annotations
 import click
 
 from piton.cli._draw import draw
+from piton.cli._runs import runs, show
+from piton.cli._serve import serve
 from piton.cli._worker import worker
 
 
@@ -19,6 +21,9 @@ def main() -> None:
 
 
 main.add_command(worker)
+main.add_command(serve)
+main.add_command(runs)
+main.add_command(show)
 main.add_command(draw)
 
 __all__ = ["main"]

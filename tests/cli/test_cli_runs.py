@@ -1,0 +1,116 @@
+"""``piton runs`` and ``piton show`` (and the commands that act on runs), run as real
+subprocesses against SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cli_flows import Ask, Echo
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'runs.db'}"
+    base = request.getfixturevalue("postgres_url")
+    return f"{base}?schema={request.getfixturevalue('postgres_schema')}"
+
+
+def piton(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, COLUMNS="250", PYTHONPATH=os.pathsep.join([str(HERE), *sys.path]))
+    env.pop("PITON_STORE", None)
+    return subprocess.run(
+        [sys.executable, "-m", "piton", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+async def finished_echo(url: str, run_id: str) -> None:
+    assert await Echo(store=url).run(run_id=run_id, message="hi") == "echo: hi"
+
+
+async def parked_ask(url: str, run_id: str) -> None:
+    """An Ask run parked on its wait_for_event(Answer)."""
+    w = Ask(store=url)
+    handler = w.run(run_id=run_id)
+    for _ in range(500):
+        record = await w.store.get(run_id) if w.store is not None else None
+        if record is not None and record.status == "parked":
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the run never parked")
+    assert not handler.done() or handler.exception() is None
+
+
+def test_runs_lists_filters_and_prints_json(url: str) -> None:
+    asyncio.run(finished_echo(url, "echo-1"))
+    asyncio.run(Ask(store=url).start(run_id="ask-queued"))
+    table = piton("runs", "--store", url)
+    assert table.returncode == 0, table.stderr
+    assert "echo-1" in table.stdout and "ask-queued" in table.stdout
+    assert "completed" in table.stdout and "queued" in table.stdout
+    out = piton("runs", "--store", url, "--status", "completed", "--json")
+    assert out.returncode == 0, out.stderr
+    listed = json.loads(out.stdout)
+    assert [(r["run_id"], r["workflow"], r["status"]) for r in listed] == [
+        ("echo-1", "Echo", "completed")
+    ]
+    only = json.loads(piton("runs", "--store", url, "--workflow", "Ask", "--json").stdout)
+    assert [r["run_id"] for r in only] == ["ask-queued"]
+    assert json.loads(piton("runs", "--store", url, "--limit", "1", "--json").stdout)[0]
+
+
+def test_runs_refuses_an_unknown_status(tmp_path: Path) -> None:
+    out = piton("runs", "--store", f"sqlite:///{tmp_path / 'r.db'}", "--status", "done")
+    assert out.returncode == 2
+    assert "parked" in out.stderr and "completed" in out.stderr
+
+
+def test_show_prints_the_record_and_the_journal(url: str) -> None:
+    asyncio.run(finished_echo(url, "echo-1"))
+    out = piton("show", "echo-1", "--store", url)
+    assert out.returncode == 0, out.stderr
+    assert "Run echo-1" in out.stdout and "completed" in out.stdout
+    assert "start StartEvent" in out.stdout and "done -> StopEvent" in out.stdout
+    data = json.loads(piton("show", "echo-1", "--store", url, "--json").stdout)
+    assert data["status"] == "completed" and data["run_id"] == "echo-1"
+    kinds = [row["kind"] for row in data["timeline"]]
+    assert kinds[0] == "Begin" and "StepDone" in kinds
+    assert all(row["at"] for row in data["timeline"])
+
+
+def test_show_says_what_a_parked_run_waits_for(url: str) -> None:
+    asyncio.run(parked_ask(url, "ask-1"))
+    out = piton("show", "ask-1", "--store", url)
+    assert out.returncode == 0, out.stderr
+    assert "parked" in out.stdout and "1 waiter(s)" in out.stdout
+    assert "waits for Answer" in out.stdout
+    data = json.loads(piton("show", "ask-1", "--store", url, "--json").stdout)
+    assert data["waiting"]["waiters"] == 1
+    asyncio.run(Ask(store=url).cancel_run("ask-1"))  # leave nothing parked behind
+
+
+def test_show_an_unknown_run_exits_1(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    out = piton("show", "nope", "--store", url)
+    assert out.returncode == 1
+    assert f"No run 'nope' in {url}" in out.stderr
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    for command in ("runs", "show"):
+        out = piton(command, "--help")
+        assert out.returncode == 0 and "Examples:" in out.stdout, command
