@@ -1,0 +1,165 @@
+"""The OpenAPI 3 document of the HTTP API, written by hand (the routes are few)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "The body is not JSON, or not the object expected.",
+        401: "No valid `Authorization: Bearer <token>` header.",
+        404: "No such run, workflow or event type.",
+        409: "The run cannot take this (it has finished, or belongs to another workflow).",
+        422: "The input fails validation; `detail` holds pydantic's errors.",
+    }
+    return {str(c): _json(_ERROR, text[c]) for c in codes}
+
+
+_RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_OBJ: dict[str, Any] = {"type": "object"}
+
+
+def openapi_document(workflows: list[str]) -> dict[str, Any]:
+    """The document; ``workflows`` are the names the server knows."""
+    name_param = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "enum": workflows},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "piton", "version": "1", "description": "Durable workflow runs."},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "string"}, "detail": {}},
+                },
+                "Run": {
+                    "type": "object",
+                    "properties": {
+                        "run_id": {"type": "string"},
+                        "workflow": {"type": "string"},
+                        "status": {"type": "string"},
+                        "created_at": {"type": "number"},
+                        "updated_at": {"type": "number"},
+                        "finished_at": {"type": ["number", "null"]},
+                    },
+                },
+            },
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/workflows": {
+                "get": {
+                    "summary": "The workflows served, with their start event's JSON schema.",
+                    "responses": {"200": _json(_OBJ, "The workflows."), **_errors(401)},
+                }
+            },
+            "/api/workflows/{name}/runs": {
+                "post": {
+                    "summary": "Queue a run (idempotent by run_id); a worker executes it.",
+                    "parameters": [name_param],
+                    "requestBody": {
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "run_id": {"type": "string"},
+                                        "input": {"type": "object"},
+                                    },
+                                }
+                            }
+                        }
+                    },
+                    "responses": {
+                        "201": _json({"$ref": "#/components/schemas/Run"}, "Queued."),
+                        "200": _json({"$ref": "#/components/schemas/Run"}, "Existed already."),
+                        **_errors(400, 401, 404, 409, 422),
+                    },
+                }
+            },
+            "/api/runs": {
+                "get": {
+                    "summary": "List runs, newest first.",
+                    "parameters": [
+                        {"name": "workflow", "in": "query", "schema": {"type": "string"}},
+                        {"name": "status", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        },
+                    ],
+                    "responses": {"200": _json(_OBJ, "The runs."), **_errors(400, 401)},
+                }
+            },
+            "/api/runs/{run_id}": {
+                "get": {
+                    "summary": "A run: its record, status, result or error, and what it waits for.",
+                    "parameters": [_RUN_ID],
+                    "responses": {"200": _json(_OBJ, "The run."), **_errors(401, 404)},
+                }
+            },
+            "/api/runs/{run_id}/events": {
+                "get": {
+                    "summary": "The run's event stream as server-sent events; each event's id is "
+                    "its index in the stream. Send Last-Event-ID to resume after it.",
+                    "parameters": [
+                        _RUN_ID,
+                        {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "text/event-stream, ending after the StopEvent.",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(400, 401, 404),
+                    },
+                },
+                "post": {
+                    "summary": "Send an event to the run.",
+                    "parameters": [_RUN_ID],
+                    "requestBody": {
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["type"],
+                                    "properties": {
+                                        "type": {"type": "string"},
+                                        "data": {"type": "object"},
+                                    },
+                                }
+                            }
+                        }
+                    },
+                    "responses": {
+                        "202": _json(_OBJ, "In the run's inbox."),
+                        **_errors(400, 401, 404, 409, 422),
+                    },
+                },
+            },
+            "/api/runs/{run_id}/cancel": {
+                "post": {
+                    "summary": "Ask the run to stop; it ends cancelled.",
+                    "parameters": [_RUN_ID],
+                    "responses": {"202": _json(_OBJ, "Requested."), **_errors(401, 404, 409)},
+                }
+            },
+        },
+    }
+
+
+__all__ = ["openapi_document"]
