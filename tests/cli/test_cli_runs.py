@@ -111,6 +111,64 @@ def test_show_an_unknown_run_exits_1(tmp_path: Path) -> None:
 
 
 def test_every_command_has_help_with_an_example() -> None:
-    for command in ("runs", "show"):
+    for command in ("runs", "show", "send", "cancel", "resume"):
         out = piton(command, "--help")
         assert out.returncode == 0 and "Examples:" in out.stdout, command
+
+
+FLOWS = "cli_flows:Ask"
+
+
+def test_send_answers_a_parked_run_and_resume_finishes_it(url: str, tmp_path: Path) -> None:
+    asyncio.run(parked_ask(url, "ask-1"))
+    sent = piton(
+        "send", "ask-1", "Answer", "--data", '{"text": "yes"}', "-w", FLOWS, "--store", url
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert "Sent Answer to run 'ask-1'" in sent.stdout
+    done = piton("resume", "ask-1", "--workflow", FLOWS, "--store", url)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "answer: yes"
+    again = piton(
+        "send", "ask-1", "Answer", "--data", '{"text": "no"}', "-w", FLOWS, "--store", url
+    )
+    assert again.returncode == 1 and "has finished (completed)" in again.stderr
+
+
+def test_send_refuses_bad_arguments(url: str) -> None:
+    asyncio.run(parked_ask(url, "ask-1"))
+    unknown = piton("send", "ask-1", "Nope", "-w", FLOWS, "--store", url)
+    assert unknown.returncode == 2 and "Answer" in unknown.stderr
+    bad = piton("send", "ask-1", "Answer", "--data", "{oops", "-w", FLOWS, "--store", url)
+    assert bad.returncode == 2 and "not a JSON object" in bad.stderr
+    invalid = piton("send", "ask-1", "Answer", "--data", '{"txt": 1}', "-w", FLOWS, "--store", url)
+    assert invalid.returncode == 2 and "does not make a Answer" in invalid.stderr
+    missing = piton(
+        "send", "nope", "Answer", "--data", '{"text": "x"}', "-w", FLOWS, "--store", url
+    )
+    assert missing.returncode == 1 and "No run 'nope'" in missing.stderr
+    no_workflow = piton("send", "ask-1", "Answer", "--store", url)
+    assert no_workflow.returncode == 2 and "--workflow" in no_workflow.stderr
+    asyncio.run(Ask(store=url).cancel_run("ask-1"))
+
+
+def test_cancel_stops_a_parked_run(url: str) -> None:
+    asyncio.run(parked_ask(url, "ask-1"))
+    out = piton("cancel", "ask-1", "--workflow", FLOWS, "--store", url)
+    assert out.returncode == 0, out.stderr
+    assert "Asked run 'ask-1' to stop" in out.stdout
+    resumed = piton("resume", "ask-1", "--workflow", FLOWS, "--store", url)
+    assert resumed.returncode == 1 and "ask-1" in resumed.stderr
+    data = json.loads(piton("show", "ask-1", "--store", url, "--json").stdout)
+    assert data["status"] == "cancelled"
+    gone = piton("cancel", "nope", "--workflow", FLOWS, "--store", url)
+    assert gone.returncode == 1 and "No run 'nope'" in gone.stderr
+
+
+def test_resume_runs_a_queued_run(url: str) -> None:
+    asyncio.run(Echo(store=url).start(run_id="echo-q", message="later"))
+    out = piton("resume", "echo-q", "--workflow", "cli_flows:Echo", "--store", url)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "echo: later"
+    wrong = piton("resume", "echo-q", "--workflow", FLOWS, "--store", url)
+    assert wrong.returncode == 1 and "belongs to workflow 'Echo'" in wrong.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from piton.cli._act import cancel, resume, send
 from piton.cli._draw import draw
 from piton.cli._runs import runs, show
 from piton.cli._serve import serve
@@ -24,6 +25,9 @@ main.add_command(worker)
 main.add_command(serve)
 main.add_command(runs)
 main.add_command(show)
+main.add_command(send)
+main.add_command(cancel)
+main.add_command(resume)
 main.add_command(draw)
 
 __all__ = ["main"]
