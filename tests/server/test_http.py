@@ -116,6 +116,8 @@ def test_a_waiting_run_is_answered_through_post_events(base: str) -> None:
         assert [w["event_type"] for w in run["waiting_for"]] == ["Approval"]
         bad = c.post("/api/runs/a1/events", json={"type": "Nope", "data": {}})
         assert bad.status_code == 422 and "Approval" in bad.json()["detail"]["types"]
+        other = c.post("/api/runs/a1/events", json={"type": "Progress", "data": {"n": 1}})
+        assert other.status_code == 422 and "does not know" in other.json()["error"]
         invalid = c.post("/api/runs/a1/events", json={"type": "Approval", "data": {"ok": "maybe"}})
         assert invalid.status_code == 422 and invalid.json()["detail"][0]["loc"] == ["ok"]
         sent = c.post("/api/runs/a1/events", json={"type": "Approval", "data": {"ok": True}})
@@ -240,3 +242,19 @@ def test_piton_serve_on_postgres_end_to_end(postgres_url: str, postgres_schema: 
         proc.terminate()
         # uvicorn shuts down gracefully, then re-raises the signal it caught
         assert proc.wait(15) in (0, -signal.SIGTERM)
+
+
+def test_a_quiet_stream_sends_keepalive_comments_then_the_events(
+    base: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import piton.server.app
+
+    monkeypatch.setattr(piton.server.app, "KEEPALIVE", 0.2)
+    with client(base) as c:
+        c.post("/api/workflows/Approve/runs", json={"run_id": "k1"}).raise_for_status()
+        with c.stream("GET", "/api/runs/k1/events") as stream:
+            lines = stream.iter_lines()
+            assert next(lines) == ": keep-alive"  # the run waits: nothing to send yet
+            c.post("/api/runs/k1/events", json={"type": "Approval", "data": {"ok": True}})
+            rest = list(lines)
+        assert "event: StopEvent" in rest and rest.count("id: 0") == 1

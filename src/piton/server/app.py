@@ -13,6 +13,7 @@ import contextlib
 import copy
 import hmac
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
@@ -25,7 +26,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from piton._core.status import STATUSES
-from piton.errors import RunNotFound, StoreError, WorkflowRuntimeError
+from piton.errors import EventNotAccepted, RunNotFound, StoreError, WorkflowRuntimeError
 from piton.events import Event, StopEvent
 from piton.serde import JsonSerializer, TypeResolver
 from piton.stores.base import RunRecord, Store, open_store
@@ -38,6 +39,7 @@ from .openapi import openapi_document
 Handler = Callable[[Request], Awaitable[Response]]
 POLL = 0.1  # seconds between reads of a followed run's stream
 MAX_LIMIT = 1000
+KEEPALIVE = 15.0  # seconds of silence before a comment line on an event stream
 
 
 class ApiError(Exception):
@@ -261,7 +263,10 @@ class Api:
             event = by_name[name].model_validate(_object(body, "data"))
         except ValidationError as exc:
             raise ApiError(422, f"The data fails {name}'s validation.", _validation(exc)) from None
-        await w.send_event(record.run_id, event)
+        try:
+            await w.send_event(record.run_id, event)
+        except EventNotAccepted as exc:
+            raise ApiError(422, str(exc), {"types": sorted(by_name)}) from None
         return JSONResponse({"run_id": record.run_id, "sent": name}, status_code=202)
 
     async def cancel_run(self, request: Request) -> Response:
@@ -288,8 +293,14 @@ class Api:
 
     async def _follow(self, run_id: str, cursor: int, types: TypeResolver) -> AsyncIterator[str]:
         ser = JsonSerializer()
+        quiet_since = time.monotonic()
         while True:
             loaded = await self.store.load(run_id)
+            if len(loaded.stream) > cursor:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > KEEPALIVE:
+                quiet_since = time.monotonic()
+                yield ": keep-alive\n\n"  # a comment: proxies keep an idle stream open
             for text in loaded.stream[cursor:]:
                 value = ser.loads(text, types)
                 event = value if isinstance(value, Event) else Event(unreadable=value)
