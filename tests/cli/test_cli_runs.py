@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from cli_flows import Ask, Echo
 
+from piton.stores.base import RunRecord, open_store
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -111,7 +113,7 @@ def test_show_an_unknown_run_exits_1(tmp_path: Path) -> None:
 
 
 def test_every_command_has_help_with_an_example() -> None:
-    for command in ("runs", "show", "send", "cancel", "resume"):
+    for command in ("runs", "show", "send", "cancel", "resume", "gc", "doctor"):
         out = piton(command, "--help")
         assert out.returncode == 0 and "Examples:" in out.stdout, command
 
@@ -172,3 +174,49 @@ def test_resume_runs_a_queued_run(url: str) -> None:
     assert out.stdout.strip() == "echo: later"
     wrong = piton("resume", "echo-q", "--workflow", FLOWS, "--store", url)
     assert wrong.returncode == 1 and "belongs to workflow 'Echo'" in wrong.stderr
+
+
+def test_gc_deletes_finished_runs_only(url: str) -> None:
+    asyncio.run(finished_echo(url, "echo-1"))
+    asyncio.run(Echo(store=url).start(run_id="echo-q", message="later"))
+    kept = piton("gc", "--older-than", "30d", "--store", url)
+    assert kept.returncode == 0, kept.stderr
+    assert "Deleted 0 finished run(s)" in kept.stdout
+    out = piton("gc", "--older-than", "0s", "--store", url)
+    assert out.returncode == 0, out.stderr
+    assert "Deleted 1 finished run(s)" in out.stdout
+    left = json.loads(piton("runs", "--store", url, "--json").stdout)
+    assert [r["run_id"] for r in left] == ["echo-q"]
+    bad = piton("gc", "--older-than", "soon", "--store", url)
+    assert bad.returncode == 2 and "not a duration" in bad.stderr
+
+
+async def plant(url: str, record: RunRecord, entries: list[str]) -> None:
+    store = open_store(url)
+    await store.open()
+    try:
+        assert await store.create(record, entries, [])
+    finally:
+        await store.close()
+
+
+@pytest.mark.allow_stuck_runs
+def test_doctor_lists_stuck_and_unresumable_runs(url: str) -> None:
+    healthy = piton("doctor", "--store", url)
+    assert healthy.returncode == 0, healthy.stderr
+    assert "No stuck runs" in healthy.stdout
+    asyncio.run(plant(url, RunRecord(run_id="stuck-1", workflow="Ask", status="parked"), []))
+    begin = (
+        '{"k":"Begin","at":1.0,"start_event":{"__piton__":"model","type":"gone.Start","data":{}}}'
+    )
+    broken = RunRecord(run_id="old-1", workflow="Ask", status="parked", waiters=1)
+    asyncio.run(plant(url, broken, [begin]))
+    out = piton("doctor", "--store", url)
+    assert out.returncode == 1
+    assert "stuck-1" in out.stdout and "piton cancel" in out.stdout
+    assert "old-1" not in out.stdout  # a waiter: not stuck
+    data = json.loads(piton("doctor", "-w", FLOWS, "--store", url, "--json").stdout)
+    assert [r["run_id"] for r in data["stuck"]] == ["stuck-1"]
+    assert [r["run_id"] for r in data["incompatible"]] == ["old-1"]
+    other = piton("doctor", "-w", "Echo", "--store", url)
+    assert other.returncode == 0 and "No stuck runs of Echo" in other.stdout

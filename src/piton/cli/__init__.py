@@ -10,6 +10,7 @@ import click
 
 from piton.cli._act import cancel, resume, send
 from piton.cli._draw import draw
+from piton.cli._maintain import doctor, gc
 from piton.cli._runs import runs, show
 from piton.cli._serve import serve
 from piton.cli._worker import worker
@@ -28,6 +29,8 @@ main.add_command(show)
 main.add_command(send)
 main.add_command(cancel)
 main.add_command(resume)
+main.add_command(gc)
+main.add_command(doctor)
 main.add_command(draw)
 
 __all__ = ["main"]
