@@ -292,25 +292,33 @@ class Api:
         )
 
     async def _follow(self, run_id: str, cursor: int, types: TypeResolver) -> AsyncIterator[str]:
+        """The stream from ``cursor`` on; the run is loaded again only when its ``seq``
+        moved (stream events come with journal commits), so a quiet run costs one row
+        read per poll."""
         ser = JsonSerializer()
         quiet_since = time.monotonic()
+        seen_seq = -1
         while True:
-            loaded = await self.store.load(run_id)
-            if len(loaded.stream) > cursor:
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since > KEEPALIVE:
+            record = await self.store.get(run_id)
+            if record is None:  # pruned meanwhile
+                return
+            if record.seq != seen_seq or record.finished:
+                seen_seq = record.seq
+                loaded = await self.store.load(run_id)
+                for text in loaded.stream[cursor:]:
+                    value = ser.loads(text, types)
+                    event = value if isinstance(value, Event) else Event(unreadable=value)
+                    yield f"id: {cursor}\nevent: {type(event).__name__}\n"
+                    yield f"data: {json.dumps(_event_json(event))}\n\n"
+                    cursor += 1
+                    quiet_since = time.monotonic()
+                    if isinstance(event, StopEvent):
+                        return
+                if loaded.record.finished:
+                    return
+            if time.monotonic() - quiet_since > KEEPALIVE:
                 quiet_since = time.monotonic()
                 yield ": keep-alive\n\n"  # a comment: proxies keep an idle stream open
-            for text in loaded.stream[cursor:]:
-                value = ser.loads(text, types)
-                event = value if isinstance(value, Event) else Event(unreadable=value)
-                yield f"id: {cursor}\nevent: {type(event).__name__}\n"
-                yield f"data: {json.dumps(_event_json(event))}\n\n"
-                cursor += 1
-                if isinstance(event, StopEvent):
-                    return
-            if loaded.record.finished:
-                return
             await asyncio.sleep(POLL)
 
     async def openapi(self, request: Request) -> Response:
