@@ -1,5 +1,5 @@
-"""The HTTP API against a real uvicorn server on 127.0.0.1 (a thread; a subprocess for
-``piton serve`` on PostgreSQL), talked to with httpx."""
+"""The HTTP API against a real uvicorn server on 127.0.0.1 (in a thread, on SQLite and
+Redis; ``piton serve`` in a subprocess on PostgreSQL), talked to with httpx."""
 
 from __future__ import annotations
 
@@ -35,10 +35,16 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture
-def base(tmp_path: Path) -> Iterator[str]:
-    """A server for Count and Approve on a fresh SQLite store, with a worker, token TOKEN."""
-    app = create_app(f"sqlite:///{tmp_path / 'runs.db'}", [Count(), Approve()], TOKEN)
+@pytest.fixture(params=["sqlite", "redis"])
+def base(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A server for Count and Approve on a fresh SQLite (or Redis) store, with a worker,
+    token TOKEN."""
+    if request.param == "sqlite":
+        store = f"sqlite:///{tmp_path / 'runs.db'}"
+    else:
+        url = request.getfixturevalue("redis_url")
+        store = f"{url}?prefix={request.getfixturevalue('redis_prefix')}"
+    app = create_app(store, [Count(), Approve()], TOKEN)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
