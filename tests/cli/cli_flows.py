@@ -5,7 +5,7 @@ from __future__ import annotations
 from piton import Context, Event, StartEvent, StopEvent, Workflow, step
 
 
-class Answer(Event):
+class CliReply(Event):
     text: str
 
 
@@ -18,5 +18,5 @@ class Echo(Workflow):
 class Ask(Workflow):
     @step
     async def ask(self, ev: StartEvent, ctx: Context) -> StopEvent:
-        answer = await ctx.wait_for_event(Answer)
+        answer = await ctx.wait_for_event(CliReply)
         return StopEvent(result=f"answer: {answer.text}")

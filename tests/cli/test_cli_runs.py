@@ -44,7 +44,7 @@ async def finished_echo(url: str, run_id: str) -> None:
 
 
 async def parked_ask(url: str, run_id: str) -> None:
-    """An Ask run parked on its wait_for_event(Answer)."""
+    """An Ask run parked on its wait_for_event(CliReply)."""
     w = Ask(store=url)
     handler = w.run(run_id=run_id)
     for _ in range(500):
@@ -99,7 +99,7 @@ def test_show_says_what_a_parked_run_waits_for(url: str) -> None:
     out = piton("show", "ask-1", "--store", url)
     assert out.returncode == 0, out.stderr
     assert "parked" in out.stdout and "1 waiter(s)" in out.stdout
-    assert "waits for Answer" in out.stdout
+    assert "waits for CliReply" in out.stdout
     data = json.loads(piton("show", "ask-1", "--store", url, "--json").stdout)
     assert data["waiting"]["waiters"] == 1
     asyncio.run(Ask(store=url).cancel_run("ask-1"))  # leave nothing parked behind
@@ -124,15 +124,15 @@ FLOWS = "cli_flows:Ask"
 def test_send_answers_a_parked_run_and_resume_finishes_it(url: str, tmp_path: Path) -> None:
     asyncio.run(parked_ask(url, "ask-1"))
     sent = piton(
-        "send", "ask-1", "Answer", "--data", '{"text": "yes"}', "-w", FLOWS, "--store", url
+        "send", "ask-1", "CliReply", "--data", '{"text": "yes"}', "-w", FLOWS, "--store", url
     )
     assert sent.returncode == 0, sent.stderr
-    assert "Sent Answer to run 'ask-1'" in sent.stdout
+    assert "Sent CliReply to run 'ask-1'" in sent.stdout
     done = piton("resume", "ask-1", "--workflow", FLOWS, "--store", url)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "answer: yes"
     again = piton(
-        "send", "ask-1", "Answer", "--data", '{"text": "no"}', "-w", FLOWS, "--store", url
+        "send", "ask-1", "CliReply", "--data", '{"text": "no"}', "-w", FLOWS, "--store", url
     )
     assert again.returncode == 1 and "has finished (completed)" in again.stderr
 
@@ -140,16 +140,18 @@ def test_send_answers_a_parked_run_and_resume_finishes_it(url: str, tmp_path: Pa
 def test_send_refuses_bad_arguments(url: str) -> None:
     asyncio.run(parked_ask(url, "ask-1"))
     unknown = piton("send", "ask-1", "Nope", "-w", FLOWS, "--store", url)
-    assert unknown.returncode == 2 and "Answer" in unknown.stderr
-    bad = piton("send", "ask-1", "Answer", "--data", "{oops", "-w", FLOWS, "--store", url)
+    assert unknown.returncode == 2 and "CliReply" in unknown.stderr
+    bad = piton("send", "ask-1", "CliReply", "--data", "{oops", "-w", FLOWS, "--store", url)
     assert bad.returncode == 2 and "not a JSON object" in bad.stderr
-    invalid = piton("send", "ask-1", "Answer", "--data", '{"txt": 1}', "-w", FLOWS, "--store", url)
-    assert invalid.returncode == 2 and "does not make a Answer" in invalid.stderr
+    invalid = piton(
+        "send", "ask-1", "CliReply", "--data", '{"txt": 1}', "-w", FLOWS, "--store", url
+    )
+    assert invalid.returncode == 2 and "does not make a CliReply" in invalid.stderr
     missing = piton(
-        "send", "nope", "Answer", "--data", '{"text": "x"}', "-w", FLOWS, "--store", url
+        "send", "nope", "CliReply", "--data", '{"text": "x"}', "-w", FLOWS, "--store", url
     )
     assert missing.returncode == 1 and "No run 'nope'" in missing.stderr
-    no_workflow = piton("send", "ask-1", "Answer", "--store", url)
+    no_workflow = piton("send", "ask-1", "CliReply", "--store", url)
     assert no_workflow.returncode == 2 and "--workflow" in no_workflow.stderr
     asyncio.run(Ask(store=url).cancel_run("ask-1"))
 
