@@ -89,8 +89,10 @@ def _validation(exc: ValidationError) -> Any:
     return json.loads(exc.json(include_url=False))
 
 
-def _event_class(name: str) -> type[Event] | None:
-    """The one loaded Event subclass called ``name``; None if none or several."""
+def _event_class(name: str, module: str) -> type[Event] | None:
+    """The loaded Event subclass called ``name``: the one defined in ``module`` (the
+    workflow's), else the only one loaded; None if none, or several and none of them
+    in ``module`` (another application's class of that name must not be taken)."""
     found: list[type[Event]] = []
     todo: list[type[Event]] = [Event]
     seen: set[type[Event]] = set()
@@ -102,6 +104,9 @@ def _event_class(name: str) -> type[Event] | None:
         if cls.__name__ == name:
             found.append(cls)
         todo.extend(cls.__subclasses__())
+    ours = [cls for cls in found if cls.__module__ == module]
+    if len(ours) == 1:
+        return ours[0]
     return found[0] if len(found) == 1 else None
 
 
@@ -246,11 +251,11 @@ class Api:
         view = await w.get_run(record.run_id)
         for waiting in view.waiting:  # wait_for_event types need not be in the graph
             if waiting.event_type is not None and waiting.event_type not in by_name:
-                found = _event_class(waiting.event_type)
+                found = _event_class(waiting.event_type, type(w).__module__)
                 if found is not None:
                     by_name[waiting.event_type] = found
         if isinstance(name, str) and name not in by_name:
-            found = _event_class(name)
+            found = _event_class(name, type(w).__module__)
             if found is not None:
                 by_name[name] = found
         if not isinstance(name, str) or name not in by_name:
