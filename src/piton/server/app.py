@@ -356,7 +356,7 @@ def create_app(
             yield
         finally:
             if runner is not None:
-                await runner.close()
+                await runner.drain()  # running steps finish (up to its grace), runs go back
             await st.close()
 
     routes = [
