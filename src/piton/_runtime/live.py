@@ -173,8 +173,9 @@ class ParkedWatch:
                 return
             try:
                 records = await store.get_many(list(self.waiting))
-            except StoreError:  # the store is away: look again later
-                await asyncio.sleep(self.POLL)
+            except Exception as exc:  # noqa: BLE001 - never leave the waiters unwatched
+                log.warning("piton: watching parked runs in %s failed: %r", store.url, exc)
+                await asyncio.sleep(self.POLL)  # the store is away: look again later
                 continue
             for run_id, (future, driver) in list(self.waiting.items()):
                 if future.done():

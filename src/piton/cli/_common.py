@@ -36,6 +36,14 @@ store_option = click.option(
 )
 
 
+log_level_option = click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+)
+
+
 class Duration(click.ParamType):  # type: ignore[type-arg]
     """Seconds, written ``30``, ``30s``, ``500ms``, ``2m``, ``1h`` or ``7d``."""
 

@@ -8,7 +8,14 @@ import sys
 
 import click
 
-from piton.cli._common import EXIT_USAGE, load_workflows, setup_logging, store_option, store_url
+from piton.cli._common import (
+    EXIT_USAGE,
+    load_workflows,
+    log_level_option,
+    setup_logging,
+    store_option,
+    store_url,
+)
 
 
 @click.command(
@@ -45,12 +52,7 @@ The API is described at /openapi.json. With a token (--token or $PITON_TOKEN) ev
     show_default=True,
     help="Most runs the built-in worker executes at once.",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-    default="info",
-    show_default=True,
-)
+@log_level_option
 def serve(
     workflows: tuple[str, ...],
     store: str | None,

@@ -9,7 +9,14 @@ import sys
 
 import click
 
-from piton.cli._common import DURATION, load_workflows, setup_logging, store_option, store_url
+from piton.cli._common import (
+    DURATION,
+    load_workflows,
+    log_level_option,
+    setup_logging,
+    store_option,
+    store_url,
+)
 from piton.errors import PitonError
 from piton.worker import Worker
 
@@ -53,12 +60,7 @@ On SIGTERM or Ctrl-C the worker stops claiming runs, lets the steps running now 
     show_default=True,
     help="Look for work this often when the store sends no wake-up.",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-    default="info",
-    show_default=True,
-)
+@log_level_option
 def worker(
     workflows: tuple[str, ...],
     store: str | None,
