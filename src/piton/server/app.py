@@ -16,18 +16,22 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from piton._core.status import STATUSES
+from piton.drawing import _layers, graph_model, to_mermaid
 from piton.errors import EventNotAccepted, RunNotFound, StoreError, WorkflowRuntimeError
 from piton.events import Event, StopEvent
+from piton.history import timeline
 from piton.serde import JsonSerializer, TypeResolver
 from piton.stores.base import RunRecord, Store, open_store
 from piton.views import RunView
@@ -40,6 +44,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 POLL = 0.1  # seconds between reads of a followed run's stream
 MAX_LIMIT = 1000
 KEEPALIVE = 15.0  # seconds of silence before a comment line on an event stream
+STATIC = Path(__file__).resolve().parent / "static"  # the dashboard: plain HTML, JS, CSS
 
 
 class ApiError(Exception):
@@ -54,6 +59,19 @@ def _jsonable(value: Any) -> Any:
 
 def _error(status: int, error: str, detail: Any = None) -> JSONResponse:
     return JSONResponse({"error": error, "detail": _jsonable(detail)}, status_code=status)
+
+
+def _int_param(text: str | None, name: str, default: int, low: int, high: int | None) -> int:
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if value < low or (high is not None and value > high):
+        bound = f"from {low} to {high}" if high is not None else f">= {low}"
+        raise ApiError(400, f"'{name}' must be an integer {bound}, got {text!r}.")
+    return value
 
 
 def _record(r: RunRecord) -> dict[str, Any]:
@@ -194,6 +212,7 @@ class Api:
                     "start_event": graph.start_event.__name__,
                     "input_schema": graph.start_event.model_json_schema(),
                     "accepts": sorted(t.__name__ for t in graph.outside),
+                    "events": {t.__name__: t.model_json_schema() for t in graph.outside},
                 }
             )
         return JSONResponse({"workflows": out})
@@ -239,8 +258,54 @@ class Api:
         out = _record(record)
         w = self.workflows.get(record.workflow)
         if w is not None:
-            out.update(_view(await w.get_run(record.run_id)))
+            view = await w.get_run(record.run_id)
+            out.update(_view(view))
+            if not view.finished:  # what the dashboard's answer form offers
+                out["sendable"] = {
+                    name: cls.model_json_schema()
+                    for name, cls in self.waited_types(w, view).items()
+                }
         return JSONResponse(out)
+
+    async def graph(self, request: Request) -> Response:
+        w = self.workflow(request.path_params["name"])
+        model = graph_model(w)
+        return JSONResponse(
+            {**model.to_dict(), "layers": _layers(model), "mermaid": to_mermaid(model)}
+        )
+
+    async def timeline(self, request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        await self.run_record(run_id)
+        q = request.query_params
+        after = _int_param(q.get("after"), "after", 0, 0, None)
+        limit = _int_param(q.get("limit"), "limit", 100, 1, MAX_LIMIT)
+        # one entry more before the page: the first row's time since the one before it
+        start = max(after - 1, 0)
+        want = limit + (after - start)
+        journal = getattr(self.store, "journal", None)
+        if journal is not None:
+            entries: list[tuple[int, str]] = await journal(run_id, after=start, limit=want)
+        else:  # a store without keyset reads of its journal: the entries after its snapshot
+            loaded = await self.store.load(run_id)
+            entries = [e for e in loaded.entries if e[0] > start][:want]
+        rows = [row for row in timeline(entries) if row["seq"] > after][:limit]
+        return JSONResponse(
+            {"rows": rows, "next_after": rows[-1]["seq"] if len(rows) == limit else None}
+        )
+
+    def waited_types(self, w: Workflow, view: RunView) -> dict[str, type[Event]]:
+        """The event types the run waits for (``wait_for_event`` types need not be in the
+        graph) and those its graph takes from outside, by class name."""
+        out: dict[str, type[Event]] = {}
+        for waiting in view.waiting:
+            if waiting.event_type is not None and waiting.event_type not in out:
+                found = _event_class(waiting.event_type, type(w).__module__)
+                if found is not None:
+                    out[waiting.event_type] = found
+        for t in sorted(w._compiled().graph.outside, key=lambda t: t.__name__):
+            out.setdefault(t.__name__, t)
+        return out
 
     async def send_event(self, request: Request) -> Response:
         record = await self.run_record(request.path_params["run_id"])
@@ -249,11 +314,8 @@ class Api:
         name = body.get("type")
         by_name = {t.__name__: t for t in w._compiled().graph.event_types.values()}
         view = await w.get_run(record.run_id)
-        for waiting in view.waiting:  # wait_for_event types need not be in the graph
-            if waiting.event_type is not None and waiting.event_type not in by_name:
-                found = _event_class(waiting.event_type, type(w).__module__)
-                if found is not None:
-                    by_name[waiting.event_type] = found
+        for key, cls in self.waited_types(w, view).items():
+            by_name.setdefault(key, cls)
         if isinstance(name, str) and name not in by_name:
             found = _event_class(name, type(w).__module__)
             if found is not None:
@@ -359,6 +421,9 @@ def create_app(
                 await runner.drain()  # running steps finish (up to its grace), runs go back
             await st.close()
 
+    async def dashboard(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
     routes = [
         Route("/api/workflows", g(api.list_workflows), methods=["GET"]),
         Route("/api/workflows/{name}/runs", g(api.start_run), methods=["POST"]),
@@ -367,7 +432,12 @@ def create_app(
         Route("/api/runs/{run_id}/events", g(api.stream), methods=["GET"]),
         Route("/api/runs/{run_id}/events", g(api.send_event), methods=["POST"]),
         Route("/api/runs/{run_id}/cancel", g(api.cancel_run), methods=["POST"]),
+        Route("/api/workflows/{name}/graph", g(api.graph), methods=["GET"]),
+        Route("/api/runs/{run_id}/timeline", g(api.timeline), methods=["GET"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
+        # the dashboard: open (it holds no data); its /api calls send the token
+        Route("/", dashboard, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
 
     async def not_found(request: Request, exc: Exception) -> Response:

@@ -24,6 +24,68 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 _RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _OBJ: dict[str, Any] = {"type": "object"}
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+_GRAPH: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "workflow": {"type": "string"},
+        "steps": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "accepts": _STRINGS,
+                    "returns": _STRINGS,
+                    "num_workers": {"type": "integer"},
+                },
+            },
+        },
+        "events": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "kind": {"enum": ["start", "stop", "outside", "internal"]},
+                },
+            },
+        },
+        "edges": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "description": "'step:<name>' or 'event:<name>' to the same",
+                "properties": {"source": {"type": "string"}, "target": {"type": "string"}},
+            },
+        },
+        "layers": {"type": "array", "items": _STRINGS},
+        "mermaid": {"type": "string"},
+    },
+}
+_TIMELINE: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "rows": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "seq": {"type": "integer"},
+                    "at": {"type": ["string", "null"], "description": "ISO 8601, UTC"},
+                    "after": {
+                        "type": ["number", "null"],
+                        "description": "seconds since the entry before",
+                    },
+                    "kind": {"type": "string"},
+                    "exec_id": {"type": ["string", "null"]},
+                    "what": {"type": "string"},
+                },
+            },
+        },
+        "next_after": {"type": ["integer", "null"], "description": "null on the last page"},
+    },
+}
 
 
 def openapi_document(workflows: list[str]) -> dict[str, Any]:
@@ -150,6 +212,50 @@ def openapi_document(workflows: list[str]) -> dict[str, Any]:
                         **_errors(400, 401, 404, 409, 422),
                     },
                 },
+            },
+            "/api/workflows/{name}/graph": {
+                "get": {
+                    "summary": "The workflow's step graph (the model `piton draw` draws): steps, "
+                    "event types by kind, edges, the nodes in layers, and Mermaid text.",
+                    "parameters": [name_param],
+                    "responses": {"200": _json(_GRAPH, "The graph."), **_errors(401, 404)},
+                }
+            },
+            "/api/runs/{run_id}/timeline": {
+                "get": {
+                    "summary": "The run's journal as a timeline, one row per entry, oldest "
+                    "first, paged by seq: pass the page's next_after as `after` for the next.",
+                    "parameters": [
+                        _RUN_ID,
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 0},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json(_TIMELINE, "A page of rows."),
+                        **_errors(400, 401, 404),
+                    },
+                }
+            },
+            "/": {
+                "get": {
+                    "summary": "The dashboard (HTML; it asks for the token when the API wants "
+                    "one). Its files are under /static/.",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "The page.",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
             },
             "/api/runs/{run_id}/cancel": {
                 "post": {
