@@ -333,7 +333,9 @@ async function runPage(view, runId, p) {
   const answer = h("div", { id: "answer" });
   const stateBox = h("pre", { id: "run-state", "data-testid": "run-state" }, "…");
   const graphBox = h("div", { id: "run-graph", "data-testid": "run-graph" });
-  const timelineBody = h("tbody", { id: "timeline-body" });
+  const folded = h("tr", { hidden: true, "data-testid": "timeline-folded" },
+    h("td", { colspan: 6, class: "muted" }));
+  const timelineBody = h("tbody", { id: "timeline-body" }, folded);
   const timelineMore = h("button", { id: "timeline-more", class: "secondary",
     "data-testid": "timeline-more", hidden: true }, "Load more");
   const events = h("ul", { id: "events", class: "events", "data-testid": "events" });
@@ -397,7 +399,7 @@ async function runPage(view, runId, p) {
     const items = (run.waiting_for || []).map((w) =>
       h("li", { "data-testid": "waiting-item" }, "step ", h("b", {}, w.step), " ",
         w.event_type ? ["waits for ", h("b", {}, w.event_type)] : "sleeps",
-        w.deadline ? ` until ${w.deadline}` : ""));
+        w.deadline ? ` until ${w.deadline.replace("T", " ").replace(/\.\d+/, "")}` : ""));
     if (items.length) waiting.replaceChildren(h("ul", {}, items));
     else {
       waiting.replaceChildren(h("p", { class: "muted" },
@@ -459,9 +461,11 @@ async function runPage(view, runId, p) {
       const page = await api(
         `/api/runs/${enc(runId)}/timeline?after=${after}&limit=${TIMELINE_PAGE}`, { quiet: true });
       if (!p.alive) return;
-      if (after === 0 && page.rows.length && page.rows[0].seq > 1) {
-        timelineBody.append(h("tr", {}, h("td", { colspan: 6, class: "muted" },
-          `Entries 1 to ${page.rows[0].seq - 1} were folded into a snapshot.`)));
+      const first = page.rows.length ? page.rows[0].seq : (run ? run.seq + 1 : 1);
+      if (lastSeq === 0 && first > 1) { // a snapshot replaced the entries before
+        folded.hidden = false;
+        folded.firstChild.textContent =
+          `Entries 1 to ${first - 1} were folded into a snapshot: the store keeps the rest.`;
       }
       for (const row of page.rows) {
         if (row.seq <= lastSeq) continue;
