@@ -11,6 +11,7 @@ import click
 from piton.cli._act import cancel, resume, send
 from piton.cli._draw import draw
 from piton.cli._maintain import doctor, gc
+from piton.cli._run import fork, run, watch
 from piton.cli._runs import runs, show
 from piton.cli._serve import serve
 from piton.cli._worker import worker
@@ -22,6 +23,9 @@ def main() -> None:
     """piton: durable, event-driven workflows."""
 
 
+main.add_command(run)
+main.add_command(watch)
+main.add_command(fork)
 main.add_command(worker)
 main.add_command(serve)
 main.add_command(runs)
