@@ -1,6 +1,6 @@
-"""The dashboard's HTTP side against a real uvicorn server (SQLite and Redis, as
-test_http.py): the page and its files, the step graph, the paged timeline, what a waiting
-run can be sent, and the token on the new routes."""
+"""The dashboard's HTTP side against a real uvicorn server on SQLite, PostgreSQL and
+Redis: the page and its files, the step graph, the paged timeline, what a waiting run can
+be sent, and the token on the new routes."""
 
 from __future__ import annotations
 
@@ -19,10 +19,13 @@ from test_http import TOKEN, client, free_port, wait_status
 from piton.server import create_app
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "postgres", "redis"])
 def base(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         store = f"sqlite:///{tmp_path / 'runs.db'}"
+    elif request.param == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        store = f"{url}?schema={request.getfixturevalue('postgres_schema')}"
     else:
         url = request.getfixturevalue("redis_url")
         store = f"{url}?prefix={request.getfixturevalue('redis_prefix')}"
