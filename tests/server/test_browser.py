@@ -150,6 +150,18 @@ def test_answer_a_waiting_run_through_the_dashboard(
         page.select_option("#filter-status", "completed")
         expect(row).to_have_count(1)
         page.screenshot(path=str(tmp_path / "dashboard-runs.png"), full_page=True)
+
+        # another run, its id made by the server, cancelled with the button (which asks)
+        page.select_option("#filter-status", "")
+        page.fill("#start-input", '{"text": "never mind"}')
+        page.click("#start-submit")
+        page.wait_for_url("**/#/runs/*")
+        assert "desk-1" not in page.url
+        expect(status).to_have_text("parked")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#cancel-run")
+        expect(status).to_have_text("cancelled")
+        expect(page.get_by_test_id("cancel-run")).to_be_hidden()
     finally:
         if (tmp_path / "dashboard.png").exists():
             _artifacts(tmp_path, *(p.name for p in tmp_path.glob("*.png")))
