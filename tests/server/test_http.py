@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -246,8 +245,8 @@ def test_piton_serve_on_postgres_end_to_end(postgres_url: str, postgres_schema: 
             assert run["result"] == "refused"
     finally:
         proc.terminate()
-        # uvicorn shuts down gracefully, then re-raises the signal it caught
-        assert proc.wait(15) in (0, -signal.SIGTERM)
+        # a graceful shutdown (the built-in worker drains) exits 0, as piton worker does
+        assert proc.wait(15) == 0
 
 
 def test_a_quiet_stream_sends_keepalive_comments_then_the_events(

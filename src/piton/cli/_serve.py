@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 import click
 
@@ -89,7 +92,29 @@ def serve(
         worker=worker,
         concurrency=concurrency,
     )
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower())
+    server = _graceful_server()(
+        uvicorn.Config(app, host=host, port=port, log_level=log_level.lower())
+    )
+    server.run()
+
+
+def _graceful_server() -> type[Any]:
+    import uvicorn
+
+    class Graceful(uvicorn.Server):
+        """Exits 0 after a graceful shutdown on SIGTERM or Ctrl-C, as piton worker does
+        (uvicorn re-raises the signal once it has shut down, so the process would die of
+        it: exit 143)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                yield
+                captured = getattr(self, "_captured_signals", None)
+                if isinstance(captured, list):
+                    captured.clear()
+
+    return Graceful
 
 
 __all__ = ["serve"]
