@@ -86,6 +86,11 @@ class StateKeyError(PitonError, KeyError, ValueError):
         return str(self.args[0]) if self.args else ""
 
 
+class InvalidCursor(PitonError, ValueError):
+    """A paging cursor (``list_runs(after=...)``, ``piton runs --after``) that no listing
+    gave: take the cursor from the last run of the page before."""
+
+
 class StoreError(PitonError):
     """The store failed. What was committed before the failure is kept."""
 
@@ -117,6 +122,7 @@ __all__ = [
     "ContextSerdeError",
     "EventNotAccepted",
     "IncompatibleWorkflowChange",
+    "InvalidCursor",
     "JournalCorrupted",
     "LeaseLost",
     "PitonError",

@@ -19,7 +19,7 @@ import psycopg
 from piton._core.status import FINAL_STATUSES, PARKED, QUEUED, RUNNING
 from piton.errors import RunNotFound
 from piton.stores._rows import COLUMNS, INTEGERS, TEXT, TIMES, LoadReader, RowReader
-from piton.stores._sql import COLUMN_LIST, FINAL, STUCK, runs_filter
+from piton.stores._sql import COLUMN_LIST, FINAL, STUCK, page_filter
 from piton.stores.base import (
     CommitRequest,
     Loaded,
@@ -34,6 +34,11 @@ from piton.stores.base import (
 Conn: TypeAlias = psycopg.AsyncConnection[tuple[Any, ...]]
 
 _SELECT_RUN = f"SELECT {COLUMN_LIST} FROM runs"
+# run ids in list_runs' order: by their bytes, as the runs_page indexes (migration 004) keep them
+_RUN_ID_BYTES = 'run_id COLLATE "C"'
+_JOURNAL_PAGE = (
+    "SELECT seq, textsend(entry) FROM journal WHERE run_id = %s AND seq > %s ORDER BY seq LIMIT %s"
+)
 _CHUNK = 1000  # run ids per get_many query
 # the per-request arrays of _COMMIT_BATCH, in the order commit_batch() lists them
 _BATCH_COLUMNS = (
@@ -593,12 +598,37 @@ class PostgresOps:
         return list(self.rows.records(await cursor.fetchall()))
 
     async def list_runs(
-        self, conn: Conn, status: str | None, workflow: str | None, limit: int
+        self,
+        conn: Conn,
+        status: str | None,
+        workflow: str | None,
+        limit: int,
+        after: tuple[float, str] | None,
+        created_after: float | None,
+        created_before: float | None,
     ) -> list[RunRecord]:
-        clause, args = runs_filter(status, workflow, "%s")
-        sql = f"{_SELECT_RUN}{clause} ORDER BY created_at DESC LIMIT %s"
-        cursor = await conn.execute(sql, [*args, max(limit, 0)])
+        """A page of runs, newest first, read through a migration 004 index."""
+        clause, args = page_filter(
+            status, workflow, after, created_after, created_before, "%s", _RUN_ID_BYTES
+        )
+        cursor = await conn.execute(f"{_SELECT_RUN}{clause} LIMIT %s", [*args, max(limit, 0)])
         return list(self.rows.records(await cursor.fetchall()))
+
+    async def journal(
+        self, conn: Conn, run_id: str, after: int, limit: int
+    ) -> list[tuple[int, str]]:
+        """Journal entries after seq ``after``, read by the journal's primary key."""
+        cursor = conn.cursor(binary=True)
+        await cursor.execute(_JOURNAL_PAGE, [run_id, after, limit])
+        rows = await cursor.fetchall()
+        if not rows:
+            found = await conn.execute("SELECT 1 FROM runs WHERE run_id = %s", [run_id])
+            if await found.fetchone() is None:
+                raise self._missing(run_id)
+        parts = self.parts
+        return [
+            (int(seq), parts.text(body, run_id, f"journal entry seq {seq}")) for seq, body in rows
+        ]
 
     async def prune(self, conn: Conn, older_than: float) -> int:
         cursor = await conn.execute(_PRUNE, [time.time() - older_than])

@@ -42,4 +42,48 @@ def runs_filter(status: str | None, workflow: str | None, mark: str) -> tuple[st
     return (f" WHERE {' AND '.join(terms)}" if terms else ""), args
 
 
-__all__ = ["ACTIVE", "COLUMN_LIST", "FINAL", "STUCK", "runs_filter", "statuses"]
+def page_filter(
+    status: str | None,
+    workflow: str | None,
+    after: tuple[float, str] | None,
+    created_after: float | None,
+    created_before: float | None,
+    mark: str,
+    run_id: str = "run_id",
+) -> tuple[str, list[object]]:
+    """``list_runs``' ``WHERE`` clause for one page and its arguments, then its ``ORDER BY``:
+    newest first, by ``(created_at, run_id)``; ``after`` is the parsed cursor (a keyset
+    condition, which the migration 004 indexes serve). ``run_id`` is the dialect's way to
+    compare run ids by their bytes (PostgreSQL: ``run_id COLLATE "C"``)."""
+    if after is not None and created_before is not None:
+        # one upper bound, so the index is searched from it: the cursor's (rows at or
+        # before created_at c) when c < created_before, else created_before's
+        if after[0] < created_before:
+            created_before = None
+        else:
+            after = None
+    clause, args = runs_filter(status, workflow, mark)
+    terms: list[str] = [clause[len(" WHERE ") :]] if clause else []
+    values: list[object] = list(args)
+    if created_after is not None:
+        terms.append(f"created_at >= {mark}")
+        values.append(created_after)
+    if created_before is not None:
+        terms.append(f"created_at < {mark}")
+        values.append(created_before)
+    if after is not None:
+        terms.append(f"(created_at, {run_id}) < ({mark}, {mark})")
+        values += after
+    where = f" WHERE {' AND '.join(terms)}" if terms else ""
+    return f"{where} ORDER BY created_at DESC, {run_id} DESC", values
+
+
+__all__ = [
+    "ACTIVE",
+    "COLUMN_LIST",
+    "FINAL",
+    "STUCK",
+    "page_filter",
+    "runs_filter",
+    "statuses",
+]

@@ -14,7 +14,7 @@ from typing import Any
 from piton._core.status import FINAL_STATUSES, PARKED, QUEUED, RUNNING
 from piton.errors import RunNotFound
 from piton.stores._rows import COLUMNS, TEXT, BadColumn, LoadReader, RowReader, check_column
-from piton.stores._sql import COLUMN_LIST, FINAL, STUCK, runs_filter
+from piton.stores._sql import COLUMN_LIST, FINAL, STUCK, page_filter
 from piton.stores.base import (
     CommitRequest,
     Loaded,
@@ -363,11 +363,33 @@ class SqliteOps:
         return list(self.rows.records(rows))
 
     def list_runs(
-        self, conn: sqlite3.Connection, status: str | None, workflow: str | None, limit: int
+        self,
+        conn: sqlite3.Connection,
+        status: str | None,
+        workflow: str | None,
+        limit: int,
+        after: tuple[float, str] | None,
+        created_after: float | None,
+        created_before: float | None,
     ) -> list[RunRecord]:
-        clause, args = runs_filter(status, workflow, "?")
-        sql = f"{_SELECT_RUN}{clause} ORDER BY created_at DESC LIMIT ?"
+        """A page of runs, newest first, read through a migration 004 index."""
+        clause, args = page_filter(status, workflow, after, created_after, created_before, "?")
+        sql = f"{_SELECT_RUN}{clause} LIMIT ?"
         return list(self.rows.records(conn.execute(sql, (*args, limit))))
+
+    def journal(
+        self, conn: sqlite3.Connection, run_id: str, after: int, limit: int
+    ) -> list[tuple[int, str]]:
+        """Journal entries after seq ``after``, read by the journal's primary key."""
+        if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
+            raise RunNotFound(f"No run '{run_id}' in {self.url}.")
+        rows = conn.execute(
+            "SELECT seq, CAST(entry AS BLOB) FROM journal WHERE run_id = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (run_id, after, limit),
+        )
+        parts = self.parts
+        return [(seq, parts.text(blob, run_id, f"journal entry seq {seq}")) for seq, blob in rows]
 
     def prune(self, conn: sqlite3.Connection, older_than: float) -> int:
         doomed = (

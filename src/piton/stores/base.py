@@ -28,7 +28,10 @@ Rules every backend keeps (``piton.testing.check_store`` checks them):
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import importlib
+import math
 import os
 import socket
 import time
@@ -40,7 +43,12 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlparse, urlsplit, urlunsplit
 
 from piton._core.status import FINAL_STATUSES, PARKED, QUEUED, RUNNING, STATUSES, RunStatus
-from piton.errors import LeaseLost, TooManyPendingEvents, WorkflowConfigurationError
+from piton.errors import (
+    InvalidCursor,
+    LeaseLost,
+    TooManyPendingEvents,
+    WorkflowConfigurationError,
+)
 from piton.stores._redact import redact_url
 
 
@@ -211,8 +219,39 @@ class Store(ABC):
 
     @abstractmethod
     async def list_runs(
-        self, *, status: str | None = None, workflow: str | None = None, limit: int = 100
-    ) -> list[RunRecord]: ...
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+    ) -> list[RunRecord]:
+        """Runs newest first: ordered by ``(created_at, run_id)`` descending (run ids of one
+        ``created_at`` by their UTF-8 bytes), at most ``limit``, a page at a time.
+
+        ``after`` is the ``run_cursor()`` of the last run of the page before: the runs
+        strictly after it in this order (a keyset read, as fast deep in the list as on its
+        first page; the run it names need not exist any more). ``status`` and ``workflow``
+        keep only the runs that have them; ``created_after <= created_at < created_before``
+        (unix seconds) keeps the runs created then. A cursor that ``run_cursor`` did not make
+        raises ``InvalidCursor``. A run whose row cannot be read is left out and logged.
+        """
+
+    async def journal(
+        self, run_id: str, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, str]]:
+        """The run's journal entries ``(seq, entry)`` with ``seq > after``, in order of seq, at
+        most ``limit``: page through a long run with ``after`` = the last seq seen.
+
+        Entries a snapshot covers were compacted away and are not returned (the first
+        entry may come after ``after + 1``). ``RunNotFound`` if there is no such run.
+        This default reads the whole run (``load``); backends read only the page.
+        """
+        after, limit = check_page(after, limit)
+        loaded = await self.load(run_id)
+        return [entry for entry in loaded.entries if entry[0] > after][:limit]
 
     @abstractmethod
     async def release(self, runs: list[tuple[str, int]], owner: str) -> None:
@@ -463,6 +502,90 @@ def too_many_events(run_id: str, limit: int) -> TooManyPendingEvents:
     )
 
 
+# --- paging ------------------------------------------------------------------------------------
+
+
+def run_cursor(record: RunRecord) -> str:
+    """The cursor ``list_runs(after=...)`` takes to list the runs after ``record``: its
+    ``created_at`` and run id, in a form safe on a command line (URL-safe base64)."""
+    raw = f"{record.created_at!r}:{record.run_id}".encode("utf-8", "surrogatepass")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def parse_cursor(cursor: str) -> tuple[float, str]:
+    """``(created_at, run_id)`` of a ``run_cursor``; ``InvalidCursor`` if it is not one."""
+    problem = InvalidCursor(
+        f"{cursor!r} is not a paging cursor of piton: pass the cursor of the last run of the "
+        "page before (printed by `piton runs`; run_cursor(record) in Python), or none to start "
+        "at the newest run."
+    )
+    if not isinstance(cursor, str) or not cursor or len(cursor) > 4096:
+        raise problem
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, sep, run_id = raw.decode("utf-8", "surrogatepass").partition(":")
+        created_at = float(created)
+    except (binascii.Error, ValueError):
+        raise problem from None
+    if not sep or not run_id or not math.isfinite(created_at):
+        raise problem
+    return created_at, run_id
+
+
+def check_page(after: int, limit: int) -> tuple[int, int]:
+    """``journal``'s ``after`` and ``limit`` as whole numbers, refusing what cannot be one."""
+    for name, value in (("after", after), ("limit", limit)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise WorkflowConfigurationError(
+                f"journal({name}={value!r}): give a whole number (a journal seq for after, a "
+                "number of entries for limit)."
+            )
+    return max(after, 0), max(limit, 0)
+
+
+def check_window(
+    created_after: float | None, created_before: float | None
+) -> tuple[float | None, float | None]:
+    """``list_runs``' creation-time bounds as floats (None: no bound)."""
+    bounds: list[float | None] = []
+    for name, value in (("created_after", created_after), ("created_before", created_before)):
+        if value is None:
+            bounds.append(None)
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise WorkflowConfigurationError(
+                f"list_runs({name}={value!r}): give unix seconds (a float), or None."
+            )
+        bounds.append(float(value))
+    return bounds[0], bounds[1]
+
+
+def page_key(record: RunRecord) -> tuple[float, bytes]:
+    """The order of ``list_runs`` (descending): created_at, then the run id's UTF-8 bytes."""
+    return record.created_at, record.run_id.encode("utf-8", "surrogatepass")
+
+
+def in_page(
+    record: RunRecord,
+    status: str | None,
+    workflow: str | None,
+    after: tuple[float, bytes] | None,
+    created_after: float | None,
+    created_before: float | None,
+) -> bool:
+    """Whether ``list_runs`` with these arguments (``after`` parsed, as ``page_key``) may
+    return ``record``: the filter of a store that reads runs one by one."""
+    if status is not None and record.status != status:
+        return False
+    if workflow is not None and record.workflow != workflow:
+        return False
+    if created_after is not None and not record.created_at >= created_after:
+        return False
+    if created_before is not None and not record.created_at < created_before:
+        return False
+    return after is None or page_key(record) < after
+
+
 # scheme -> "module:Class" of the backend that serves it, imported only when a URL asks for
 # it: this module imports no backend, and no driver. Each class makes its store with
 # ``Class.from_url(url)``.
@@ -530,15 +653,21 @@ __all__ = [
     "Store",
     "backend",
     "check_limit",
+    "check_page",
+    "check_window",
     "check_timing",
     "claimable",
+    "in_page",
     "is_runnable",
     "is_stuck",
     "may_claim",
     "open_store",
+    "page_key",
+    "parse_cursor",
     "owner_is_dead",
     "process_owner",
     "redact_url",
+    "run_cursor",
     "too_many_events",
     "url_option",
 ]

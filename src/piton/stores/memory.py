@@ -5,7 +5,9 @@ Runs vanish with the process; everything else behaves as a durable store does.
 
 from __future__ import annotations
 
+import bisect
 import copy
+import heapq
 import time
 from dataclasses import replace
 from datetime import timedelta
@@ -20,10 +22,15 @@ from piton.stores.base import (
     age_in_seconds,
     check_fence,
     check_limit,
+    check_page,
+    check_window,
     claimable,
+    in_page,
     is_runnable,
     is_stuck,
     may_claim,
+    page_key,
+    parse_cursor,
     too_many_events,
 )
 
@@ -199,16 +206,37 @@ class MemoryStore(Store):
         return found[: max(limit, 0)]
 
     async def list_runs(
-        self, *, status: str | None = None, workflow: str | None = None, limit: int = 100
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> list[RunRecord]:
-        rows = [
-            copy.copy(r)
+        created_after, created_before = check_window(created_after, created_before)
+        start = None
+        if after is not None:
+            created_at, run_id = parse_cursor(after)
+            start = (created_at, run_id.encode("utf-8", "surrogatepass"))
+        if limit <= 0:
+            return []
+        found = (
+            r
             for r in self._runs.values()
-            if (status is None or r.status == status)
-            and (workflow is None or r.workflow == workflow)
-        ]
-        rows.sort(key=lambda r: r.created_at, reverse=True)
-        return rows[:limit]
+            if in_page(r, status, workflow, start, created_after, created_before)
+        )
+        return [copy.copy(r) for r in heapq.nlargest(limit, found, key=page_key)]
+
+    async def journal(
+        self, run_id: str, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, str]]:
+        after, limit = check_page(after, limit)
+        self._run(run_id)
+        entries = self._journal[run_id]
+        start = bisect.bisect_right(entries, after, key=lambda entry: entry[0])
+        return entries[start : start + limit]
 
     async def prune(self, older_than: float | timedelta) -> int:
         cutoff = time.time() - age_in_seconds(older_than)

@@ -108,10 +108,13 @@ from piton.stores.base import (
     RunRecord,
     age_in_seconds,
     check_limit,
+    check_page,
     check_timing,
+    check_window,
     is_runnable,
     is_stuck,
     owner_is_dead,
+    parse_cursor,
     redact_url,
     too_many_events,
     url_option,
@@ -536,8 +539,17 @@ class RedisStore(ServerStore[Engine]):
         return found[:limit]
 
     async def list_runs(
-        self, *, status: str | None = None, workflow: str | None = None, limit: int = 100
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> list[RunRecord]:
+        since, until = check_window(created_after, created_before)
+        start = None if after is None else parse_cursor(after)
         if limit <= 0:
             return []
         if status is not None and workflow is not None:
@@ -548,10 +560,66 @@ class RedisStore(ServerStore[Engine]):
             key = self._key("workflow", workflow)
         else:
             key = self._key("runs")
+        low = "-inf" if since is None else repr(since)
 
+        # The index is scored by created_at; Redis orders the members of one score by their
+        # bytes, so ZREVRANGEBYSCORE reads them in list_runs' order. After a cursor (c, id):
+        # the scores up to c, skipping the members of score c that are >= id.
         async def read(client: aioredis.Redis) -> list[RunRecord]:
-            ids = cast(list[bytes], await client.zrevrange(key, 0, limit - 1))
+            offset = 0
+            if start is not None and (until is None or start[0] < until):
+                high = repr(start[0])
+                offset = await self._ties(client, key, start[0], start[1].encode("utf-8"))
+            else:
+                high = "+inf" if until is None else f"({until!r}"
+            ids = cast(
+                list[bytes],
+                await client.zrevrangebyscore(key, high, low, start=offset, num=limit),
+            )
             return await self._records(client, ids)
+
+        return await self._read(read)
+
+    async def _ties(self, client: aioredis.Redis, key: str, score: float, member: bytes) -> int:
+        """How many members of ``key`` have ``score`` and come at or before ``member`` in
+        descending order (their bytes >= ``member``'s)."""
+        pipe = client.pipeline(transaction=True)
+        pipe.zscore(key, member)
+        pipe.zrevrank(key, member)
+        pipe.zcount(key, f"({score!r}", "+inf")
+        found, rank, above = await pipe.execute()
+        if found is not None and float(found) == score and rank is not None:
+            return int(rank) - int(above) + 1  # the cursor's run is still in the index: O(log n)
+        # it left the index (pruned, or its status changed): compare the ties one by one
+        ties = cast(list[bytes], await client.zrevrangebyscore(key, repr(score), repr(score)))
+        return sum(1 for tie in ties if tie >= member)
+
+    async def journal(
+        self, run_id: str, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, str]]:
+        after, limit = check_page(after, limit)
+        run, journal, _, _, _, snapshot = self._run_keys(run_id)
+        codec = self._codec
+
+        async def read(client: aioredis.Redis) -> list[tuple[int, str]]:
+            pipe = client.pipeline(transaction=True)
+            pipe.exists(run)
+            pipe.hget(run, "seq")
+            pipe.hget(snapshot, "seq")
+            exists, seq, snap_seq = await pipe.execute()
+            if not exists:
+                raise codec.missing(run_id)
+            last = codec.number(seq, run_id, "the run's seq")
+            first = max(after, codec.number(snap_seq or b"0", run_id, "the snapshot's seq")) + 1
+            numbers = list(range(first, min(last, first + limit - 1) + 1))
+            if not numbers:
+                return []
+            bodies = cast(list[bytes | None], await client.hmget(journal, numbers))
+            return [
+                (n, codec.parts.text(body, run_id, f"journal entry seq {n}"))
+                for n, body in zip(numbers, bodies, strict=True)
+                if body is not None  # compacted into a snapshot meanwhile
+            ]
 
         return await self._read(read)
 

@@ -35,7 +35,10 @@ from piton.stores.base import (
     Store,
     age_in_seconds,
     check_limit,
+    check_page,
     check_timing,
+    check_window,
+    parse_cursor,
     redact_url,
 )
 
@@ -288,10 +291,31 @@ class SqliteStore(Store):
         return result
 
     async def list_runs(
-        self, *, status: str | None = None, workflow: str | None = None, limit: int = 100
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> list[RunRecord]:
+        since, until = check_window(created_after, created_before)
+        start = None if after is None else parse_cursor(after)
+        if limit <= 0:
+            return []
         result: list[RunRecord] = await self._call(
-            lambda c: self._ops.list_runs(c, status, workflow, limit), write=False
+            lambda c: self._ops.list_runs(c, status, workflow, limit, start, since, until),
+            write=False,
+        )
+        return result
+
+    async def journal(
+        self, run_id: str, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, str]]:
+        after, limit = check_page(after, limit)
+        result: list[tuple[int, str]] = await self._call(
+            lambda c: self._ops.journal(c, run_id, after, limit), write=False
         )
         return result
 
