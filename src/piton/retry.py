@@ -12,16 +12,21 @@ Any object with ``next(elapsed_time, attempts, error, *, seed=None) -> float | N
 is a policy: it returns the delay before the next attempt, or ``None`` to give up.
 ``attempts`` counts failures so far (1 after the first failure). Jittered waits draw
 from a generator seeded by the caller, so a replayed run takes the same decisions.
+
+The numbers are llama-index-workflows' (and tenacity's): a wait strategy's ``n`` is the
+number of retries before this one, so ``wait_exponential(multiplier=1, exp_base=2)``
+waits 1, 2, 4, 8 s after the first, second, third and fourth failure.
 """
 
 from __future__ import annotations
 
 import random
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Self, overload, runtime_checkable
 
 Seconds = float | int | timedelta
 
@@ -108,12 +113,34 @@ class retry_if_exception_message(RetryCondition):
         if self.message is not None:
             return str(error) == self.message
         assert self.pattern is not None
-        return self.pattern.match(str(error)) is not None
+        # anywhere in the message, as llama-index-workflows does (tenacity anchors at the start)
+        return self.pattern.search(str(error)) is not None
 
 
 class retry_if_not_exception_message(retry_if_exception_message):
     def __call__(self, error: BaseException) -> bool:
         return not super().__call__(error)
+
+
+class retry_if_exception_cause_type(RetryCondition):
+    """Retry when an exception in the error's ``__cause__`` chain (``raise X from Y``) is
+    one of ``exception_types``. The error itself is not looked at, nor ``__context__``
+    (implicit chaining), as in tenacity and llama-index-workflows."""
+
+    def __init__(
+        self, exception_types: type[BaseException] | tuple[type[BaseException], ...] = Exception
+    ) -> None:
+        self.exception_types = exception_types
+
+    def __call__(self, error: BaseException) -> bool:
+        seen: set[int] = set()
+        cause = error.__cause__
+        while cause is not None and id(cause) not in seen:  # a cycle ends the walk
+            if isinstance(cause, self.exception_types):
+                return True
+            seen.add(id(cause))
+            cause = cause.__cause__
+        return False
 
 
 class retry_any(RetryCondition):
@@ -132,18 +159,28 @@ class retry_all(RetryCondition):
         return all(c(error) for c in self.conditions)
 
 
-class _RetryAlways(RetryCondition):
-    def __call__(self, error: BaseException) -> bool:
-        return True
+class _ConstantCondition(RetryCondition):
+    """``retry_always`` / ``retry_never``: usable as they are (``retry=retry_always``) and
+    called with no argument (``retry=retry_always()``, as llama-index-workflows writes it,
+    where they are classes); the call gives the same condition back."""
+
+    def __init__(self, name: str, answer: bool) -> None:
+        self.__name__ = self.__qualname__ = name
+        self.answer = answer
+
+    @overload
+    def __call__(self) -> Self: ...
+    @overload
+    def __call__(self, error: BaseException) -> bool: ...
+    def __call__(self, error: BaseException | None = None) -> bool | Self:
+        return self if error is None else self.answer
+
+    def __repr__(self) -> str:
+        return f"{self.__name__}()"
 
 
-class _RetryNever(RetryCondition):
-    def __call__(self, error: BaseException) -> bool:
-        return False
-
-
-retry_always = _RetryAlways()
-retry_never = _RetryNever()
+retry_always = _ConstantCondition("retry_always", True)
+retry_never = _ConstantCondition("retry_never", False)
 
 
 # --- wait strategies ----------------------------------------------------------------
@@ -179,11 +216,14 @@ class wait_none(wait_fixed):
 
 
 class wait_exponential(WaitStrategy):
+    """``multiplier * exp_base ** n`` for retry ``n`` (0 for the first), kept within
+    ``[min, max]``. Parameter order and the 60 s default cap are llama-index-workflows'."""
+
     def __init__(
         self,
         multiplier: float = 1,
-        max: Seconds = float("inf"),  # noqa: A002 - tenacity's name
         exp_base: float = 2,
+        max: Seconds = 60,  # noqa: A002 - tenacity's name
         min: Seconds = 0,  # noqa: A002
     ) -> None:
         self.multiplier, self.max, self.exp_base, self.min = (
@@ -198,7 +238,7 @@ class wait_exponential(WaitStrategy):
             value = self.multiplier * (self.exp_base**attempts)
         except OverflowError:
             value = float("inf")
-        return max(self.min, min(value, self.max))
+        return max(0.0, self.min, min(value, self.max))
 
 
 class wait_incrementing(WaitStrategy):
@@ -219,34 +259,45 @@ class wait_random(WaitStrategy):
         self.min, self.max = _secs(min), _secs(max)
 
     def __call__(self, attempts: int, *, seed: int | None = None) -> float:
-        return self.min + _rng(seed).random() * (self.max - self.min)
+        return _rng(seed).uniform(self.min, self.max)
 
 
 class wait_exponential_jitter(WaitStrategy):
+    """``initial * exp_base ** n`` plus a random ``[0, jitter]``, at most ``max``."""
+
     def __init__(
         self,
         initial: float = 1,
-        max: Seconds = float("inf"),  # noqa: A002
         exp_base: float = 2,
+        max: Seconds = 60,  # noqa: A002
         jitter: float = 1,
     ) -> None:
         self.initial, self.max, self.exp_base, self.jitter = initial, _secs(max), exp_base, jitter
 
     def __call__(self, attempts: int, *, seed: int | None = None) -> float:
         try:
-            value = self.initial * self.exp_base**attempts
+            value = min(self.initial * self.exp_base**attempts, self.max)
         except OverflowError:
-            value = float("inf")
+            value = self.max
         return max(0.0, min(value + _rng(seed).uniform(0, self.jitter), self.max))
 
 
 class wait_random_exponential(wait_exponential):
+    """Full jitter: a random delay between ``min`` and what ``wait_exponential`` gives."""
+
     def __call__(self, attempts: int, *, seed: int | None = None) -> float:
         high = super().__call__(attempts)
         return _rng(seed).uniform(self.min, high)
 
 
-wait_full_jitter = wait_random_exponential
+def wait_full_jitter(
+    multiplier: float = 1,
+    exp_base: float = 2,
+    max: Seconds = 60,  # noqa: A002
+    min: Seconds = 0,  # noqa: A002
+) -> wait_random_exponential:
+    """Another name for :class:`wait_random_exponential`."""
+    return wait_random_exponential(multiplier=multiplier, exp_base=exp_base, max=max, min=min)
 
 
 class wait_chain(WaitStrategy):
@@ -254,7 +305,7 @@ class wait_chain(WaitStrategy):
 
     def __init__(self, *strategies: WaitStrategy) -> None:
         if not strategies:
-            raise TypeError("wait_chain needs at least one strategy")
+            raise ValueError("wait_chain needs at least one strategy")
         self.strategies = strategies
 
     def __call__(self, attempts: int, *, seed: int | None = None) -> float:
@@ -333,8 +384,29 @@ class stop_all(StopCondition):
 
 
 class _StopNever(StopCondition):
-    def __call__(self, attempts: int, elapsed_time: float, *, upcoming_sleep: float = 0.0) -> bool:
-        return False
+    """``stop_never``: usable as it is and called with no argument (``stop_never()``, as
+    llama-index-workflows writes it); the call gives the same condition back."""
+
+    def __init__(self) -> None:
+        self.__name__ = self.__qualname__ = "stop_never"
+
+    @overload
+    def __call__(self) -> Self: ...
+    @overload
+    def __call__(
+        self, attempts: int, elapsed_time: float, *, upcoming_sleep: float = 0.0
+    ) -> bool: ...
+    def __call__(
+        self,
+        attempts: int | None = None,
+        elapsed_time: float = 0.0,
+        *,
+        upcoming_sleep: float = 0.0,
+    ) -> bool | Self:
+        return self if attempts is None else False
+
+    def __repr__(self) -> str:
+        return "stop_never()"
 
 
 stop_never = _StopNever()
@@ -369,7 +441,6 @@ class ComposedRetryPolicy:
 
 
 def retry_policy(
-    *,
     retry: Callable[[BaseException], bool] | None = None,
     wait: WaitStrategy | None = None,
     stop: StopCondition | None = None,
@@ -383,7 +454,17 @@ def retry_policy(
 
 
 def ConstantDelayRetryPolicy(maximum_attempts: int = 3, delay: Seconds = 5) -> ComposedRetryPolicy:  # noqa: N802
-    """At most ``maximum_attempts`` attempts in all, ``delay`` seconds apart."""
+    """At most ``maximum_attempts`` attempts in all, ``delay`` seconds apart.
+
+    Deprecated, as in llama-index-workflows: use
+    ``retry_policy(wait=wait_fixed(delay), stop=stop_after_attempt(n))``.
+    """
+    warnings.warn(
+        "ConstantDelayRetryPolicy is deprecated, use "
+        "retry_policy(wait=wait_fixed(delay), stop=stop_after_attempt(n)) instead",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return retry_policy(wait=wait_fixed(delay), stop=stop_after_attempt(maximum_attempts))
 
 
@@ -394,7 +475,18 @@ def ExponentialBackoffRetryPolicy(  # noqa: N802
     max_delay: Seconds = 60,
     jitter: bool = True,
 ) -> ComposedRetryPolicy:
-    """At most ``maximum_attempts`` attempts in all, the delay growing by ``multiplier``."""
+    """At most ``maximum_attempts`` attempts in all, the delay growing by ``multiplier``.
+
+    Deprecated, as in llama-index-workflows: use
+    ``retry_policy(wait=wait_exponential(...), stop=stop_after_attempt(n))``, or
+    ``wait_random_exponential`` / ``wait_exponential_jitter`` for jitter.
+    """
+    warnings.warn(
+        "ExponentialBackoffRetryPolicy is deprecated, use "
+        "retry_policy(wait=wait_exponential(...), stop=stop_after_attempt(n)) instead",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     wait: WaitStrategy = wait_exponential(
         multiplier=_secs(initial_delay), exp_base=multiplier, max=max_delay
     )
@@ -419,6 +511,7 @@ __all__ = sorted(
         "retry_always",
         "retry_any",
         "retry_if_exception",
+        "retry_if_exception_cause_type",
         "retry_if_exception_message",
         "retry_if_exception_type",
         "retry_if_not_exception_message",

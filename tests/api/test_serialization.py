@@ -606,13 +606,13 @@ async def test_snapshots_from_a_threaded_step_while_other_steps_write() -> None:
 
 
 async def test_snapshot_during_a_retry_back_off_resumes_the_retry() -> None:
-    from piton import ConstantDelayRetryPolicy
+    from piton.retry import retry_policy, stop_after_attempt, wait_fixed
 
     attempts: list[int] = []
     failed_once = asyncio.Event()
 
     class W(Workflow):
-        @step(retry_policy=ConstantDelayRetryPolicy(maximum_attempts=3, delay=0.2))
+        @step(retry_policy=retry_policy(wait=wait_fixed(0.2), stop=stop_after_attempt(3)))
         async def flaky(self, ev: StartEvent, ctx: Context) -> StopEvent:
             attempts.append(ctx.retry_info().retry_number)
             if ctx.retry_info().retry_number == 0:

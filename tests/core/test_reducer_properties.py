@@ -69,7 +69,6 @@ from piton.events import (
     WorkflowTimedOutEvent,
 )
 from piton.retry import (
-    ConstantDelayRetryPolicy,
     retry_policy,
     stop_after_attempt,
     wait_fixed,
@@ -157,7 +156,7 @@ CHAIN = _case(
             (Mid,),
             (Result,),
             num_workers=2,
-            retry_policy=ConstantDelayRetryPolicy(maximum_attempts=3, delay=0),
+            retry_policy=retry_policy(wait=wait_fixed(0), stop=stop_after_attempt(3)),
         ),
         StepNode(
             "b",
@@ -180,7 +179,7 @@ HUMAN = _case(
             (Ask,),
             (StopEvent, Note),
             num_workers=2,
-            retry_policy=ConstantDelayRetryPolicy(maximum_attempts=2, delay=1),
+            retry_policy=retry_policy(wait=wait_fixed(1), stop=stop_after_attempt(2)),
         ),
         StepNode("listener", (HumanResponseEvent,), (Note,), num_workers=1),
         StepNode("note", (Note,), (), num_workers=2),
@@ -809,7 +808,7 @@ def test_a_collect_retry_does_not_add_its_event_again_after_the_batch_is_taken()
                 (Result,),
                 (StopEvent,),
                 num_workers=2,
-                retry_policy=ConstantDelayRetryPolicy(maximum_attempts=3, delay=1),
+                retry_policy=retry_policy(wait=wait_fixed(1), stop=stop_after_attempt(3)),
             ),
         },
     )

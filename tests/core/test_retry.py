@@ -148,7 +148,7 @@ async def test_constant_delay_retry_policy() -> None:
     stamps: list[float] = []
 
     class W(Workflow):
-        @step(retry_policy=ConstantDelayRetryPolicy(maximum_attempts=3, delay=0.03))
+        @step(retry_policy=retry_policy(wait=wait_fixed(0.03), stop=stop_after_attempt(3)))
         async def flaky(self, ev: StartEvent) -> StopEvent:
             stamps.append(time.monotonic())
             raise Flaky("x")
@@ -164,7 +164,7 @@ async def test_sync_step_retries() -> None:
     calls = 0
 
     class W(Workflow):
-        @step(retry_policy=ConstantDelayRetryPolicy(maximum_attempts=4, delay=0.001))
+        @step(retry_policy=retry_policy(wait=wait_fixed(0.001), stop=stop_after_attempt(4)))
         def flaky(self, ev: StartEvent, ctx: Context) -> StopEvent:
             nonlocal calls
             calls += 1
@@ -243,7 +243,7 @@ async def test_retrying_step_sends_are_not_duplicated() -> None:
         n: int
 
     class W(Workflow):
-        @step(retry_policy=ConstantDelayRetryPolicy(maximum_attempts=3, delay=0.001))
+        @step(retry_policy=retry_policy(wait=wait_fixed(0.001), stop=stop_after_attempt(3)))
         async def fan(self, ev: StartEvent, ctx: Context) -> Part | None:
             ctx.send_event(Part(n=1))
             if ctx.retry_info().retry_number == 0:
@@ -286,17 +286,20 @@ def test_policy_retry_condition_gates_everything() -> None:
 
 
 def test_constant_delay_policy_numbers() -> None:
-    policy = ConstantDelayRetryPolicy(maximum_attempts=2, delay=timedelta(seconds=1.5))
+    with pytest.warns(DeprecationWarning, match="ConstantDelayRetryPolicy is deprecated"):
+        policy = ConstantDelayRetryPolicy(maximum_attempts=2, delay=timedelta(seconds=1.5))
     assert policy.next(0.0, 1, Flaky()) == 1.5
     assert policy.next(0.0, 2, Flaky()) is None
 
 
 def test_exponential_backoff_policy_numbers() -> None:
-    policy = ExponentialBackoffRetryPolicy(
-        maximum_attempts=5, initial_delay=1, multiplier=2, max_delay=5, jitter=False
-    )
+    with pytest.warns(DeprecationWarning, match="ExponentialBackoffRetryPolicy is deprecated"):
+        policy = ExponentialBackoffRetryPolicy(
+            maximum_attempts=5, initial_delay=1, multiplier=2, max_delay=5, jitter=False
+        )
     assert [policy.next(0.0, n, Flaky()) for n in range(1, 6)] == [1.0, 2.0, 4.0, 5.0, None]
-    jittered = ExponentialBackoffRetryPolicy(maximum_attempts=5, initial_delay=1, max_delay=5)
+    with pytest.warns(DeprecationWarning, match="ExponentialBackoffRetryPolicy is deprecated"):
+        jittered = ExponentialBackoffRetryPolicy(maximum_attempts=5, initial_delay=1, max_delay=5)
     for n in range(1, 5):
         delay = jittered.next(0.0, n, Flaky(), seed=n)
         assert delay is not None and 0.0 <= delay <= min(2 ** (n - 1), 5)

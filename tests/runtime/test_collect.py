@@ -8,7 +8,6 @@ from collections import Counter
 import pytest
 
 from piton import (
-    ConstantDelayRetryPolicy,
     Context,
     Event,
     StartEvent,
@@ -17,6 +16,7 @@ from piton import (
     WorkflowRuntimeError,
     step,
 )
+from piton.retry import retry_policy, stop_after_attempt, wait_fixed
 
 
 class A(Event):
@@ -206,7 +206,7 @@ async def test_retry_of_the_collecting_step_gets_the_same_batch() -> None:
                 ctx.send_event(Part(n=i))
             return None
 
-        @step(num_workers=8, retry_policy=ConstantDelayRetryPolicy(maximum_attempts=3, delay=0.001))
+        @step(num_workers=8, retry_policy=retry_policy(wait=wait_fixed(0.001), stop=stop_after_attempt(3)))
         async def gather(self, ev: Part, ctx: Context) -> StopEvent | None:
             got = ctx.collect_events(ev, [Part] * 5)
             if got is None:
@@ -230,7 +230,7 @@ async def test_retries_before_the_batch_completes_neither_lose_nor_duplicate() -
                 ctx.send_event(Part(n=i))
             return None
 
-        @step(num_workers=2, retry_policy=ConstantDelayRetryPolicy(maximum_attempts=3, delay=0.001))
+        @step(num_workers=2, retry_policy=retry_policy(wait=wait_fixed(0.001), stop=stop_after_attempt(3)))
         async def gather(self, ev: Part, ctx: Context) -> StopEvent | None:
             got = ctx.collect_events(ev, [Part] * 4)
             if ev.n not in failed:
