@@ -253,6 +253,9 @@ _ENTRIES: Final[dict[type[i.Input], _Entry]] = {
             exec_id=("exec_id", TEXT),
             result=("result", VALUE),
             sends=("sends", SENDS),
+            step=("step", TEXT),
+            took=("took", OPT_NUMBER),
+            added=("step", "took"),
         ),
         _entry(
             i.StepFailed,
@@ -261,6 +264,9 @@ _ENTRIES: Final[dict[type[i.Input], _Entry]] = {
             exec_id=("exec_id", TEXT),
             error=("error", ERROR),
             retry_in=("retry_in", OPT_NUMBER),
+            step=("step", TEXT),
+            took=("took", OPT_NUMBER),
+            added=("step", "took"),
         ),
         _entry(
             i.StepWaits,
@@ -273,6 +279,9 @@ _ENTRIES: Final[dict[type[i.Input], _Entry]] = {
             waiter_event=("waiter_event", OPT_EVENT),
             timeout=("timeout", OPT_NUMBER),
             sends=("sends", SENDS),
+            step=("step", TEXT),
+            took=("took", OPT_NUMBER),
+            added=("step", "took"),
         ),
         _entry(
             i.Checkpoint,

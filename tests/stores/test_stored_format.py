@@ -359,8 +359,8 @@ def test_retry_sample_records_the_retry_decision() -> None:
 # they are written. Changing one is a format change.
 ON_DISK = {
     "Begin": ["at", "start_event", "owner", "epoch"],
-    "StepDone": ["at", "exec_id", "result", "sends"],
-    "StepFailed": ["at", "exec_id", "error", "retry_in"],
+    "StepDone": ["at", "exec_id", "result", "sends", "step", "took"],
+    "StepFailed": ["at", "exec_id", "error", "retry_in", "step", "took"],
     "StepWaits": [
         "at",
         "exec_id",
@@ -370,6 +370,8 @@ ON_DISK = {
         "waiter_event",
         "timeout",
         "sends",
+        "step",
+        "took",
     ],
     "Checkpoint": ["at", "exec_id", "sends"],
     "Send": ["at", "event", "target"],

@@ -48,10 +48,19 @@ class Begin(_Input):
 
 @dataclass(slots=True, frozen=True)
 class StepDone(_Input):
+    """A step returned ``result``.
+
+    ``step`` and ``took`` (the step's name, and the seconds its attempt ran, rounded to
+    microseconds) are for people reading the journal (``piton show``); the reducer does not
+    use them. The same holds for ``StepFailed`` and ``StepWaits``.
+    """
+
     at: float
     exec_id: str
     result: Any = None
     sends: Sends = ()
+    step: str = ""
+    took: float | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -64,6 +73,8 @@ class StepFailed(_Input):
     exec_id: str
     error: BaseException
     retry_in: float | None = None
+    step: str = ""
+    took: float | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -81,6 +92,8 @@ class StepWaits(_Input):
     waiter_event: Any = None
     timeout: float | None = None
     sends: Sends = ()
+    step: str = ""
+    took: float | None = None
 
 
 @dataclass(slots=True, frozen=True)

@@ -406,14 +406,17 @@ class Runner:
     async def _execute(self, ex: Execution) -> None:
         step = self.engine.steps[ex.attempt.step]
         step_run = StepRun(self, ex)
+        clock = self.clock
+        began = clock.now()
         try:
             result = await self._call(step, ex, step_run)
         except WaitingForEvent as w:
             self._done(ex.id)
+            at = clock.now()
             self._feed_outcome(
                 ex,
                 i.StepWaits(
-                    self.clock.now(),
+                    at,
                     ex.id,
                     w.waiter_id,
                     w.event_type,
@@ -421,7 +424,10 @@ class Runner:
                     w.waiter_event,
                     w.timeout,
                     step_run.take_sends(),
+                    step.name,
+                    round(at - began, 6),
                 ),
+                began,
             )
             return
         except asyncio.CancelledError:
@@ -431,42 +437,50 @@ class Runner:
             return
         except Exception as exc:
             self._done(ex.id)
-            self._failed(ex, exc)
+            self._failed(ex, exc, began)
             return
         self._done(ex.id)
+        at = clock.now()
         if result is not None and not isinstance(result, Event):
             self.feed(
                 i.StepFailed(
-                    self.clock.now(),
+                    at,
                     ex.id,
                     WorkflowRuntimeError(
                         f"Step '{step.name}' of workflow '{self.engine.name}' returned "
                         f"{result!r} (a {type(result).__qualname__}); a step must return an "
                         "Event or None."
                     ),
+                    None,
+                    step.name,
+                    round(at - began, 6),
                 )
             )
             return
         self._feed_outcome(
-            ex, i.StepDone(self.clock.now(), ex.id, result, step_run.take_sends())
+            ex,
+            i.StepDone(at, ex.id, result, step_run.take_sends(), step.name, round(at - began, 6)),
+            began,
         )
 
-    def _feed_outcome(self, ex: Execution, outcome: i.StepDone | i.StepWaits) -> None:
+    def _feed_outcome(self, ex: Execution, outcome: i.StepDone | i.StepWaits, began: float) -> None:
         """Feed a step's outcome; one that cannot be stored fails the step instead."""
         try:
             self.feed(outcome)
         except ContextSerdeError as exc:
-            self.feed(i.StepFailed(self.clock.now(), ex.id, exc))
+            at = self.clock.now()
+            self.feed(i.StepFailed(at, ex.id, exc, None, outcome.step, round(at - began, 6)))
 
-    def _failed(self, ex: Execution, exc: Exception) -> None:
+    def _failed(self, ex: Execution, exc: Exception, began: float) -> None:
         """Decide now whether to retry (the policy is user code) and record the decision."""
         at = self.clock.now()
+        name = ex.attempt.step
         try:
             delay = retry_decision(self.state, ex.id, exc, at)
         except Exception as policy_error:  # noqa: BLE001 - a broken policy ends the retries
-            exc.add_note(f"piton: the retry policy of step '{ex.attempt.step}' raised {policy_error!r}")
+            exc.add_note(f"piton: the retry policy of step '{name}' raised {policy_error!r}")
             delay = None
-        self.feed(i.StepFailed(at, ex.id, exc, delay))
+        self.feed(i.StepFailed(at, ex.id, exc, delay, name, round(at - began, 6)))
 
     def _done(self, exec_id: str) -> None:
         self.tasks.pop(exec_id, None)
