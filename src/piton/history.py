@@ -39,8 +39,6 @@ def span(seconds: float) -> str:
     return f"{seconds / 86400:.1f}d"
 
 
-
-
 def type_name(tree: Any) -> str:
     """The stored type name of an encoded event, model or error, else the JSON kind."""
     if isinstance(tree, dict) and TAG in tree:
@@ -107,9 +105,25 @@ def describe(tree: dict[str, Any]) -> str:
     return str(kind)
 
 
+def step_name(tree: dict[str, Any]) -> str | None:
+    """The name of the step an entry records (``StepDone``, ``StepFailed``, ``StepWaits``
+    written by a piton that stores it), else None."""
+    name = tree.get("step")
+    return name if isinstance(name, str) and name else None
+
+
+def took(tree: dict[str, Any]) -> float | None:
+    """The seconds the step's attempt ran, where the entry records it, else None."""
+    value = tree.get("took")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        return None
+    return float(value)
+
+
 def timeline(entries: list[tuple[int, str]]) -> list[dict[str, Any]]:
     """One row per journal entry ``(seq, text)``: its seq, time, time since the entry
-    before it, kind, execution id and a few words on what it records."""
+    before it (among ``entries``), kind, execution id, step name and the seconds the step
+    ran (None where the entry does not record them) and a few words on what it records."""
     rows: list[dict[str, Any]] = []
     previous: float | None = None
     for seq, text in entries:
@@ -118,7 +132,10 @@ def timeline(entries: list[tuple[int, str]]) -> list[dict[str, Any]]:
         except ValueError:
             tree = None
         if not isinstance(tree, dict):
-            rows.append({"seq": seq, "at": None, "kind": "?", "what": "damaged entry"})
+            rows.append(
+                {"seq": seq, "at": None, "kind": "?", "step": None, "took": None}
+                | {"what": "damaged entry"}
+            )
             continue
         at = tree.get("at")
         at = float(at) if isinstance(at, int | float) else None
@@ -131,6 +148,8 @@ def timeline(entries: list[tuple[int, str]]) -> list[dict[str, Any]]:
                 "after": None if at is None or previous is None else round(at - previous, 6),
                 "kind": str(tree.get(KIND_KEY)),
                 "exec_id": tree.get("exec_id"),
+                "step": step_name(tree),
+                "took": took(tree),
                 "what": describe(tree),
             }
         )
@@ -138,4 +157,14 @@ def timeline(entries: list[tuple[int, str]]) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["ago", "describe", "shown_value", "span", "timeline", "type_name", "when"]
+__all__ = [
+    "ago",
+    "describe",
+    "shown_value",
+    "span",
+    "step_name",
+    "timeline",
+    "took",
+    "type_name",
+    "when",
+]

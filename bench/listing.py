@@ -1,0 +1,199 @@
+"""Listing runs a page at a time stays fast in a big store: ``list_runs`` and ``piton runs``
+with 100,000 runs, ``journal`` and ``piton show`` on a run of 10,000 entries.
+
+Run from the repository root (after ``pip install -e '.[postgres,redis]'``)::
+
+    .venv/bin/python bench/listing.py [--runs 100000] [--stores sqlite,postgres,redis]
+        [--postgres postgresql://postgres@127.0.0.1:5432/test] [--redis redis://127.0.0.1:6379/0]
+
+Each store is seeded through the Store API (``create``, many at once, so they share
+transactions): ``--runs`` runs of 4 workflows, one in 10 failed, the rest completed, and
+one running run with ``--entries`` journal entries. SQLite lives in a scratch directory
+(``synchronous=OFF`` while seeding), PostgreSQL in a scratch schema ``piton_bench_<pid>``,
+Redis under a scratch prefix; all are deleted at the end.
+
+Timed (median of ``--repeat``, milliseconds), each on an opened store:
+
+- ``list_runs(limit=50)``: the first page; then a deep page, after the cursor of the run
+  at 90% of the list (``after=run_cursor(...)``); both again with ``status="failed"``
+  and with ``workflow=...``;
+- ``journal(run, after=entries - 200, limit=200)``: the last page of the long run;
+- the commands, as a subprocess from start to exit (interpreter start and imports
+  included): ``piton runs`` (SQLite, and each store), ``piton runs --after CURSOR`` (the
+  deep page) and ``piton show RUN --after N``; and ``python -c "import piton.cli"``
+  alone, the floor every command pays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from piton.stores.base import RunRecord, Store, open_store, run_cursor
+
+WORKFLOWS = ("Convert", "Approve", "Report", "Import")
+CHUNK = 1000  # runs created at once
+
+
+def median_ms(samples: list[float]) -> float:
+    return round(statistics.median(samples) * 1000, 2)
+
+
+async def timed(call: Callable[[], Awaitable[Any]], repeat: int) -> float:
+    await call()  # warm: connections, caches
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        await call()
+        samples.append(time.perf_counter() - start)
+    return median_ms(samples)
+
+
+def command(args: list[str], repeat: int) -> float:
+    samples = []
+    env = dict(os.environ, COLUMNS="200")
+    env.pop("PITON_STORE", None)
+    for _ in range(repeat):
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env)
+        samples.append(time.perf_counter() - start)
+        if done.returncode != 0:
+            raise SystemExit(f"{args} failed: {done.stderr}")
+    return median_ms(samples)
+
+
+async def seed(store: Store, runs: int, entries: int) -> None:
+    start = time.perf_counter()
+    for first in range(0, runs, CHUNK):
+        records = [
+            RunRecord(
+                run_id=f"run-{n:07}",
+                workflow=WORKFLOWS[n % len(WORKFLOWS)],
+                status="failed" if n % 10 == 3 else "completed",
+            )
+            for n in range(first, min(first + CHUNK, runs))
+        ]
+        await asyncio.gather(*(store.create(r, ['{"k": "Begin"}'], []) for r in records))
+    long = RunRecord(run_id="long", workflow="Convert", status="running", owner="bench", epoch=1)
+    body = '{"k": "StepDone", "at": 1700000000.0, "exec_id": "x1", "step": "work", "took": 0.01}'
+    await store.create(long, [body] * entries, [])
+    print(f"  seeded {runs:,} runs in {time.perf_counter() - start:.1f}s", flush=True)
+
+
+async def measure(url: str, seed_url: str, args: argparse.Namespace) -> dict[str, float]:
+    seeding = open_store(seed_url)
+    async with seeding:
+        await seed(seeding, args.runs, args.entries)
+    found: dict[str, float] = {}
+    store = open_store(url)
+    async with store:
+        everything = await store.list_runs(limit=args.runs + 10)
+        deep = everything[int(len(everything) * 0.9)]
+        cursor = run_cursor(deep)
+        r = args.repeat
+        for name, filters in (
+            ("", {}),
+            (" failed", {"status": "failed"}),
+            (" workflow", {"workflow": "Approve"}),
+        ):
+
+            async def first(f: dict[str, Any] = filters) -> Any:
+                return await store.list_runs(limit=50, **f)
+
+            async def deeper(f: dict[str, Any] = filters) -> Any:
+                return await store.list_runs(limit=50, after=cursor, **f)
+
+            found[f"list_runs first page{name}"] = await timed(first, r)
+            found[f"list_runs deep page{name}"] = await timed(deeper, r)
+        page = await store.list_runs(limit=50, after=cursor)
+        assert len(page) == 50 and page[0].created_at <= deep.created_at, page[:1]
+
+        async def journal() -> Any:
+            return await store.journal("long", after=args.entries - 200, limit=200)
+
+        found["journal last page of 200"] = await timed(journal, r)
+    cli = ["-m", "piton"]
+    n = args.cli_repeat
+    found["piton runs"] = command([*cli, "runs", "--store", url], n)
+    found["piton runs --after (deep)"] = command(
+        [*cli, "runs", "--store", url, "--after", cursor], n
+    )
+    found["piton runs --status failed"] = command(
+        [*cli, "runs", "--store", url, "--status", "failed"], n
+    )
+    after = str(args.entries - 200)
+    found["piton show --after (last page)"] = command(
+        [*cli, "show", "long", "--store", url, "--after", after], n
+    )
+    return found
+
+
+def drop_postgres(url: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def drop_redis(url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=10_000))
+        for start in range(0, len(keys), 10_000):
+            client.delete(*keys[start : start + 10_000])
+    finally:
+        client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=100_000)
+    parser.add_argument("--entries", type=int, default=10_000)
+    parser.add_argument("--stores", default="sqlite,postgres,redis")
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--repeat", type=int, default=20, help="store calls timed")
+    parser.add_argument("--cli-repeat", type=int, default=5, help="commands timed")
+    args = parser.parse_args()
+    print(f"{args.runs:,} runs; load average {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs")
+    floor = command(["-c", "import piton.cli"], args.cli_repeat)
+    print(f"python -c 'import piton.cli' (the floor of every command): {floor} ms")
+    tag = f"piton_bench_{os.getpid()}"
+    results: dict[str, dict[str, float]] = {}
+    for kind in args.stores.split(","):
+        print(f"{kind}:", flush=True)
+        scratch = tempfile.mkdtemp(prefix=tag)
+        try:
+            if kind == "sqlite":
+                path = os.path.join(scratch, "runs.db")
+                url, seed_url = f"sqlite:///{path}", f"sqlite:///{path}?synchronous=OFF"
+            elif kind == "postgres":
+                url = seed_url = f"{args.postgres}?schema={tag}"
+            elif kind == "redis":
+                url = seed_url = f"{args.redis}?prefix={tag}"
+            else:
+                raise SystemExit(f"unknown store {kind!r}")
+            results[kind] = asyncio.run(measure(url, seed_url, args))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+            if kind == "postgres":
+                drop_postgres(args.postgres, tag)
+            if kind == "redis":
+                drop_redis(args.redis, tag)
+        for name, value in results[kind].items():
+            print(f"  {name:<34} {value:>9.2f} ms", flush=True)
+
+
+if __name__ == "__main__":
+    main()
