@@ -244,7 +244,8 @@ _ENTRIES: Final[dict[type[i.Input], _Entry]] = {
             start_event=("start_event", OPT_EVENT),
             owner=("owner", OPT_TEXT),
             epoch=("epoch", INT),
-            added=("owner", "epoch"),
+            trace=("trace", OPT_TEXT),
+            added=("owner", "epoch", "trace"),
         ),
         _entry(
             i.StepDone,
@@ -316,7 +317,7 @@ _ENTRIES: Final[dict[type[i.Input], _Entry]] = {
         ),
         _entry(i.TimerFired, "TimerFired", at=("at", TIME), timer_id=("timer_id", TEXT)),
         _entry(i.Cancel, "Cancel", at=("at", TIME)),
-        _entry(i.Park, "Park", at=("at", TIME)),
+        _entry(i.Park, "Park", at=("at", TIME), trace=("trace", OPT_TEXT), added=("trace",)),
     )
 }
 """Every input kind (``piton._core.inputs.INPUTS``) with its on-disk kind and keys."""

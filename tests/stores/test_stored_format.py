@@ -358,7 +358,7 @@ def test_retry_sample_records_the_retry_decision() -> None:
 # The on-disk names of journal entries, written out: entry kind -> its keys, in the order
 # they are written. Changing one is a format change.
 ON_DISK = {
-    "Begin": ["at", "start_event", "owner", "epoch"],
+    "Begin": ["at", "start_event", "owner", "epoch", "trace"],
     "StepDone": ["at", "exec_id", "result", "sends", "step", "took"],
     "StepFailed": ["at", "exec_id", "error", "retry_in", "step", "took"],
     "StepWaits": [
@@ -381,7 +381,7 @@ ON_DISK = {
     "StreamWrite": ["at", "event", "exec_id", "index"],
     "TimerFired": ["at", "timer_id"],
     "Cancel": ["at"],
-    "Park": ["at"],
+    "Park": ["at", "trace"],
 }
 
 

@@ -38,12 +38,16 @@ class Begin(_Input):
 
     A durable run records who attached to it (``owner``, a process) under which lease
     ``epoch``: the journal then shows that no two processes held the run at once.
+    ``trace`` is the W3C traceparent of this execution's OpenTelemetry span, when
+    telemetry is on (``piton.telemetry``), so a later execution can link to it; the
+    reducer does not use it.
     """
 
     at: float
     start_event: Any = None
     owner: str | None = None
     epoch: int = 0
+    trace: str | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -169,9 +173,12 @@ class Cancel(_Input):
 
 @dataclass(slots=True, frozen=True)
 class Park(_Input):
-    """The process lets go of an idle run (durable runs): the run clock stops."""
+    """The process lets go of an idle run (durable runs): the run clock stops.
+
+    ``trace``: as in ``Begin``, the span of the execution that parks the run."""
 
     at: float
+    trace: str | None = None
 
 
 Input = (

@@ -201,7 +201,9 @@ class DurableCommitter:
             return
         if self._idle():
             state = self.state  # re-read: the reducer changes it
-            self.runner.feed(i.Park(self.clock.now()))  # the reducer parks it, or fails it
+            tel = self.runner.tel  # the span that parks the run, for the next one to link to
+            trace = None if tel is None else tel.traceparent
+            self.runner.feed(i.Park(self.clock.now(), trace))  # the reducer parks it, or fails it
             if state.status == PARKED:
                 self._to(Phase.PARKED)
                 self.runner.drop_timers()  # the store holds the deadlines now

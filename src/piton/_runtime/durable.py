@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,6 +50,7 @@ from piton.errors import (
 from piton.events import Event, StopEvent
 from piton.serde import JsonSerializer, TypeResolver
 from piton.stores.base import CommitRequest, Loaded, RunRecord, Store, may_claim
+from piton.telemetry import start_run
 
 log = logging.getLogger("piton.run")
 
@@ -516,6 +518,17 @@ class RunDriver:
         )
         committer.runner = run
         run.on_finish = self._on_finish
+        tel = start_run(
+            self.engine.name,
+            self.run_id,
+            epoch=epoch,
+            owner=self.store.owner,
+            resumed=loaded is not None,
+            previous=loaded.entries if loaded is not None else (),
+        )
+        if tel is not None:  # the journal keeps this execution's span, for the next to link
+            run.tel = tel
+            begin = dataclasses.replace(begin, trace=tel.traceparent)
         self._latest = state
         self.run, self.committer = run, committer
         self._attached.set()
@@ -539,6 +552,9 @@ class RunDriver:
                 del keeper.runs[self.run_id]
             if committer.outcome.done() and not committer.outcome.cancelled():
                 self.link.let_go(run.state)
+            ended = None if tel is None else _how_it_ended(run, committer)
+            if tel is not None and ended is not None:
+                tel.end(*ended)
 
     def decode_inbox(self, inbox: list[tuple[int, str, str | None]]) -> list[Message]:
         """The inbox's events, decoded before any is taken: an event this process cannot
@@ -647,6 +663,26 @@ class RunDriver:
             wake_at = record.wake_at if record.status == "parked" else None
             record = None  # the row may be large (its start event): not kept while waiting
             record = await ParkedWatch.of(self.store, self.loop).news(self, wake_at)
+
+
+def _how_it_ended(
+    run: Runner, committer: DurableCommitter
+) -> tuple[str, BaseException | None] | None:
+    """The status an execution's span ends with: the run's (it finished or parked), or
+    ``released`` (the process let it go) or ``lost`` (its lease or its store, with the
+    error). None: the run_id was another process's (or an earlier call's) run, which the
+    driver now attaches to: the span is dropped unended, so it is never exported."""
+    outcome = committer.outcome
+    if not outcome.done() or outcome.cancelled():
+        return "released", None
+    error = outcome.exception()
+    if error is None:
+        return shown_status(run.state.status), run.state.error
+    if isinstance(error, AlreadyCreated):
+        return None
+    if isinstance(error, asyncio.CancelledError):
+        return "released", None
+    return "lost", error
 
 
 def _done_future(loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:

@@ -24,6 +24,7 @@ from piton.errors import (
     WorkflowTimeoutError,
 )
 from piton.events import Event, StopEvent
+from piton.telemetry import RunTrace, start_run
 
 R = TypeVar("R")
 
@@ -76,6 +77,9 @@ class InMemory:
 
 class Runner:
     """Owns a live run: its RunState, step tasks, timers and event stream."""
+
+    tel: RunTrace | None = None
+    """The OpenTelemetry span of this execution of the run (None: telemetry is off)."""
 
     def __init__(
         self,
@@ -234,6 +238,7 @@ class Runner:
         try:
             semaphore = self.engine.run_semaphore()
             if semaphore is None:
+                self.tel = start_run(self.engine.name, self.state.run_id)
                 self.feed(i.Begin(self.clock.now(), start_event))
                 return
         except Exception as exc:  # never leave the caller waiting forever
@@ -247,6 +252,7 @@ class Runner:
             await semaphore.acquire()
             self.outcome.add_done_callback(lambda _: semaphore.release())
             early, self._unbegun = self._unbegun or [], None
+            self.tel = start_run(self.engine.name, self.state.run_id)
             self.feed(i.Begin(self.clock.now(), start))
             for inp in early:
                 self.feed(inp)
@@ -319,6 +325,8 @@ class Runner:
 
     def _finish(self, cmd: i.Finish) -> None:
         self.done = True
+        if self.tel is not None and not self._durable:  # a durable run's driver ends it
+            self.tel.end(cmd.status, cmd.error)
         self.drop_timers()
         self._notify()
         self.finish, self._finish_ticket = cmd, self.committer.ticket
@@ -408,12 +416,20 @@ class Runner:
         step_run = StepRun(self, ex)
         clock = self.clock
         began = clock.now()
+        tel = self.tel
+        span: Any = None
+        if tel is not None:
+            span = tel.step_started(step.name, ex.attempt.retry_number + 1, ex.id)
+        fed: i.StepDone | i.StepFailed | i.StepWaits
         try:
-            result = await self._call(step, ex, step_run)
+            if tel is None:
+                result = await self._call(step, ex, step_run)
+            else:
+                result = await tel.inside(span, self._call(step, ex, step_run))
         except WaitingForEvent as w:
             self._done(ex.id)
             at = clock.now()
-            self._feed_outcome(
+            fed = self._feed_outcome(
                 ex,
                 i.StepWaits(
                     at,
@@ -429,21 +445,21 @@ class Runner:
                 ),
                 began,
             )
-            return
         except asyncio.CancelledError:
             self._done(ex.id)
+            if tel is not None:
+                tel.step_ended(span, None)
             if ex.id in self.state.running:  # cancelled from outside the run: let go
                 raise
             return
         except Exception as exc:
             self._done(ex.id)
-            self._failed(ex, exc, began)
-            return
-        self._done(ex.id)
-        at = clock.now()
-        if result is not None and not isinstance(result, Event):
-            self.feed(
-                i.StepFailed(
+            fed = self._failed(ex, exc, began)
+        else:
+            self._done(ex.id)
+            at = clock.now()
+            if result is not None and not isinstance(result, Event):
+                fed = i.StepFailed(
                     at,
                     ex.id,
                     WorkflowRuntimeError(
@@ -455,23 +471,33 @@ class Runner:
                     step.name,
                     round(at - began, 6),
                 )
-            )
-            return
-        self._feed_outcome(
-            ex,
-            i.StepDone(at, ex.id, result, step_run.take_sends(), step.name, round(at - began, 6)),
-            began,
-        )
+                self.feed(fed)
+            else:
+                fed = self._feed_outcome(
+                    ex,
+                    i.StepDone(
+                        at, ex.id, result, step_run.take_sends(), step.name, round(at - began, 6)
+                    ),
+                    began,
+                )
+        if tel is not None:
+            tel.step_ended(span, fed)
 
-    def _feed_outcome(self, ex: Execution, outcome: i.StepDone | i.StepWaits, began: float) -> None:
-        """Feed a step's outcome; one that cannot be stored fails the step instead."""
+    def _feed_outcome(
+        self, ex: Execution, outcome: i.StepDone | i.StepWaits, began: float
+    ) -> i.StepDone | i.StepWaits | i.StepFailed:
+        """Feed a step's outcome; one that cannot be stored fails the step instead.
+        Returns what was fed."""
         try:
             self.feed(outcome)
         except ContextSerdeError as exc:
             at = self.clock.now()
-            self.feed(i.StepFailed(at, ex.id, exc, None, outcome.step, round(at - began, 6)))
+            failed = i.StepFailed(at, ex.id, exc, None, outcome.step, round(at - began, 6))
+            self.feed(failed)
+            return failed
+        return outcome
 
-    def _failed(self, ex: Execution, exc: Exception, began: float) -> None:
+    def _failed(self, ex: Execution, exc: Exception, began: float) -> i.StepFailed:
         """Decide now whether to retry (the policy is user code) and record the decision."""
         at = self.clock.now()
         name = ex.attempt.step
@@ -480,7 +506,9 @@ class Runner:
         except Exception as policy_error:  # noqa: BLE001 - a broken policy ends the retries
             exc.add_note(f"piton: the retry policy of step '{name}' raised {policy_error!r}")
             delay = None
-        self.feed(i.StepFailed(at, ex.id, exc, delay, name, round(at - began, 6)))
+        failed = i.StepFailed(at, ex.id, exc, delay, name, round(at - began, 6))
+        self.feed(failed)
+        return failed
 
     def _done(self, exec_id: str) -> None:
         self.tasks.pop(exec_id, None)
