@@ -139,7 +139,9 @@ def test_answer_a_waiting_run_through_the_dashboard(
         expect(page.get_by_test_id("events-status")).to_contain_text("ended")
         expect(page.locator("#answer-form")).to_have_count(0)
         expect(page.get_by_test_id("cancel-run")).to_be_hidden()
-        expect(page.get_by_test_id("timeline-row").last).to_contain_text("done -> StopEvent")
+        last_entry = page.get_by_test_id("timeline-row").last
+        expect(last_entry).to_contain_text("done -> StopEvent")
+        expect(last_entry).to_contain_text("ask")  # the step's name
         page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
 
         page.click("text=← all runs")

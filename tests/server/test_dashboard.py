@@ -90,7 +90,9 @@ def test_the_timeline_is_paged_by_seq(base: str) -> None:
         assert [r["seq"] for r in rows] == sorted({r["seq"] for r in rows})
         assert rows[0]["kind"] == "Begin" and rows[0]["what"].startswith("start Order")
         assert any("streamed Progress" in r["what"] for r in rows)
-        assert {"seq", "at", "after", "kind", "exec_id", "what"} <= set(rows[0])
+        assert {"seq", "at", "after", "kind", "exec_id", "step", "took", "what"} <= set(rows[0])
+        done = [r for r in rows if r["kind"] == "StepDone"]
+        assert done and done[-1]["step"] == "count" and done[-1]["took"] >= 0
         paged: list[dict[str, Any]] = []
         after = 0
         while True:
@@ -145,3 +147,35 @@ def test_the_new_routes_want_the_token_and_touch_nothing(base: str) -> None:
             assert r.status_code == 401  # the token only ever travels in the header
     with client(base) as c:
         assert [r["run_id"] for r in c.get("/api/runs").json()["runs"]] == ["x1"]
+
+
+def test_runs_are_paged_with_the_next_cursor(base: str) -> None:
+    with client(base) as c:
+        for n in range(5):
+            c.post(
+                "/api/workflows/Count/runs",
+                json={"run_id": f"p{n}", "input": {"item": "a", "qty": 1}},
+            ).raise_for_status()
+        whole = c.get("/api/runs").json()
+        assert whole["next"] is None and len(whole["runs"]) == 5
+        seen: list[str] = []
+        params: dict[str, Any] = {"limit": 2}
+        while True:
+            page = c.get("/api/runs", params=params).json()
+            seen += [r["run_id"] for r in page["runs"]]
+            if page["next"] is None:
+                break
+            params["after"] = page["next"]
+        assert seen == [r["run_id"] for r in whole["runs"]]  # newest first, none twice
+        newest = whole["runs"][0]["created_at"]
+        since = c.get("/api/runs", params={"created_after": newest}).json()["runs"]
+        assert [r["run_id"] for r in since] == [
+            r["run_id"] for r in whole["runs"] if r["created_at"] >= newest
+        ]
+        before = c.get("/api/runs", params={"created_before": newest}).json()["runs"]
+        assert len(since) + len(before) == 5
+        for bad in ({"after": "not-a-cursor"}, {"created_after": "soon"}, {"limit": "0"}):
+            r = c.get("/api/runs", params=bad)
+            assert r.status_code == 400 and r.json()["error"], bad
+        for r in whole["runs"]:
+            wait_status(c, r["run_id"], "completed")

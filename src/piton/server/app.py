@@ -13,6 +13,7 @@ import contextlib
 import copy
 import hmac
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
@@ -29,11 +30,17 @@ from starlette.staticfiles import StaticFiles
 
 from piton._core.status import STATUSES
 from piton.drawing import _layers, graph_model, to_mermaid
-from piton.errors import EventNotAccepted, RunNotFound, StoreError, WorkflowRuntimeError
+from piton.errors import (
+    EventNotAccepted,
+    InvalidCursor,
+    RunNotFound,
+    StoreError,
+    WorkflowRuntimeError,
+)
 from piton.events import Event, StopEvent
 from piton.history import timeline
 from piton.serde import JsonSerializer, TypeResolver
-from piton.stores.base import RunRecord, Store, open_store
+from piton.stores.base import RunRecord, Store, open_store, run_cursor
 from piton.views import RunView
 from piton.worker import Worker
 from piton.workflow import Workflow
@@ -71,6 +78,18 @@ def _int_param(text: str | None, name: str, default: int, low: int, high: int | 
     if value < low or (high is not None and value > high):
         bound = f"from {low} to {high}" if high is not None else f">= {low}"
         raise ApiError(400, f"'{name}' must be an integer {bound}, got {text!r}.")
+    return value
+
+
+def _time_param(text: str | None, name: str) -> float | None:
+    if text is None or text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ApiError(400, f"'{name}' must be a time in unix seconds, got {text!r}.")
     return value
 
 
@@ -242,16 +261,25 @@ class Api:
         status = q.get("status") or None
         if status is not None and status not in STATUSES:
             raise ApiError(400, f"Unknown status '{status}'.", {"statuses": sorted(STATUSES)})
+        limit = _int_param(q.get("limit"), "limit", 100, 1, MAX_LIMIT)
+        window = [_time_param(q.get(k), k) for k in ("created_after", "created_before")]
         try:
-            limit = int(q.get("limit", "100"))
-        except ValueError:
-            limit = -1
-        if not 1 <= limit <= MAX_LIMIT:
-            raise ApiError(400, f"'limit' must be an integer from 1 to {MAX_LIMIT}.")
-        runs = await self.store.list_runs(
-            status=status, workflow=q.get("workflow") or None, limit=limit
+            runs = await self.store.list_runs(
+                status=status,
+                workflow=q.get("workflow") or None,
+                limit=limit,
+                after=q.get("after") or None,
+                created_after=window[0],
+                created_before=window[1],
+            )
+        except InvalidCursor as exc:
+            raise ApiError(400, str(exc)) from None
+        return JSONResponse(
+            {
+                "runs": [_record(r) for r in runs],
+                "next": run_cursor(runs[-1]) if len(runs) == limit else None,
+            }
         )
-        return JSONResponse({"runs": [_record(r) for r in runs]})
 
     async def get_run(self, request: Request) -> Response:
         record = await self.run_record(request.path_params["run_id"])
@@ -283,12 +311,7 @@ class Api:
         # one entry more before the page: the first row's time since the one before it
         start = max(after - 1, 0)
         want = limit + (after - start)
-        journal = getattr(self.store, "journal", None)
-        if journal is not None:
-            entries: list[tuple[int, str]] = await journal(run_id, after=start, limit=want)
-        else:  # a store without keyset reads of its journal: the entries after its snapshot
-            loaded = await self.store.load(run_id)
-            entries = [e for e in loaded.entries if e[0] > start][:want]
+        entries = await self.store.journal(run_id, after=start, limit=want)  # a keyset read
         rows = [row for row in timeline(entries) if row["seq"] > after][:limit]
         return JSONResponse(
             {"rows": rows, "next_after": rows[-1]["seq"] if len(rows) == limit else None}

@@ -63,6 +63,16 @@ _GRAPH: dict[str, Any] = {
         "mermaid": {"type": "string"},
     },
 }
+_RUNS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "runs": {"type": "array", "items": {"$ref": "#/components/schemas/Run"}},
+        "next": {
+            "type": ["string", "null"],
+            "description": "`after` for the next page; null when this page is not full",
+        },
+    },
+}
 _TIMELINE: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -79,6 +89,11 @@ _TIMELINE: dict[str, Any] = {
                     },
                     "kind": {"type": "string"},
                     "exec_id": {"type": ["string", "null"]},
+                    "step": {"type": ["string", "null"], "description": "the step's name"},
+                    "took": {
+                        "type": ["number", "null"],
+                        "description": "seconds the step's attempt ran, where recorded",
+                    },
                     "what": {"type": "string"},
                 },
             },
@@ -154,7 +169,8 @@ def openapi_document(workflows: list[str]) -> dict[str, Any]:
             },
             "/api/runs": {
                 "get": {
-                    "summary": "List runs, newest first.",
+                    "summary": "List runs, newest first (by creation time, then run id), a "
+                    "page at a time: pass the page's `next` as `after` for the next page.",
                     "parameters": [
                         {"name": "workflow", "in": "query", "schema": {"type": "string"}},
                         {"name": "status", "in": "query", "schema": {"type": "string"}},
@@ -163,8 +179,26 @@ def openapi_document(workflows: list[str]) -> dict[str, Any]:
                             "in": "query",
                             "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
                         },
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "description": "The `next` cursor of the page before.",
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "created_after",
+                            "in": "query",
+                            "description": "Only runs created at or after (unix seconds).",
+                            "schema": {"type": "number"},
+                        },
+                        {
+                            "name": "created_before",
+                            "in": "query",
+                            "description": "Only runs created before (unix seconds).",
+                            "schema": {"type": "number"},
+                        },
                     ],
-                    "responses": {"200": _json(_OBJ, "The runs."), **_errors(400, 401)},
+                    "responses": {"200": _json(_RUNS, "A page of runs."), **_errors(400, 401)},
                 }
             },
             "/api/runs/{run_id}": {

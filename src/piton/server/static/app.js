@@ -334,7 +334,7 @@ async function runPage(view, runId, p) {
   const stateBox = h("pre", { id: "run-state", "data-testid": "run-state" }, "…");
   const graphBox = h("div", { id: "run-graph", "data-testid": "run-graph" });
   const folded = h("tr", { hidden: true, "data-testid": "timeline-folded" },
-    h("td", { colspan: 6, class: "muted" }));
+    h("td", { colspan: 7, class: "muted" }));
   const timelineBody = h("tbody", { id: "timeline-body" }, folded);
   const timelineMore = h("button", { id: "timeline-more", class: "secondary",
     "data-testid": "timeline-more", hidden: true }, "Load more");
@@ -355,7 +355,7 @@ async function runPage(view, runId, p) {
       h("section", { class: "card" }, h("h3", {}, "Event stream ", eventsStatus), events)),
     h("section", { class: "card", style: "margin-top: 1em" }, h("h3", {}, "Timeline"),
       h("table", { id: "timeline", "data-testid": "timeline" },
-        h("thead", {}, h("tr", {}, ["Seq", "At (UTC)", "+", "Kind", "Step", "What"]
+        h("thead", {}, h("tr", {}, ["Seq", "At (UTC)", "+", "Kind", "Step", "Took", "What"]
           .map((t) => h("th", {}, t)))),
         timelineBody),
       timelineMore));
@@ -475,7 +475,9 @@ async function runPage(view, runId, p) {
           h("td", { class: "mono" }, (row.at || "-").replace("T", " ").replace("+00:00", "")),
           h("td", { class: "mono" }, row.after === null || row.after === undefined ? "" :
             `${row.after.toFixed(3)}s`),
-          h("td", {}, row.kind), h("td", { class: "mono" }, row.exec_id || ""),
+          h("td", {}, row.kind),
+          h("td", { class: "mono" }, [row.step, row.exec_id].filter(Boolean).join(" ")),
+          h("td", { class: "mono" }, typeof row.took === "number" ? `${row.took.toFixed(3)}s` : ""),
           h("td", {}, row.what)));
       }
       nextAfter = page.next_after;
