@@ -16,6 +16,7 @@ that once, when it starts, and its steps then cost one ``is None`` test each.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -33,8 +34,12 @@ _override: Any = None  # the provider given to use_tracer_provider, if any
 _cached: tuple[Any, Any] | None = None  # (provider, its tracer)
 
 
+_UNKNOWN: Final = object()
+_no_env_provider = False  # OTEL_PYTHON_TRACER_PROVIDER was not set when piton looked
+
+
 def _load() -> bool:
-    global _trace, _context
+    global _trace, _context, _no_env_provider
     if _trace is None:
         try:
             from opentelemetry import context, trace
@@ -42,6 +47,7 @@ def _load() -> bool:
             _trace = False
         else:
             _trace, _context = trace, context
+            _no_env_provider = "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ
     return _trace is not False
 
 
@@ -60,19 +66,28 @@ def use_tracer_provider(provider: Any) -> None:
 def _tracer() -> Any:
     """The tracer for a run starting now, or None: telemetry is off."""
     global _cached
-    if _trace is None or _trace is False:
+    trace = _trace
+    if trace is False:  # no opentelemetry-api
+        return None
+    if trace is None:
         if not _load():
             return None
-    trace = _trace
-    provider = _override if _override is not None else trace.get_tracer_provider()
+        trace = _trace
+    provider = _override
+    if provider is None:
+        # opentelemetry's global provider, as get_tracer_provider() gives it; but while
+        # none is set (and the environment names none), without its os.environ lookup
+        if getattr(trace, "_TRACER_PROVIDER", _UNKNOWN) is None and _no_env_provider:
+            return None
+        provider = trace.get_tracer_provider()
     cached = _cached
     if cached is not None and cached[0] is provider:
         return cached[1]
+    tracer = None
     # the API's own providers: nothing configured (the proxy), or explicitly none
-    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
-        return None
-    version = getattr(sys.modules.get("piton"), "__version__", None)
-    tracer = provider.get_tracer(TRACER_NAME, version)
+    if not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+        version = getattr(sys.modules.get("piton"), "__version__", None)
+        tracer = provider.get_tracer(TRACER_NAME, version)
     _cached = (provider, tracer)
     return tracer
 

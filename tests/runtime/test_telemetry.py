@@ -33,7 +33,9 @@ from piton import (
     telemetry,
 )
 from piton.retry import retry_policy, stop_after_attempt, wait_fixed
+from piton.serde import JsonSerializer
 from piton.stores import Store, open_store
+from piton.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -240,6 +242,33 @@ async def test_a_resumed_durable_run_links_to_the_earlier_execution(
         second.context.span_id: [("ask", "waiting")],
         third.context.span_id: [("ask", "ok")],
     }
+
+
+class AskOnce(Workflow):
+    @step
+    async def ask(self, ev: StartEvent, ctx: Context) -> StopEvent:
+        answer = await ctx.wait_for_event(HumanResponseEvent)
+        return StopEvent(result=answer.response)
+
+
+async def test_a_worker_that_wakes_a_parked_run_links_to_the_execution_that_parked_it(
+    store_url: str | Store, spans: InMemorySpanExporter
+) -> None:
+    store = open_store(store_url)
+    await store.open()
+    w = AskOnce(store=store_url)
+    async with Worker(store_url, workflows=[AskOnce], poll_interval=0.05):
+        await w.start(run_id="wk")
+        await _wait_status(store, "wk", "parked")
+        text = JsonSerializer().dumps(HumanResponseEvent(response="yes"), "event")
+        await store.deliver("wk", text, None, limit=100)
+        await _wait_status(store, "wk", "completed")
+    runs = sorted(_named(spans, "piton.run "), key=lambda s: s.start_time or 0)
+    assert [_attrs(r)["piton.status"] for r in runs] == ["parked", "completed"]
+    (link,) = runs[1].links
+    assert link.context.span_id == runs[0].context.span_id
+    assert _attrs(runs[0])["piton.resumed"] is True  # queued by start(): stored before
+    assert _attrs(runs[0])["piton.epoch"] < _attrs(runs[1])["piton.epoch"]
 
 
 async def test_telemetry_writes_nothing_to_the_journal_when_off(store_url: str | Store) -> None:

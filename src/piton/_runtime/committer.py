@@ -149,6 +149,10 @@ class DurableCommitter:
         self.commits = 0
         self.snapshot_due = False
         self.holding = False  # no parking while a resume feeds its inbox
+        # telemetry: a commit that parks the run carries no snapshot, so its Park entry (and
+        # the span context in it) stays in the journal tail for the next execution to link
+        # to; that execution compacts on resume. Never under changed code (see restore).
+        self.keep_park = False
         self.fingerprint: str | None = None  # stored with the next commit (new code)
         self._encoded: list[str] = []
         self._stream_out: list[str] = []
@@ -279,7 +283,12 @@ class DurableCommitter:
             request = _merge([r for _, r in batch])
             request.seq = self.seq
             state = self.state
-            if self.snapshot_due and not self._encoded and not state.finished:
+            if (
+                self.snapshot_due
+                and not self._encoded
+                and not state.finished
+                and not (self.keep_park and request.status == PARKED)
+            ):
                 # the state now is the state after the batch's last entry: it covers them all
                 request.snapshot = json.dumps(encode_run(state, self.ser, keep_running=True))
                 self.snapshot_due = False

@@ -529,6 +529,9 @@ class RunDriver:
         if tel is not None:  # the journal keeps this execution's span, for the next to link
             run.tel = tel
             begin = dataclasses.replace(begin, trace=tel.traceparent)
+            committer.keep_park = (
+                loaded is None or loaded.record.fingerprint == self.engine.fingerprint
+            )
         self._latest = state
         self.run, self.committer = run, committer
         self._attached.set()
