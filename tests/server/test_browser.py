@@ -107,6 +107,10 @@ def test_answer_a_waiting_run_through_the_dashboard(
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on(  # a CSP violation, say; the 401s before the token are expected
+        "console",
+        lambda m: errors.append(m.text) if m.type == "error" and "401" not in m.text else None,
+    )
     page.set_default_timeout(TIMEOUT)
     try:
         page.goto(f"{base}/")

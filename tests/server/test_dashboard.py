@@ -47,6 +47,7 @@ def test_the_page_and_its_files_load_without_the_token(base: str) -> None:
     page = httpx.get(f"{base}/", timeout=10)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "/static/app.js" in page.text and "/static/style.css" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
     assert "http://" not in page.text and "https://" not in page.text  # nothing from outside
     for name, kind in (("app.js", "javascript"), ("style.css", "text/css")):
         r = httpx.get(f"{base}/static/{name}", timeout=10)

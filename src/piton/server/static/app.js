@@ -89,6 +89,7 @@ function token() {
 }
 
 function askToken() {
+  if (!$("#token-form").hidden) return; // asked already (a live read got 401 again)
   $("#token-form").hidden = false;
   $("#token-input").focus();
   showMessage("This server wants a token: enter it above (kept in this tab only).", "error");
@@ -353,7 +354,7 @@ async function runPage(view, runId, p) {
         h("p", { class: "legend" }, "Boxes are steps, rounded nodes event types (green: start, " +
           "red: stop, yellow: sent from outside); an orange border marks a step that waits.")),
       h("section", { class: "card" }, h("h3", {}, "Event stream ", eventsStatus), events)),
-    h("section", { class: "card", style: "margin-top: 1em" }, h("h3", {}, "Timeline"),
+    h("section", { class: "card spaced" }, h("h3", {}, "Timeline"),
       h("table", { id: "timeline", "data-testid": "timeline" },
         h("thead", {}, h("tr", {}, ["Seq", "At (UTC)", "+", "Kind", "Step", "Took", "What"]
           .map((t) => h("th", {}, t)))),
