@@ -10,6 +10,7 @@ which makes that a failure. Only the browser binary is needed: no `playwright in
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -124,6 +125,26 @@ def test_answer_a_waiting_run_through_the_dashboard(
         expect(page.locator("#start-input")).to_have_value('{\n  "text": ""\n}')
         page.fill("#start-input", '{"text": "ship it?"}')
         page.fill("#start-run-id", "desk-1")
+        # the first read of the event stream is cut after event 0 (as by a proxy): the
+        # page must resume with Last-Event-ID and miss nothing, repeat nothing
+        resumed_from: list[str | None] = []
+        first_event = {"type": "Note", "data": {"text": "asked: ship it?"}}
+
+        def cut_first_stream(route: Any) -> None:
+            if route.request.method != "GET":
+                route.continue_()
+                return
+            resumed_from.append(route.request.headers.get("last-event-id"))
+            if len(resumed_from) > 1:
+                route.continue_()
+                return
+            route.fulfill(
+                status=200,
+                headers={"Content-Type": "text/event-stream"},
+                body=f"id: 0\nevent: Note\ndata: {json.dumps(first_event)}\n\n",
+            )
+
+        page.route("**/api/runs/desk-1/events", cut_first_stream)
         page.click("#start-submit")
 
         page.wait_for_url("**/#/runs/desk-1")
@@ -141,6 +162,10 @@ def test_answer_a_waiting_run_through_the_dashboard(
         expect(page.get_by_test_id("run-result")).to_have_text('"ship it? yes"')
         expect(page.locator("#events li").last).to_contain_text("StopEvent")
         expect(page.get_by_test_id("events-status")).to_contain_text("ended")
+        events = page.get_by_test_id("event")
+        assert [events.nth(i).get_attribute("data-event-id") for i in range(3)] == ["0", "1", "2"]
+        expect(events).to_have_count(3)
+        assert resumed_from[:2] == [None, "0"], resumed_from
         expect(page.locator("#answer-form")).to_have_count(0)
         expect(page.get_by_test_id("cancel-run")).to_be_hidden()
         last_entry = page.get_by_test_id("timeline-row").last

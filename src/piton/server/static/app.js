@@ -527,6 +527,7 @@ async function follow(runId, list, label, p) {
   const abort = new AbortController();
   p.aborts.push(abort);
   let lastId = null;
+  let stopped = false;
   let failures = 0;
   const say = (text, cls) => { label.textContent = text; label.className = cls || "muted"; };
   while (p.alive) {
@@ -552,19 +553,26 @@ async function follow(runId, list, label, p) {
           const ev = parseEvent(block);
           if (!ev) continue;
           lastId = ev.id;
+          stopped = ev.event === "StopEvent";
           list.append(h("li", { "data-testid": "event", "data-event-id": ev.id },
             h("span", { class: "id" }, `#${ev.id}`), h("b", {}, ev.event), " ",
             h("span", { class: "mono" }, JSON.stringify(ev.data.data ?? ev.data))));
           list.scrollTop = list.scrollHeight;
         }
       }
-      say("(ended: the run has finished)"); // the server ends a stream with its run
-      return;
+      // the server ends a stream with its run; a proxy may cut it sooner: then resume
+      const run = stopped ? null : await api(`/api/runs/${enc(runId)}`, { quiet: true });
+      if (stopped || FINAL.has(run.status)) {
+        say("(ended: the run has finished)");
+        return;
+      }
+      throw new Error("the stream ended before the run");
     } catch (err) {
       if (!p.alive) return;
+      if (err instanceof ApiError && err.status === 401) return; // asked for the token
       failures += 1;
       say("(reconnecting…)", "reconnecting");
-      await sleep(Math.min(500 * 2 ** failures, 10000));
+      await sleep(Math.min(250 * 2 ** failures, 10000)); // 0.5 s, 1 s, 2 s … 10 s
     }
   }
 }
