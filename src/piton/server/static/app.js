@@ -513,7 +513,11 @@ async function runPage(view, runId, p) {
   }
   try {
     graph = await api(`/api/workflows/${enc(run.workflow)}/graph`, { quiet: true });
-    if (p.alive) drawGraph(graphBox, graph, run);
+    if (p.alive) {
+      drawGraph(graphBox, graph, run);
+      graphBox.after(h("details", {}, h("summary", { class: "muted" }, "As Mermaid text"),
+        h("pre", { "data-testid": "graph-mermaid" }, graph.mermaid)));
+    }
   } catch (err) {
     graphBox.replaceChildren(h("p", { class: "muted" }, "No graph: the workflow is not served."));
   }
