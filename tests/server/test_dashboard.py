@@ -108,7 +108,7 @@ def test_the_timeline_is_paged_by_seq(base: str) -> None:
         assert paged == rows  # the same rows, each page's first row keeps its "after"
         last = c.get("/api/runs/t1/timeline", params={"after": rows[-1]["seq"]}).json()
         assert last == {"rows": [], "next_after": None}
-        for bad in ({"after": "-1"}, {"after": "x"}, {"limit": "0"}, {"limit": "1001"}):
+        for bad in ({"after": "-1"}, {"after": "x"}, {"after": str(2**64)}, {"limit": "0"}):
             assert c.get("/api/runs/t1/timeline", params=bad).status_code == 400, bad
         assert c.get("/api/runs/nope/timeline").status_code == 404
 

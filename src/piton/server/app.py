@@ -312,7 +312,7 @@ class Api:
         run_id = request.path_params["run_id"]
         await self.run_record(run_id)
         q = request.query_params
-        after = _int_param(q.get("after"), "after", 0, 0, None)
+        after = _int_param(q.get("after"), "after", 0, 0, 2**62)
         limit = _int_param(q.get("limit"), "limit", 100, 1, MAX_LIMIT)
         # one entry more before the page: the first row's time since the one before it
         start = max(after - 1, 0)
