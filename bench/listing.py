@@ -19,9 +19,10 @@ Timed (median of ``--repeat``, milliseconds), each on an opened store:
   and with ``workflow=...``;
 - ``journal(run, after=entries - 200, limit=200)``: the last page of the long run;
 - the commands, as a subprocess from start to exit (interpreter start and imports
-  included): ``piton runs`` (SQLite, and each store), ``piton runs --after CURSOR`` (the
-  deep page) and ``piton show RUN --after N``; and ``python -c "import piton.cli"``
-  alone, the floor every command pays.
+  included): ``piton runs``, ``piton runs --after CURSOR`` (the deep page), ``piton runs
+  --status failed`` and ``piton show RUN --after N``; and ``python -c "import
+  piton.cli"`` alone, the floor every command pays. Each command also reports how long
+  its import of ``piton.cli`` took and how long the command ran once imported.
 """
 
 from __future__ import annotations
@@ -58,16 +59,37 @@ async def timed(call: Callable[[], Awaitable[Any]], repeat: int) -> float:
     return median_ms(samples)
 
 
+# a command in a subprocess that also says how long importing piton.cli took, and running
+# the command once imported (what the command itself costs, whatever the imports do)
+SPLIT = """
+import sys, time
+t0 = time.perf_counter()
+from piton.cli import main
+t1 = time.perf_counter()
+try:
+    main(sys.argv[1:], standalone_mode=False)
+finally:
+    print(f"SPLIT {t1 - t0:.6f} {time.perf_counter() - t1:.6f}", file=sys.stderr)
+"""
+SPLITS: dict[str, list[tuple[float, float]]] = {}
+
+
 def command(args: list[str], repeat: int) -> float:
+    """The median wall time of ``python ARGS`` (``-m piton ...`` runs through ``SPLIT``)."""
     samples = []
     env = dict(os.environ, COLUMNS="200")
     env.pop("PITON_STORE", None)
+    split = args[:2] == ["-m", "piton"]
+    argv = ["-c", SPLIT, *args[2:]] if split else args
     for _ in range(repeat):
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env)
+        done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env)
         samples.append(time.perf_counter() - start)
         if done.returncode != 0:
             raise SystemExit(f"{args} failed: {done.stderr}")
+        if split:
+            imports, work = done.stderr.rsplit("SPLIT ", 1)[1].split()
+            SPLITS.setdefault(" ".join(args[2:4]), []).append((float(imports), float(work)))
     return median_ms(samples)
 
 
@@ -193,6 +215,11 @@ def main() -> None:
                 drop_redis(args.redis, tag)
         for name, value in results[kind].items():
             print(f"  {name:<34} {value:>9.2f} ms", flush=True)
+        for name, pairs in SPLITS.items():
+            imports = median_ms([p[0] for p in pairs])
+            work = median_ms([p[1] for p in pairs])
+            print(f"  piton {name}: importing piton.cli {imports} ms, then the command {work} ms")
+        SPLITS.clear()
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from piton._journal_codec import KIND_KEY
-from piton.serde import TAG
+# The journal codec and serde (and the pydantic they import) are imported when an entry or a
+# value is read, not with this module: ``piton runs`` shows times only and starts faster.
 
 
 def when(ts: float | None) -> str | None:
@@ -41,6 +41,8 @@ def span(seconds: float) -> str:
 
 def type_name(tree: Any) -> str:
     """The stored type name of an encoded event, model or error, else the JSON kind."""
+    from piton.serde import TAG
+
     if isinstance(tree, dict) and TAG in tree:
         return str(tree.get("type") or tree[TAG]).rsplit(".", 1)[-1]
     return type(tree).__name__ if tree is not None else "None"
@@ -48,6 +50,8 @@ def type_name(tree: Any) -> str:
 
 def shown_value(text: str) -> str:
     """A stored result for people: a StopEvent's ``result``, else the stored JSON."""
+    from piton.serde import TAG
+
     try:
         tree = json.loads(text)
     except ValueError:
@@ -62,6 +66,8 @@ def shown_value(text: str) -> str:
 
 def describe(tree: dict[str, Any]) -> str:
     """One journal entry (as JSON) in a few words."""
+    from piton._journal_codec import KIND_KEY
+
     kind = tree.get(KIND_KEY)
     step = f"[{tree['exec_id']}] " if tree.get("exec_id") else ""
     sends = tree.get("sends") or []
@@ -124,6 +130,8 @@ def timeline(entries: list[tuple[int, str]]) -> list[dict[str, Any]]:
     """One row per journal entry ``(seq, text)``: its seq, time, time since the entry
     before it (among ``entries``), kind, execution id, step name and the seconds the step
     ran (None where the entry does not record them) and a few words on what it records."""
+    from piton._journal_codec import KIND_KEY
+
     rows: list[dict[str, Any]] = []
     previous: float | None = None
     for seq, text in entries:
