@@ -130,6 +130,7 @@ Examples:
 )
 @click.option(
     "--limit",
+    metavar="N",
     type=click.IntRange(min=1),
     default=50,
     show_default=True,
@@ -243,6 +244,7 @@ are shown by their stored type names."""
 )
 @click.option(
     "--limit",
+    metavar="N",
     type=click.IntRange(min=1),
     default=200,
     show_default=True,
