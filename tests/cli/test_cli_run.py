@@ -13,9 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
-from test_cli_runs import HERE, parked_ask, piton
+from test_cli_runs import HERE, parked_ask, piton, sqlite_or_postgres
 
 from piton.stores.base import open_store
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return sqlite_or_postgres(request, tmp_path)
 
 
 def popen(*args: str) -> subprocess.Popen[str]:

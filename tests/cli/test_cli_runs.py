@@ -18,6 +18,19 @@ from piton.stores.base import RunRecord, open_store
 HERE = Path(__file__).resolve().parent
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return sqlite_or_postgres(request, tmp_path)
+
+
+def sqlite_or_postgres(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The test's store: a SQLite file, or a fresh Postgres schema (``request.param``)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'runs.db'}"
+    base = request.getfixturevalue("postgres_url")
+    return f"{base}?schema={request.getfixturevalue('postgres_schema')}"
+
+
 def piton(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, COLUMNS="250", PYTHONPATH=os.pathsep.join([str(HERE), *sys.path]))
     env.pop("PITON_STORE", None)

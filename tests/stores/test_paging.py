@@ -233,12 +233,18 @@ async def test_journal_pages(store_url: str | Store) -> None:
         assert await s.journal("long", after=10_000) == []
         assert await s.journal("long", after=10, limit=0) == []
         assert await s.journal("long", after=-5, limit=2) == got[:2]
-        # a snapshot covers entries up to 2502: they are gone, the rest pages on
+        # a snapshot covers entries up to 2502: load starts after it, the history stays
         await s.commit(CommitRequest("long", 1, 2500, ["e2501", "e2502"], snapshot="S"))
         await s.commit(CommitRequest("long", 1, 2502, ["e2503", "e2504"], status="completed"))
-        assert await s.journal("long") == [(2503, "e2503"), (2504, "e2504")]
+        loaded = await s.load("long")
+        assert (loaded.snapshot, loaded.snapshot_seq) == ("S", 2502)
+        assert loaded.entries == [(2503, "e2503"), (2504, "e2504")]
+        assert await s.journal("long", after=2500) == [
+            (2501, "e2501"), (2502, "e2502"), (2503, "e2503"), (2504, "e2504")
+        ]  # fmt: skip
         assert await s.journal("long", after=2503) == [(2504, "e2504")]
-        assert await s.journal("long", after=100, limit=1) == [(2503, "e2503")]
+        assert await s.journal("long", after=100, limit=1) == [(101, entries[100])]
+        assert await s.journal("long") == got[:1000]
 
 
 async def test_journal_of_a_missing_run(store_url: str | Store) -> None:

@@ -132,23 +132,17 @@ WITH req AS (
          AS s(run_id, seq, snapshot)
     JOIN won USING (run_id)
     ON CONFLICT (run_id) DO UPDATE SET seq = excluded.seq, snapshot = excluded.snapshot
-), compacted AS (
-    DELETE FROM journal
-    USING unnest(%(snapshot_ids)b::text[], %(snapshot_seqs)b::bigint[]) AS s(run_id, seq)
-    JOIN won USING (run_id)
-    WHERE journal.run_id = s.run_id AND journal.seq <= s.seq
 )
 SELECT run_id FROM won
 """
 
 # Any other commit, once _check_commit has locked the run's row and checked the request.
-# A snapshot covers this commit's entries: they are not stored, older ones are deleted.
+# A snapshot sums up the run up to this commit; the journal keeps every entry (history).
 _COMMIT = """
 WITH entries AS (
     INSERT INTO journal (run_id, seq, entry)
     SELECT %(run_id)s, %(seq)s + e.n, e.entry
     FROM unnest(%(entries)b::text[]) WITH ORDINALITY AS e(entry, n)
-    WHERE %(snapshot)s::text IS NULL
 ), events AS (
     INSERT INTO stream (run_id, seq, event)
     SELECT %(run_id)s,
@@ -162,9 +156,6 @@ WITH entries AS (
     INSERT INTO snapshots (run_id, seq, snapshot)
     SELECT %(run_id)s, %(new_seq)s, %(snapshot)s::text WHERE %(snapshot)s::text IS NOT NULL
     ON CONFLICT (run_id) DO UPDATE SET seq = excluded.seq, snapshot = excluded.snapshot
-), compacted AS (
-    DELETE FROM journal
-    WHERE run_id = %(run_id)s AND seq <= %(new_seq)s AND %(snapshot)s::text IS NOT NULL
 )
 UPDATE runs SET
     seq = %(new_seq)s,
@@ -417,15 +408,14 @@ class PostgresOps:
             )  # fmt: skip
             for key, value in zip(_BATCH_COLUMNS, row, strict=True):
                 params[key].append(value)
-            if r.snapshot is not None:  # it covers the entries: they are not stored
+            if r.snapshot is not None:  # it sums up the history; the entries stay
                 params["snapshot_ids"].append(r.run_id)
                 params["snapshot_seqs"].append(new_seq)
                 params["snapshots"].append(r.snapshot)
-            else:
-                for seq, entry in enumerate(r.entries, start=r.seq + 1):
-                    params["entry_ids"].append(r.run_id)
-                    params["entry_seqs"].append(seq)
-                    params["entries"].append(entry)
+            for seq, entry in enumerate(r.entries, start=r.seq + 1):
+                params["entry_ids"].append(r.run_id)
+                params["entry_seqs"].append(seq)
+                params["entries"].append(entry)
             for n, event in enumerate(r.stream, start=1):
                 params["event_ids"].append(r.run_id)
                 params["event_ns"].append(n)

@@ -117,13 +117,13 @@ local function reindex(id, old, new)
 end"""
 )
 
-# KEYS: run, journal, stream, inbox, inbox-step, snapshot
+# KEYS: run, journal, stream, inbox, inbox-step, snapshot, history
 # ARGV: prefix, run_id, channel (told the id of a queued run: a worker may take it),
 #       n_fields, field, value, ..., n_entries, entries..., stream events...
 CREATE = r"""
 local id, run = ARGV[2], KEYS[1]
 if redis.call('EXISTS', run) == 1 then return 0 end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
 local n_fields = tonumber(ARGV[4])
 local at = 5 + n_fields
 redis.call('HSET', run, unpack(slice(5, n_fields)))
@@ -143,7 +143,7 @@ if r.status == 'queued' then redis.call('PUBLISH', ARGV[3], id) end
 return 1
 """
 
-# KEYS: run, journal, stream, inbox, inbox-step, snapshot
+# KEYS: run, journal, stream, inbox, inbox-step, snapshot, history
 # ARGV: prefix, run_id, epoch, seq, new_seq, now, status, final, release,
 #       result?, error?, wake_at?, fingerprint?, snapshot?, waiters? (absent: a plain commit),
 #       n_entries, n_stream, n_done, entries..., stream events..., inbox ids done...
@@ -156,7 +156,8 @@ if bad then return bad end
 if tonumber(cur[1]) ~= tonumber(ARGV[3]) then return {'epoch', cur[1]} end
 if not cur[2] then return {'released', cur[1]} end
 if tonumber(cur[3]) ~= tonumber(ARGV[4]) then return {'seq', cur[3]} end
-local kinds = {KEYS[2], 'hash', KEYS[3], 'list', KEYS[4], 'hash', KEYS[5], 'hash', KEYS[6], 'hash'}
+local kinds = {KEYS[2], 'hash', KEYS[3], 'list', KEYS[4], 'hash', KEYS[5], 'hash', KEYS[6], 'hash',
+               KEYS[7], 'hash'}
 for i = 1, #kinds, 2 do  -- a damaged key would fail a write midway: refuse before the first
   local kind = redis.call('TYPE', kinds[i]).ok
   if kind ~= 'none' and kind ~= kinds[i + 1] then return {'damaged', kinds[i]} end
@@ -165,16 +166,21 @@ local old = state(run)
 local n_entries, n_stream, n_done = tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
 local at = 19
 local snapshot = opt(ARGV[14])
-if snapshot then  -- it covers this commit's entries too: the journal starts afresh
+local entries_key = KEYS[2]
+if snapshot then  -- it sums up the run to here: the journal's entries, and this commit's,
+  -- go to the history (kept for people and forks; load reads the snapshot and what follows)
+  chunked('HSET', KEYS[7], redis.call('HGETALL', KEYS[2]))
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[6], 'seq', ARGV[5], 'data', snapshot)
-elseif n_entries > 0 then
+  entries_key = KEYS[7]
+end
+if n_entries > 0 then
   local seq, pairs_ = tonumber(ARGV[4]), {}
   for i = 1, n_entries do
     pairs_[#pairs_ + 1] = string.format('%d', seq + i)
     pairs_[#pairs_ + 1] = ARGV[at + i - 1]
   end
-  chunked('HSET', KEYS[2], pairs_)
+  chunked('HSET', entries_key, pairs_)
 end
 at = at + n_entries
 chunked('RPUSH', KEYS[3], slice(at, n_stream))
@@ -396,7 +402,7 @@ for _, id in ipairs(ids) do
     index(id, r, false)
     redis.call('ZREM', P .. ':runs', id)
     redis.call('ZREM', P .. ':workflow:' .. r.workflow, id)
-    redis.call('DEL', run, P .. ':journal:' .. id, P .. ':snapshot:' .. id,
+    redis.call('DEL', run, P .. ':journal:' .. id, P .. ':history:' .. id, P .. ':snapshot:' .. id,
                P .. ':stream:' .. id, P .. ':inbox:' .. id, P .. ':inbox-step:' .. id)
     deleted = deleted + 1
   end

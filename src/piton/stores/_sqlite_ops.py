@@ -149,7 +149,6 @@ class SqliteOps:
                 "ON CONFLICT (run_id) DO UPDATE SET seq = excluded.seq, snapshot = excluded.snapshot",
                 (run_id, new_seq, r.snapshot),
             )
-            conn.execute("DELETE FROM journal WHERE run_id = ? AND seq <= ?", (run_id, new_seq))
         self._update_run(conn, r, current, changes)
 
     def _append(self, conn: sqlite3.Connection, r: CommitRequest) -> None:

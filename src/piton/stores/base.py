@@ -245,9 +245,11 @@ class Store(ABC):
         """The run's journal entries ``(seq, entry)`` with ``seq > after``, in order of seq, at
         most ``limit``: page through a long run with ``after`` = the last seq seen.
 
-        Entries a snapshot covers were compacted away and are not returned (the first
-        entry may come after ``after + 1``). ``RunNotFound`` if there is no such run.
-        This default reads the whole run (``load``); backends read only the page.
+        A snapshot does not delete the entries it sums up: the journal is the run's whole
+        history. (Runs written by a piton that compacted them lack those entries: the
+        first entry may then come after ``after + 1``.) ``RunNotFound`` if there is no
+        such run. This default reads only what ``load`` returns (the entries after the
+        snapshot); backends read the page from the whole history.
         """
         after, limit = check_page(after, limit)
         loaded = await self.load(run_id)

@@ -115,7 +115,9 @@ class MemoryStore(Store):
             record=copy.copy(record),
             snapshot=snapshot,
             snapshot_seq=snap_seq,
-            entries=[e for e in self._journal[run_id] if e[0] > snap_seq],
+            entries=self._journal[run_id][
+                bisect.bisect_right(self._journal[run_id], snap_seq, key=lambda e: e[0]) :
+            ],
             stream=list(self._stream[run_id]),
             inbox=list(self._inbox[run_id]),
         )
@@ -136,7 +138,6 @@ class MemoryStore(Store):
         record.inbox = len(self._inbox[request.run_id])
         if request.snapshot is not None:
             self._snapshots[request.run_id] = (record.seq, request.snapshot)
-            self._journal[request.run_id] = [e for e in journal if e[0] > record.seq]
         if request.fingerprint is not None:
             record.fingerprint = request.fingerprint
         if not request.plain:

@@ -17,9 +17,12 @@ Keys (``P`` is the prefix; a run id or workflow name ends a key, so no two colli
 - ``P:run:<id>``: a hash, the run's ``RunRecord`` fields (a field that is None is absent;
   ``waiters`` is absent in a run written before schema version 2: it reads as 0, and
   ``stuck`` takes such a run's waiters as unknown, so it does not report it).
-- ``P:journal:<id>``: a hash, journal seq -> entry, for the entries after the snapshot.
+- ``P:journal:<id>``: a hash, journal seq -> entry, for the entries after the snapshot
+  (what ``load`` reads).
 - ``P:snapshot:<id>``: a hash, ``seq`` and ``data``; a commit with a snapshot replaces it
-  and empties the journal it covers.
+  and moves the entries it sums up to the history.
+- ``P:history:<id>``: a hash, journal seq -> entry, for the entries up to the snapshot:
+  with the journal, the run's whole history (``Store.journal`` reads both).
 - ``P:stream:<id>``: a list, the events published to the run's stream.
 - ``P:inbox:<id>`` and ``P:inbox-step:<id>``: hashes, message id -> event and -> the step
   it is addressed to; ids come from the counter ``P:inbox-id``, unique across runs.
@@ -137,6 +140,10 @@ if found and found < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) 
 return redis.call('GET', KEYS[1])
 """
 
+
+
+def _either(first: bytes | None, second: bytes | None) -> bytes | None:
+    return first if first is not None else second
 
 class RedisStore(ServerStore[Engine]):
     """Runs kept in Redis under a key prefix. ``RedisStore("redis://host:6379/0")``.
@@ -297,8 +304,8 @@ class RedisStore(ServerStore[Engine]):
         return f"{self.prefix}:{kind}" if name is None else f"{self.prefix}:{kind}:{name}"
 
     def _run_keys(self, run_id: str) -> list[str]:
-        """run, journal, stream, inbox, inbox-step, snapshot: the keys of one run."""
-        kinds = ("run", "journal", "stream", "inbox", "inbox-step", "snapshot")
+        """run, journal, stream, inbox, inbox-step, snapshot, history: the keys of one run."""
+        kinds = ("run", "journal", "stream", "inbox", "inbox-step", "snapshot", "history")
         return [self._key(kind, run_id) for kind in kinds]
 
     # -- the Store protocol -------------------------------------------------------------------
@@ -392,7 +399,7 @@ class RedisStore(ServerStore[Engine]):
         return None
 
     async def load(self, run_id: str) -> Loaded:
-        run, journal, stream, inbox, steps, snapshot = self._run_keys(run_id)
+        run, journal, stream, inbox, steps, snapshot, _ = self._run_keys(run_id)
 
         async def read(client: aioredis.Redis) -> list[Any]:
             pipe = client.pipeline(transaction=True)  # MULTI/EXEC: one consistent view
@@ -598,27 +605,29 @@ class RedisStore(ServerStore[Engine]):
         self, run_id: str, after: int = 0, limit: int = 1000
     ) -> list[tuple[int, str]]:
         after, limit = check_page(after, limit)
-        run, journal, _, _, _, snapshot = self._run_keys(run_id)
+        run, journal, _, _, _, _, history = self._run_keys(run_id)
         codec = self._codec
 
         async def read(client: aioredis.Redis) -> list[tuple[int, str]]:
             pipe = client.pipeline(transaction=True)
             pipe.exists(run)
             pipe.hget(run, "seq")
-            pipe.hget(snapshot, "seq")
-            exists, seq, snap_seq = await pipe.execute()
+            exists, seq = await pipe.execute()
             if not exists:
                 raise codec.missing(run_id)
             last = codec.number(seq, run_id, "the run's seq")
-            first = max(after, codec.number(snap_seq or b"0", run_id, "the snapshot's seq")) + 1
+            first = after + 1
             numbers = list(range(first, min(last, first + limit - 1) + 1))
             if not numbers:
                 return []
-            bodies = cast(list[bytes | None], await client.hmget(journal, numbers))
+            pipe = client.pipeline(transaction=True)  # a snapshot may move entries meanwhile
+            pipe.hmget(history, numbers)
+            pipe.hmget(journal, numbers)
+            old, tail = cast(list[list[bytes | None]], await pipe.execute())
             return [
                 (n, codec.parts.text(body, run_id, f"journal entry seq {n}"))
-                for n, body in zip(numbers, bodies, strict=True)
-                if body is not None  # compacted into a snapshot meanwhile
+                for n, body in zip(numbers, map(_either, old, tail), strict=True)
+                if body is not None  # compacted away by a piton that did not keep history
             ]
 
         return await self._read(read)
