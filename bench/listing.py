@@ -74,8 +74,9 @@ finally:
 SPLITS: dict[str, list[tuple[float, float]]] = {}
 
 
-def command(args: list[str], repeat: int) -> float:
-    """The median wall time of ``python ARGS`` (``-m piton ...`` runs through ``SPLIT``)."""
+def command(args: list[str], repeat: int, name: str = "") -> float:
+    """The median wall time of ``python ARGS`` (``-m piton ...`` runs through ``SPLIT``,
+    its import and run times kept in ``SPLITS[name]``)."""
     samples = []
     env = dict(os.environ, COLUMNS="200")
     env.pop("PITON_STORE", None)
@@ -89,7 +90,7 @@ def command(args: list[str], repeat: int) -> float:
             raise SystemExit(f"{args} failed: {done.stderr}")
         if split:
             imports, work = done.stderr.rsplit("SPLIT ", 1)[1].split()
-            SPLITS.setdefault(" ".join(args[2:4]), []).append((float(imports), float(work)))
+            SPLITS.setdefault(name, []).append((float(imports), float(work)))
     return median_ms(samples)
 
 
@@ -145,17 +146,13 @@ async def measure(url: str, seed_url: str, args: argparse.Namespace) -> dict[str
         found["journal last page of 200"] = await timed(journal, r)
     cli = ["-m", "piton"]
     n = args.cli_repeat
-    found["piton runs"] = command([*cli, "runs", "--store", url], n)
-    found["piton runs --after (deep)"] = command(
-        [*cli, "runs", "--store", url, "--after", cursor], n
-    )
-    found["piton runs --status failed"] = command(
-        [*cli, "runs", "--store", url, "--status", "failed"], n
-    )
-    after = str(args.entries - 200)
-    found["piton show --after (last page)"] = command(
-        [*cli, "show", "long", "--store", url, "--after", after], n
-    )
+    for name, words in (
+        ("piton runs", ["runs"]),
+        ("piton runs --after (deep)", ["runs", "--after", cursor]),
+        ("piton runs --status failed", ["runs", "--status", "failed"]),
+        ("piton show --after (last page)", ["show", "long", "--after", str(args.entries - 200)]),
+    ):
+        found[name] = command([*cli, *words, "--store", url], n, name)
     return found
 
 
@@ -218,7 +215,7 @@ def main() -> None:
         for name, pairs in SPLITS.items():
             imports = median_ms([p[0] for p in pairs])
             work = median_ms([p[1] for p in pairs])
-            print(f"  piton {name}: importing piton.cli {imports} ms, then the command {work} ms")
+            print(f"  {name}: importing piton.cli {imports} ms, then the command {work} ms")
         SPLITS.clear()
 
 
