@@ -67,9 +67,11 @@ class Progress:
 
     async def poll(self) -> RunRecord | None:
         record = await self.store.get(self.run_id)
-        if record is not None and record.seq > self.seen:
-            loaded = await self.store.load(self.run_id)
-            self.show([(s, t) for s, t in loaded.entries if s > self.seen])
+        while record is not None and record.seq > self.seen:
+            page = await self.store.journal(self.run_id, after=self.seen, limit=500)
+            if not page:
+                break
+            self.show(page)
         return record
 
     def show(self, entries: list[tuple[int, str]]) -> None:
@@ -81,7 +83,9 @@ class Progress:
                 self.steps += 1
             took = f" ({span(row['took'])})" if isinstance(row.get("took"), int | float) else ""
             self.console.print(
-                f"  [dim]{row['seq']:>4}[/dim]  {escape(row['what'])}{took}", highlight=False
+                f"  [dim]{row['seq']:>4}[/dim]  {escape(row['what'])}{took}",
+                highlight=False,
+                soft_wrap=True,
             )
             waits = row["what"].split("waits for ", 1)
             if row["kind"] == "StepWaits" and len(waits) == 2:
@@ -93,6 +97,7 @@ class Progress:
                         f"piton send {escape(self.run_id)} {escape(event)} --data '{{...}}' "
                         f"{escape(self.hint)}",
                         highlight=False,
+                        soft_wrap=True,
                     )
 
     async def follow(self) -> None:
