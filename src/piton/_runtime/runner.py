@@ -78,9 +78,6 @@ class InMemory:
 class Runner:
     """Owns a live run: its RunState, step tasks, timers and event stream."""
 
-    tel: RunTrace | None = None
-    """The OpenTelemetry span of this execution of the run (None: telemetry is off)."""
-
     def __init__(
         self,
         engine: Engine,
@@ -118,6 +115,8 @@ class Runner:
         # a worker that shuts down lets the steps running now finish, and starts no other:
         # the run's next owner starts them (they are in the journal as running)
         self.draining = False
+        # the OpenTelemetry span of this execution of the run (None: telemetry is off)
+        self.tel: RunTrace | None = None
         link.run = self
         self._dispatch: dict[type[Any], Callable[[Any], None]] = {
             i.RunStep: self._run_step,
