@@ -11,6 +11,7 @@ import functools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
@@ -19,7 +20,8 @@ from ._core.graph import Graph, StepNode, build_graph
 from ._runtime.engine import Engine, RunConfig, RunLink, StepCall
 from ._waits import OPEN, Waits, merge, scan
 from .decorators import STEP_ATTR, StepOptions, StepSpec, _Unresolved, build_spec
-from .errors import WorkflowValidationError
+from .errors import StartStopEventError, WorkflowValidationError
+from .events import StartEvent, StopEvent
 from .resource import ResourceManager
 
 if TYPE_CHECKING:
@@ -69,13 +71,65 @@ def build_engine(
     )
 
 
-def compile_workflow(cls: type[Workflow], *, validate: bool) -> Compiled:
-    """Read the steps of ``cls`` (and steps added to it) into specs, a graph and waits."""
-    specs: dict[str, StepSpec] = {}
+def _namespace(cls: type[Workflow]) -> dict[str, Any]:
+    """The names a step annotation of ``cls`` may use: its module's and its own."""
     module = sys.modules.get(cls.__module__)
     localns = dict(vars(module)) if module is not None else {}
     localns.update(vars(cls))
     localns.setdefault(cls.__name__, cls)
+    return localns
+
+
+def check_annotations(cls: type[Workflow]) -> None:
+    """At class definition: raise if a step annotation names something that cannot be
+    defined later, as llama-index-workflows reports it when the class is defined.
+
+    A name the class's module assigns further down (an event class defined after the
+    workflow, while the module is still being imported) is left for the build to
+    resolve, as before."""
+    localns: dict[str, Any] | None = None
+    added = _added(cls)
+    for func in cls._step_functions().values():
+        options: StepOptions = getattr(func, STEP_ATTR)
+        if localns is None:
+            localns = _namespace(cls)
+        try:
+            build_spec(
+                func, options, is_method=func not in added, owner=cls.__name__, localns=localns
+            )
+        except _Unresolved as exc:
+            name = getattr(exc.__cause__, "name", None)
+            if name is None or _may_be_defined_later(cls.__module__, name):
+                continue
+            raise WorkflowValidationError(
+                f"{exc}, and nothing defines it. Import or define '{name}' before the "
+                "workflow class, or fix the annotation."
+            ) from exc
+        except WorkflowValidationError:
+            continue  # a signature error: @step reports those, and the build again
+
+
+def _may_be_defined_later(module_name: str, name: str) -> bool:
+    """Whether the module ``module_name`` is still running its body (it is being imported,
+    or it is the script) and that body assigns or imports ``name`` somewhere."""
+    frame: FrameType | None = sys._getframe(1)
+    try:
+        while frame is not None:
+            if (
+                frame.f_code.co_name == "<module>"
+                and frame.f_globals.get("__name__") == module_name
+            ):
+                return name in frame.f_code.co_names
+            frame = frame.f_back
+    finally:
+        del frame
+    return False
+
+
+def compile_workflow(cls: type[Workflow], *, validate: bool) -> Compiled:
+    """Read the steps of ``cls`` (and steps added to it) into specs, a graph and waits."""
+    specs: dict[str, StepSpec] = {}
+    localns = _namespace(cls)
     added = _added(cls)
     for name, func in cls._step_functions().items():
         options: StepOptions = getattr(func, STEP_ATTR)
@@ -109,9 +163,49 @@ def compile_workflow(cls: type[Workflow], *, validate: bool) -> Compiled:
         )
         for name, spec in specs.items()
     }
+    if validate:
+        _check_start_and_stop(cls.__name__, specs)
     graph = build_graph(cls.__name__, nodes, state_type=state_type, validate=validate)
     waits = merge([scan(spec.func, spec.ctx_param, localns) for spec in specs.values()])
     return Compiled(specs=specs, graph=graph, waits=waits)
+
+
+def _check_start_and_stop(workflow: str, specs: dict[str, StepSpec]) -> None:
+    """Exactly one StartEvent type taken and one StopEvent type returned, as
+    llama-index-workflows requires (it raises WorkflowConfigurationError for these)."""
+    where = f"Workflow '{workflow}'"
+    if not specs:
+        raise StartStopEventError(
+            f"{where} has no steps. Decorate its methods with @step, or register free "
+            "functions with @step(workflow=...)."
+        )
+    starts = {t for s in specs.values() for t in s.accepted if issubclass(t, StartEvent)}
+    stops = {t for s in specs.values() for t in s.returns if issubclass(t, StopEvent)}
+    if not starts:
+        raise StartStopEventError(
+            f"{where}: no step accepts a StartEvent, so a run could never begin. Give one "
+            "step an event parameter annotated `ev: StartEvent` (or a StartEvent subclass)."
+        )
+    if len(starts) > 1:
+        raise StartStopEventError(
+            f"{where}: steps accept different StartEvent types ({_names(starts)}); a "
+            "workflow has exactly one start event type."
+        )
+    if not stops:
+        raise StartStopEventError(
+            f"{where}: no step returns a StopEvent, so a run could never finish. Annotate "
+            "the last step `-> StopEvent` and return `StopEvent(result=...)`."
+        )
+    if len(stops) > 1:
+        raise StartStopEventError(
+            f"{where}: steps return different StopEvent types ({_names(stops)}); a workflow "
+            "has exactly one stop event type. Return the same one from every step that ends "
+            "the run (a StopEvent subclass with fields for a typed result)."
+        )
+
+
+def _names(types: set[type[Any]]) -> str:
+    return ", ".join(sorted(t.__name__ for t in types))
 
 
 def _check_state_type(workflow: str, state_type: type[Any]) -> None:
@@ -133,4 +227,4 @@ def _added(cls: type[Workflow]) -> set[Callable[..., Any]]:
     return {f for klass in cls.__mro__ for f in vars(klass).get("_piton_added_steps", {}).values()}
 
 
-__all__ = ["Compiled", "build_engine", "compile_workflow"]
+__all__ = ["Compiled", "build_engine", "check_annotations", "compile_workflow"]

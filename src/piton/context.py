@@ -24,6 +24,7 @@ from ._runtime.engine import LiveRun, RunLink, StepControl
 from ._runtime.steps import WaitingForEvent
 from .errors import (
     ContextSerdeError,
+    ContextStateError,
     PitonError,
     StateKeyError,
     WorkflowRuntimeError,
@@ -218,7 +219,7 @@ class Context(Generic[StateT]):
     def _live(self, what: str) -> LiveRun:
         run = self._link.run
         if run is None or run.state.finished:
-            raise WorkflowRuntimeError(
+            raise ContextStateError(
                 f"ctx.{what}() needs a running workflow; this context's run has not started "
                 "or has finished. Call it from a step or while `handler` is running."
             )
@@ -234,7 +235,7 @@ class Context(Generic[StateT]):
             self._live("write_event_to_stream").stream_write(event)
 
     def _step_only(self, what: str) -> StepControl:
-        raise WorkflowRuntimeError(f"ctx.{what}() can only be called inside a step.")
+        raise ContextStateError(f"ctx.{what}() can only be called inside a step.")
 
     def collect_events(
         self, ev: Event, expected: list[type[Event]], buffer_id: str | None = None
@@ -412,7 +413,10 @@ def prepare_run(ctx: Context[Any], workflow: Workflow) -> RunLink:
             f"'{workflow.workflow_name}'."
         )
     if ctx.is_running:
-        raise WorkflowRuntimeError("This context is already running a workflow.")
+        raise ContextStateError(
+            "This context is already running a workflow. Wait for that run to finish, or "
+            "start the new run with a new Context."
+        )
     ctx._workflow = workflow
     return ctx._link
 

@@ -4,10 +4,14 @@ Every error derives from :class:`PitonError`::
 
     PitonError
     ├── WorkflowValidationError        the step graph or a signature is wrong (build time)
+    │   └── StartStopEventError        no StartEvent consumer / StopEvent producer, or two
+    │                                  types of either (also a WorkflowConfigurationError)
     ├── WorkflowConfigurationError     a bad option: num_workers, a store URL, ...
     ├── WorkflowRuntimeError           something went wrong while a run was executing
     │   ├── WorkflowTimeoutError       the run (or a step) used up its time
     │   ├── WorkflowCancelledByUser    handler.cancel_run() was called
+    │   ├── ContextStateError          a Context method called where it cannot work
+    │   ├── InvalidStartEvent          run(start_event=...) of what is not a StartEvent
     │   ├── EventNotAccepted           send_event() of an event type the workflow does not know
     │   ├── TooManyPendingEvents       a run already keeps as many untaken events as it may
     │   ├── RunStateMismatch           a rebuilt run disagrees with the store's record of it
@@ -43,6 +47,12 @@ class WorkflowConfigurationError(PitonError):
     """An option given to a workflow, step or store is invalid."""
 
 
+class StartStopEventError(WorkflowValidationError, WorkflowConfigurationError):
+    """No step accepts a StartEvent or returns a StopEvent, or steps use two types of
+    either. llama-index-workflows raises ``WorkflowConfigurationError`` here, piton raised
+    ``WorkflowValidationError``: this is both, so code catching either name works."""
+
+
 class WorkflowRuntimeError(PitonError):
     """A run could not go on."""
 
@@ -53,6 +63,18 @@ class WorkflowTimeoutError(WorkflowRuntimeError, TimeoutError):
 
 class WorkflowCancelledByUser(WorkflowRuntimeError):
     """The run was cancelled with ``handler.cancel_run()``."""
+
+
+class ContextStateError(WorkflowRuntimeError):
+    """A ``Context`` method was called where it cannot work: a step-only method outside a
+    step, an event sent to a context whose run has not started or has finished, a second
+    run on a context that is running one. The llama-index-workflows name; a
+    ``WorkflowRuntimeError``, which piton raised there before."""
+
+
+class InvalidStartEvent(WorkflowRuntimeError, ValueError):
+    """``run(start_event=...)`` got something that is not a ``StartEvent``. Also a
+    ``ValueError``, which is what llama-index-workflows raises there."""
 
 
 class EventNotAccepted(WorkflowRuntimeError):
@@ -120,14 +142,17 @@ class JournalCorrupted(StoreError):
 
 __all__ = [
     "ContextSerdeError",
+    "ContextStateError",
     "EventNotAccepted",
     "IncompatibleWorkflowChange",
     "InvalidCursor",
+    "InvalidStartEvent",
     "JournalCorrupted",
     "LeaseLost",
     "PitonError",
     "RunNotFound",
     "RunStateMismatch",
+    "StartStopEventError",
     "StateKeyError",
     "StoreError",
     "StoreUnavailable",

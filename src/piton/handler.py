@@ -11,6 +11,7 @@ from typing import Any
 from ._core.status import RunStatus
 from ._runtime.engine import RunControl
 from .context import Context
+from .errors import WorkflowRuntimeError
 from .events import Event, StopEvent
 from .views import Waiting, waiting_of
 
@@ -27,6 +28,7 @@ class WorkflowHandler(asyncio.Future[Any]):
         self._run_id = run_id
         self._ctx = ctx
         self._control = control
+        self._stream_consumed = False  # a stream_events() went past the StopEvent
         # the run does not keep its handler alive: a handler nobody holds is collected,
         # and a durable run then keeps nothing in this process once it parks
         control.outcome.add_done_callback(functools.partial(_tell, weakref.ref(self)))
@@ -70,20 +72,34 @@ class WorkflowHandler(asyncio.Future[Any]):
         return [] if state is None or state.finished else waiting_of(state)
 
     async def stream_events(
-        self, expose_internal: bool = False, *, cursor: int = 0
+        self, expose_internal: bool = False, *, cursor: int | None = None
     ) -> AsyncIterator[Event]:
         """Events published by the run, ending with its StopEvent, then live ones as they come.
 
         ``cursor`` skips the first ``cursor`` events: a listener that saw n events and
         re-attaches (after a crash, from another process) passes ``cursor=n`` to go on where
         it stopped. A durable run's stream is stored, so it replays from the first event.
+        Once a ``stream_events()`` of this handler has gone past the StopEvent, another
+        one without ``cursor=`` raises ``WorkflowRuntimeError``, as in llama-index-workflows;
+        with ``cursor=0`` it reads the stream again from its start.
         ``expose_internal`` is accepted for llama-index-workflows compatibility; piton
         publishes no internal events.
         """
-        if cursor < 0:
+        if cursor is None:
+            if self._stream_consumed:
+                raise WorkflowRuntimeError(
+                    f"All the streamed events of run '{self._run_id}' have already been "
+                    "consumed by an earlier stream_events() of this handler. To read them "
+                    "again, pass a cursor: stream_events(cursor=0) from the first event, "
+                    "stream_events(cursor=n) after the first n."
+                )
+            cursor = 0
+        elif cursor < 0:
             raise ValueError(f"stream_events(cursor={cursor}): the cursor counts events, >= 0.")
         async for ev in self._control.events(cursor):
             yield ev
+            if isinstance(ev, StopEvent):
+                self._stream_consumed = True
 
     def get_stop_event(self) -> StopEvent | None:
         """The event that closed the run's stream, once it is done: its ``StopEvent``, or a

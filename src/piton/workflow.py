@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
-from ._compile import Compiled, build_engine, compile_workflow
+from ._compile import Compiled, build_engine, check_annotations, compile_workflow
 from ._core.state import MAX_PENDING_EVENTS, RunState
 from ._runtime.clock import SYSTEM_CLOCK, Clock
 from ._runtime.durable import CANCEL_MESSAGE, RunDriver
@@ -21,6 +21,7 @@ from ._runtime.runner import Runner
 from .context import Context, link_of, prepare_run
 from .decorators import STEP_ATTR
 from .errors import (
+    InvalidStartEvent,
     RunNotFound,
     WorkflowConfigurationError,
     WorkflowRuntimeError,
@@ -52,6 +53,7 @@ class Workflow:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._piton_added_steps = {}
+        check_annotations(cls)  # a name no step annotation can ever resolve: report it now
 
     def __init__(
         self,
@@ -109,7 +111,13 @@ class Workflow:
     @classmethod
     def add_step(cls, func: Callable[..., Any]) -> None:
         """Register a free function as a step of this workflow (``@step(workflow=W)``)."""
-        name = func.__name__
+        name = getattr(func, "__name__", repr(func))
+        if not hasattr(func, STEP_ATTR):
+            raise WorkflowValidationError(
+                f"Step function {name} is missing the `@step` decorator: add_step() of "
+                f"workflow '{cls.__name__}' takes steps. Decorate it with "
+                f"`@step(workflow={cls.__name__})`, which also adds it."
+            )
         existing = cls._step_functions()
         if name in existing and existing[name] is not func:
             raise WorkflowValidationError(
@@ -396,14 +404,16 @@ class Workflow:
     ) -> StartEvent:
         cls = compiled.graph.start_event
         if start_event is not None:
+            if not isinstance(start_event, StartEvent):
+                raise InvalidStartEvent(
+                    f"The 'start_event' argument must be an instance of 'StartEvent', got "
+                    f"{type(start_event).__qualname__}. Pass an instance of {cls.__name__} "
+                    f"(workflow '{self.workflow_name}'), or keyword arguments to build one."
+                )
             if kwargs:
                 raise WorkflowRuntimeError(
                     f"run() got both start_event and keyword arguments ({', '.join(kwargs)}); "
                     "pass one or the other."
-                )
-            if not isinstance(start_event, StartEvent):
-                raise WorkflowRuntimeError(
-                    f"start_event must be a StartEvent, got {type(start_event).__qualname__}."
                 )
             return start_event
         try:
