@@ -218,7 +218,7 @@ def waits_json(r: RunRecord) -> dict[str, Any]:
 @dataclass
 class _Page:
     record: RunRecord
-    snapshot_seq: int  # entries 1..snapshot_seq are compacted into a snapshot
+    snapshot_seq: int  # entries 1..snapshot_seq are not kept (an older piton compacted them)
     entries: list[tuple[int, str]]
     more: bool
 
@@ -304,7 +304,10 @@ def show(run_id: str, store: str | None, after: int, limit: int, as_json: bool) 
     if r.result is not None:
         console.print(f"result: {shown_value(r.result)[:500]}", markup=False)
     if page.snapshot_seq and after < page.snapshot_seq:
-        console.print(f"entries 1..{page.snapshot_seq} are compacted into a snapshot")
+        console.print(
+            f"entries 1..{page.snapshot_seq} are not kept (compacted away by a piton before "
+            "0.2, which did not keep a run's history)"
+        )
     shown = (
         f"entries {page.entries[0][0]}..{page.entries[-1][0]} of {r.seq}"
         if page.entries
