@@ -1,15 +1,24 @@
 """Events: pydantic models that flow between steps.
 
 Events accept extra fields (``StartEvent(ids=[1])``) which read like attributes
-(``ev.ids``) or like a dict (``ev["ids"]``, ``ev.get("ids")``).
+(``ev.ids``) or like a dict (``ev["ids"]``, ``ev.get("ids")``). As in
+llama-index-workflows, the dict side (``[]``, ``get``, ``in``, ``len``, ``keys``,
+``values``, ``items``, iteration, ``to_dict``) holds the extra fields only; declared
+fields are attributes.
 """
 
 from __future__ import annotations
 
 from collections.abc import ItemsView, Iterator, KeysView, ValuesView
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    PlainSerializer,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 
 class Event(BaseModel):
@@ -17,52 +26,52 @@ class Event(BaseModel):
 
     model_config = ConfigDict(extra="allow", arbitrary_types_allowed=True)
 
-    def _fields(self) -> dict[str, Any]:
-        data = {name: getattr(self, name) for name in type(self).model_fields}
-        if self.__pydantic_extra__:
-            data.update(self.__pydantic_extra__)
-        return data
+    def _extra(self) -> dict[str, Any]:
+        extra = self.__pydantic_extra__  # a dict with extra="allow"; None only mid-init
+        return extra if extra is not None else {}
 
     def __getitem__(self, key: str) -> Any:
-        fields = self._fields()  # a field named like a method (`items`, `keys`) wins
-        if key in fields:
-            return fields[key]
-        try:
-            return getattr(self, key)
-        except AttributeError:
-            raise KeyError(key) from None
+        return self._extra()[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
-        setattr(self, key, value)
+        setattr(self, key, value)  # a declared field's name sets the field
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and key in self._fields()
+        return key in self._extra()
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self._fields().get(key, default)
+        return self._extra().get(key, default)
 
     def keys(self) -> KeysView[str]:
-        return self._fields().keys()
+        return self._extra().keys()
 
     def values(self) -> ValuesView[Any]:
-        return self._fields().values()
+        return self._extra().values()
 
     def items(self) -> ItemsView[str, Any]:
-        return self._fields().items()
+        return self._extra().items()
 
     def __len__(self) -> int:
-        return len(self._fields())
+        return len(self._extra())
 
     def __iter__(self) -> Iterator[str]:  # type: ignore[override]
-        """The field names, as iterating a dict gives its keys."""
-        return iter(self._fields())
+        """The extra fields' names, as iterating a dict gives its keys."""
+        return iter(self._extra())
 
     def __bool__(self) -> bool:
         return True
 
     def to_dict(self) -> dict[str, Any]:
-        """The event's fields, declared and extra, as a plain dict."""
-        return self.model_dump()
+        """The extra fields, as a plain dict (declared fields are attributes)."""
+        return dict(self._extra())
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """Declared fields only, as llama-index-workflows shows an event."""
+        fields = type(self).model_fields
+        for name, value in self.__dict__.items():
+            info = fields.get(name)
+            if info is not None and info.repr:
+                yield name, value
 
 
 class StartEvent(Event):
@@ -80,15 +89,50 @@ class StopEvent(Event):
     def __init__(self, result: Any = None, **kwargs: Any) -> None:
         super().__init__(result=result, **kwargs)
 
+    @model_serializer(mode="wrap")
+    def _dump_result_last(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """``result`` comes last, and not at all while it is None (llama-index-workflows)."""
+        data = handler(self)
+        if isinstance(data, dict) and "result" in data:
+            result = data.pop("result")
+            if self.result is not None:
+                data["result"] = result
+        return data
+
+    def __repr__(self) -> str:
+        """Extra data, then the dump (declared fields, ``result`` last when set), as
+        llama-index-workflows shows a StopEvent."""
+        try:
+            dumped = self.model_dump()
+        except Exception:  # noqa: BLE001 - a repr must not fail: the plain pydantic one
+            return super().__repr__()
+        shown = {**self._extra(), **dumped}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+    def __str__(self) -> str:
+        return str(self.result)
+
+
+def _dump_exception(error: Any) -> Any:
+    if not isinstance(error, BaseException):
+        return error
+    kind = type(error)
+    return {
+        "exception_type": f"{kind.__module__}.{kind.__qualname__}",
+        "exception_message": str(error),
+    }
+
 
 class WorkflowFailedEvent(StopEvent):
     """Published last on the stream when a step fails for good (no retry left).
 
-    ``await handler`` raises ``exception``, the step's own error.
+    ``await handler`` raises ``exception``, the step's own error. ``model_dump()`` gives
+    the exception as ``{"exception_type": "module.QualName", "exception_message": str(e)}``,
+    as llama-index-workflows does.
     """
 
     step_name: str = ""
-    exception: Any = None
+    exception: Annotated[Any, PlainSerializer(_dump_exception)] = None
     attempts: int | None = None
     elapsed_seconds: float | None = None
 
