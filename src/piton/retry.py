@@ -70,11 +70,17 @@ class RetryCondition:
     def __call__(self, error: BaseException) -> bool:
         raise NotImplementedError
 
-    def __or__(self, other: RetryCondition) -> RetryCondition:
+    def __or__(self, other: Callable[[BaseException], bool]) -> RetryCondition:
         return retry_any(self, other)
 
-    def __and__(self, other: RetryCondition) -> RetryCondition:
+    def __and__(self, other: Callable[[BaseException], bool]) -> RetryCondition:
         return retry_all(self, other)
+
+    def __ror__(self, other: Callable[[BaseException], bool]) -> RetryCondition:
+        return retry_any(other, self)  # a plain predicate on the left
+
+    def __rand__(self, other: Callable[[BaseException], bool]) -> RetryCondition:
+        return retry_all(other, self)
 
 
 class retry_if_exception(RetryCondition):
@@ -89,6 +95,7 @@ class retry_if_exception_type(retry_if_exception):
     def __init__(
         self, exception_types: type[BaseException] | tuple[type[BaseException], ...] = Exception
     ) -> None:
+        self.exception_types = exception_types
         super().__init__(lambda e: isinstance(e, exception_types))
 
 
@@ -96,6 +103,7 @@ class retry_if_not_exception_type(retry_if_exception):
     def __init__(
         self, exception_types: type[BaseException] | tuple[type[BaseException], ...] = Exception
     ) -> None:
+        self.exception_types = exception_types
         super().__init__(lambda e: not isinstance(e, exception_types))
 
 
@@ -199,7 +207,11 @@ class WaitStrategy:
         return wait_combine(self, other)
 
     def __radd__(self, other: object) -> WaitStrategy:
-        return self if other == 0 else NotImplemented  # lets sum() work
+        if other == 0:
+            return self  # lets sum() work
+        if callable(other):  # a plain wait function on the left
+            return wait_combine(other, self)  # type: ignore[arg-type]
+        return NotImplemented
 
 
 class wait_fixed(WaitStrategy):
@@ -335,6 +347,12 @@ class StopCondition:
 
     def __and__(self, other: StopCondition) -> StopCondition:
         return stop_all(self, other)
+
+    def __ror__(self, other: StopCondition) -> StopCondition:
+        return stop_any(other, self)  # a plain stop function on the left
+
+    def __rand__(self, other: StopCondition) -> StopCondition:
+        return stop_all(other, self)
 
 
 class stop_after_attempt(StopCondition):

@@ -366,3 +366,26 @@ def test_deprecated_policies_are_importable_from_piton() -> None:
         piton.ConstantDelayRetryPolicy()
     with pytest.warns(DeprecationWarning):
         piton.ExponentialBackoffRetryPolicy()
+
+
+def test_plain_functions_combine_on_either_side() -> None:
+    def is_key_error(error: BaseException) -> bool:
+        return isinstance(error, KeyError)
+
+    either: Any = is_key_error | retry_if_exception_type(ValueError)
+    assert either(KeyError()) and either(ValueError()) and not either(RuntimeError())
+    both: Any = is_key_error & retry_if_exception_message(match="x")
+    assert both(KeyError("x")) and not both(KeyError("y"))
+
+    def one_second(attempts: int, *, seed: int | None = None) -> float:
+        return 1.0
+
+    summed: Any = one_second + wait_fixed(2)
+    assert summed(0) == 3.0
+
+    def after_two(attempts: int, elapsed_time: float, *, upcoming_sleep: float = 0.0) -> bool:
+        return attempts >= 2
+
+    stop: Any = after_two | stop_after_delay(10)
+    assert stop(2, 0.0) and stop(1, 10.0) and not stop(1, 0.0)
+    assert retry_if_exception_type(KeyError).exception_types is KeyError
