@@ -11,6 +11,7 @@ import asyncio
 import copy
 import functools
 import json
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ._core import paths
 from ._core.state import RunState
+from ._llama_snapshot import is_llama_snapshot, read_llama_snapshot
 from ._run_codec import decode_run, encode_run
 from ._runtime.engine import LiveRun, RunLink, StepControl
 from ._runtime.steps import WaitingForEvent
@@ -319,17 +321,31 @@ class Context(Generic[StateT]):
         data: Mapping[str, Any] | str | bytes,
         serializer: JsonSerializer | None = None,
     ) -> Context[Any]:
-        """Rebuild a context from :meth:`to_dict`'s output (str or bytes values, or its JSON)."""
+        """Rebuild a context from :meth:`to_dict`'s output (str or bytes values, or its JSON).
+
+        Also reads what llama-index-workflows' ``Context.to_dict()`` made (the nested
+        dict, its JSON, or a Redis hash of it), so a run in flight there goes on here.
+        """
         ser = serializer or JsonSerializer()
         graph = workflow._compiled().graph
         tree = _parse_flat(data)
+        if is_llama_snapshot(tree):  # made by llama-index-workflows: a run moving to piton
+            ctx: Context[Any] = cls(workflow, serializer=ser)
+            ctx._link.state = read_llama_snapshot(tree, workflow, uuid.uuid4().hex)
+            return ctx
+        if "format" not in tree:
+            raise ContextSerdeError(
+                "The data is neither a piton context (no 'format' key) nor one made by "
+                "llama-index-workflows (no 'version', 'state' or 'is_running'). Pass what "
+                "ctx.to_dict() returned."
+            )
         stored = tree.pop("serializer", "json")
         if stored == "pickle" and ser.name != "pickle":
             raise ContextSerdeError(
                 "This context was written with PickleSerializer; pass "
                 "serializer=PickleSerializer() to from_dict() to read it."
             )
-        ctx: Context[Any] = cls(workflow, serializer=ser)
+        ctx = cls(workflow, serializer=ser)
         try:
             ctx._link.state = decode_run(tree, graph, ser)
         except ContextSerdeError:
@@ -346,7 +362,10 @@ class Context(Generic[StateT]):
 
 
 def _parse_flat(data: Mapping[str, Any] | str | bytes) -> dict[str, Any]:
-    """to_dict()'s flat dict (str or bytes values, or its JSON text) -> one JSON tree per key."""
+    """to_dict()'s flat dict (str or bytes values, or its JSON text) -> one JSON tree per key.
+
+    A llama-index-workflows context (nested, or kept in a Redis hash) comes out as its tree.
+    """
     if isinstance(data, str | bytes):
         data = _json_value(data, "The context data")
     if not isinstance(data, Mapping):
@@ -363,10 +382,6 @@ def _parse_flat(data: Mapping[str, Any] | str | bytes) -> dict[str, Any]:
         key = str(raw_key)
         tree[key] = (
             _json_value(raw, f"Context key '{key[:80]}'") if isinstance(raw, str | bytes) else raw
-        )
-    if "format" not in tree:
-        raise ContextSerdeError(
-            "The data is not a piton context (no 'format' key). Pass what ctx.to_dict() returned."
         )
     return tree
 
