@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 VERSIONS = (1, 2)
 """The llama-index-workflows serialization versions read here."""
 
+# keys every llama-index-workflows context has (versions 1-2: the first two; 0: all) and
+# piton's never has: a damaged piton payload is never taken for a llama one
 _SHAPE = frozenset({"workers", "is_running", "queues", "in_progress", "broker_log", "waiting_ids"})
 _FRAMEWORK: dict[str, type[BaseModel]] = {
     cls.__name__: cls
@@ -69,9 +71,7 @@ _UNSUPPORTED = {
 
 def is_llama_snapshot(tree: Mapping[str, Any]) -> bool:
     """A llama-index-workflows ``to_dict()`` payload (not piton's, which has ``format``)."""
-    return "format" not in tree and (
-        bool(_SHAPE & tree.keys()) or ("version" in tree and "state" in tree)
-    )
+    return "format" not in tree and bool(_SHAPE & tree.keys())
 
 
 def read_llama_snapshot(tree: Mapping[str, Any], workflow: Workflow, run_id: str) -> RunState:

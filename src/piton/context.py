@@ -336,7 +336,7 @@ class Context(Generic[StateT]):
         if "format" not in tree:
             raise ContextSerdeError(
                 "The data is neither a piton context (no 'format' key) nor one made by "
-                "llama-index-workflows (no 'version', 'state' or 'is_running'). Pass what "
+                "llama-index-workflows (no 'is_running' or 'workers' key). Pass what "
                 "ctx.to_dict() returned."
             )
         stored = tree.pop("serializer", "json")

@@ -455,6 +455,25 @@ def test_data_of_neither_shape_is_refused() -> None:
         Context.from_dict(CounterFlow(), {"hello": "1"})
 
 
+async def test_a_piton_payload_without_its_format_is_not_taken_for_a_llama_one() -> None:
+    data, expect = load("counter_mid_run")
+    w = make(expect, None)
+    flat = Context.from_dict(w, data).to_dict()
+    del flat["format"]
+    with pytest.raises(ContextSerdeError, match="neither a piton context"):
+        Context.from_dict(w, flat)
+
+
+async def test_version_1_differs_only_in_how_running_work_is_kept() -> None:
+    """llama-index-workflows' version 1 kept a worker's in_progress as event strings."""
+    data, expect = load("counter_mid_run")
+    data["version"] = 1
+    for worker in data["workers"].values():
+        worker["in_progress"] = [item["event"] for item in worker["in_progress"]]
+    w = make(expect, None)
+    assert await finish(w.run(ctx=Context.from_dict(w, data))) == expect["result"]
+
+
 async def test_pitons_own_flat_snapshot_still_round_trips() -> None:
     data, expect = load("counter_mid_run")
     w = make(expect, None)
