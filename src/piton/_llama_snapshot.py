@@ -14,7 +14,8 @@ How the parts map (llama serialization versions 1 and 2):
 - ``is_running`` false: only the state is kept; ``run(ctx=...)`` starts a new run with
   it, as in llama-index-workflows.
 - ``workers[step]``: the step's ``in_progress`` and ``queue`` entries are queued again
-  (a step that was running runs again from its input, as piton does after a crash);
+  (a step that was running runs again from its input, as piton does after a crash;
+  a retry waiting out its delay keeps its retry number, last error and due time);
   its ``collected_waiters`` re-run their step, which waits again (and publishes its
   ``waiter_event`` again); an event that had already answered a waiter is kept for it.
   ``collected_events`` under an explicit ``buffer_id`` go into that piton buffer; the
@@ -47,6 +48,7 @@ from .events import (
     StartEvent,
     StopEvent,
 )
+from .serde import JsonSerializer, TypeResolver
 
 if TYPE_CHECKING:
     from .workflow import Workflow
@@ -137,6 +139,7 @@ class _Reader:
             self.known.append(graph.state_type)
         self.found: dict[str, type[Any]] = {}
         self.owners = 0
+        self.types = TypeResolver.of(graph)
 
     # -- types and values ----------------------------------------------------------------
 
@@ -322,10 +325,26 @@ class _Reader:
             Envelope(state.next_id("e"), ev),
             retry_number=attempts if isinstance(attempts, int) and attempts > 0 else 0,
             first_at=_num(item.get("first_attempt_at")),
+            last_error=self.error(item.get("last_exception")),
             last_failed_at=_num(item.get("last_failed_at")),
         )
-        state.queues.setdefault(step, deque()).append(a)
+        not_before = _num(item.get("not_before"))
+        if not_before is not None:  # a retry waiting out its delay: a timer, as piton's are
+            timer_id = state.next_id("retry:")
+            state.delayed[timer_id] = a
+            state.deadlines[timer_id] = not_before
+        else:
+            state.queues.setdefault(step, deque()).append(a)
         return a
+
+    def error(self, tree: Any) -> BaseException | None:
+        """llama's ``last_exception`` (type and message), rebuilt without calling its code:
+        a builtin exception, a type the workflow knows, or else piton's StoredError."""
+        if not isinstance(tree, dict) or not isinstance(tree.get("exception_type"), str):
+            return None
+        message = str(tree.get("exception_message") or "")
+        stored = {"type": tree["exception_type"], "message": message, "args": [message]}
+        return JsonSerializer().decode_error(stored, self.types, construct=False)
 
     def buffer(self, state: RunState, bid: str, events: list[Event]) -> None:
         buf = state.buffers.setdefault(bid, CollectBuffer())

@@ -29,6 +29,7 @@ from piton import (
     Workflow,
     step,
 )
+from piton.retry import retry_policy, stop_after_attempt, wait_fixed
 
 DATA = Path(__file__).parent / "data" / "llama"
 
@@ -186,6 +187,26 @@ class TypedFlow(Workflow):
         return StopEvent(result=done) if finished else None
 
 
+# --- 4b. a step waiting to be retried ------------------------------------------------
+
+
+class RetryFlow(Workflow):
+    failures_left = 1
+
+    @step(retry_policy=retry_policy(wait=wait_fixed(2.0), stop=stop_after_attempt(3)))
+    async def flaky(self, ev: StartEvent, ctx: Context) -> StopEvent:
+        if self.failures_left > 0:
+            self.failures_left -= 1
+            raise RuntimeError("flaky service")
+        info = ctx.retry_info()
+        return StopEvent(
+            result={
+                "retry_number": info.retry_number,
+                "last_exception": repr(info.last_exception),
+            }
+        )
+
+
 # --- 5. the seed's third example: a step that snapshots the context as it goes ------
 
 
@@ -233,6 +254,7 @@ FLOWS: dict[str, type[Workflow]] = {
         NamedBufferFlow,
         SplitHeldFlow,
         TypedFlow,
+        RetryFlow,
         DurableWorkflow,
     )
 }
@@ -278,6 +300,15 @@ async def test_a_step_stopped_mid_sends_does_not_send_twice() -> None:
     assert expect["llama_resumed"] != expect["result"]
     w = make(expect, None)
     assert await finish(w.run(ctx=Context.from_dict(w, data))) == [0, 10, 20, 30]
+
+
+async def test_a_retry_waiting_out_its_delay_keeps_its_retry_number_and_error() -> None:
+    data, expect = load("retry_pending")
+    w = RetryFlow()
+    w.failures_left = 0  # the service is back
+    result = await finish(w.run(ctx=Context.from_dict(w, data)))
+    assert result == expect["result"]
+    assert result == {"retry_number": 1, "last_exception": "RuntimeError('flaky service')"}
 
 
 async def test_the_restored_state_is_the_llama_state() -> None:
@@ -483,3 +514,14 @@ async def test_pitons_own_flat_snapshot_still_round_trips() -> None:
     assert json.loads(flat["format"]) == "piton.context"
     again = Context.from_dict(w, flat)
     assert await finish(w.run(ctx=again)) == expect["result"]
+
+
+def test_the_workflows_are_the_generators_with_only_the_imports_changed() -> None:
+    """The workflows above are make_snapshots.py's, letter for letter (its imports aside)."""
+
+    def workflows(path: Path, end: str) -> str:
+        text = path.read_text()
+        return text[text.index("# --- 1. a simple") : text.index(end)].rstrip()
+
+    generator = workflows(DATA / "make_snapshots.py", "# --- taking the snapshots")
+    assert workflows(Path(__file__), "# --- the tests") == generator

@@ -40,6 +40,7 @@ from workflows.events import (
     StartEvent,
     StopEvent,
 )
+from workflows.retry_policy import retry_policy, stop_after_attempt, wait_fixed
 
 HERE = Path(__file__).resolve().parent
 
@@ -195,6 +196,26 @@ class TypedFlow(Workflow):
             finished = len(state.done) == state.total
             done = list(state.done)
         return StopEvent(result=done) if finished else None
+
+
+# --- 4b. a step waiting to be retried ------------------------------------------------
+
+
+class RetryFlow(Workflow):
+    failures_left = 1
+
+    @step(retry_policy=retry_policy(wait=wait_fixed(2.0), stop=stop_after_attempt(3)))
+    async def flaky(self, ev: StartEvent, ctx: Context) -> StopEvent:
+        if self.failures_left > 0:
+            self.failures_left -= 1
+            raise RuntimeError("flaky service")
+        info = ctx.retry_info()
+        return StopEvent(
+            result={
+                "retry_number": info.retry_number,
+                "last_exception": repr(info.last_exception),
+            }
+        )
 
 
 # --- 5. the seed's third example: a step that snapshots the context as it goes ------
@@ -409,6 +430,25 @@ async def main() -> None:
             "taken": "the other parts done, step 'build' running Part(name='c')",
             "result": result,
             "llama_resumed": llama,
+        },
+    )
+
+    # 4b. failed once, waiting out its retry delay
+    handler = RetryFlow().run()
+    await settle()
+    data = handler.ctx.to_dict()
+    live = await handler
+    restored = RetryFlow()
+    restored.failures_left = 0  # the service is back
+    resumed = await restored.run(ctx=Context.from_dict(restored, data))
+    write(
+        "retry_pending",
+        data,
+        {
+            "workflow": "RetryFlow",
+            "taken": "step 'flaky' failed once and waits 2 s to run again",
+            "result": live,
+            "llama_resumed": resumed,
         },
     )
 
