@@ -106,27 +106,40 @@ def read_llama_snapshot(tree: Mapping[str, Any], workflow: Workflow, run_id: str
             )
     state.status = RUNNING
     with _part("workers"):
-        sent = _sent_by_invocation(_obj(tree.get("workers") or {}, "workers"))
-        for step, worker in _obj(tree.get("workers") or {}, "workers").items():
+        workers = _obj(tree.get("workers") or {}, "workers")
+        deliveries = [
+            _obj(d, "delivery") for d in _list(tree.get("deliveries") or [], "deliveries")
+        ]
+        sent = _sent_by_invocation(workers, deliveries)
+        for step, worker in workers.items():
             reader.worker(state, _text(step, "step name"), _obj(worker, f"worker '{step}'"), sent)
     with _part("deliveries"):
-        for item in _list(tree.get("deliveries") or [], "deliveries"):
-            reader.delivery(state, _obj(item, "delivery"))
+        for item in deliveries:
+            reader.delivery(state, item)
     return state
 
 
-def _sent_by_invocation(workers: Mapping[str, Any]) -> dict[str, int]:
-    """Per running invocation, how many of its sends are already made (llama numbers an
-    invocation's sends from 0, as piton does): its re-run's first that many are dropped."""
+def _sent_by_invocation(
+    workers: Mapping[str, Any], deliveries: list[dict[str, Any]]
+) -> dict[str, int]:
+    """Per running invocation, how many of its sends are already made (delivered, or
+    waiting in ``deliveries``, which are routed here): llama numbers an invocation's sends
+    from 0, as piton does, so its re-run's first that many are dropped."""
     done: dict[str, int] = {}
     for worker in workers.values():
         for item in (worker or {}).get("in_progress") or []:
             if isinstance(item, dict) and isinstance(item.get("invocation_id"), str):
-                received = {i for i in item.get("received") or [] if isinstance(i, int)}
+                invocation = item["invocation_id"]
+                made = {i for i in item.get("received") or [] if isinstance(i, int)}
+                made |= {
+                    d["index"]
+                    for d in deliveries
+                    if d.get("invocation_id") == invocation and isinstance(d.get("index"), int)
+                }
                 n = 0
-                while n in received:
+                while n in made:
                     n += 1
-                done[item["invocation_id"]] = n
+                done[invocation] = n
     return done
 
 

@@ -424,6 +424,54 @@ async def test_a_run_in_flight_resumes_durably(tmp_path: Path) -> None:
     assert await finish(w.run(ctx=Context.from_dict(w, data))) == expect["result"]
 
 
+def llama_event(cls: str, value: dict[str, Any]) -> str:
+    """An event as llama-index-workflows' JsonSerializer writes it."""
+    return json.dumps({"__is_pydantic": True, "value": value, "qualified_name": cls})
+
+
+async def test_an_event_sent_but_not_yet_delivered_is_delivered() -> None:
+    data, expect = load("review_waiting")
+    response = {"_data": {"response": "approved"}}
+    data["deliveries"] = [
+        {
+            "invocation_id": "outside",
+            "index": 0,
+            "event": llama_event("workflows.events.HumanResponseEvent", response),
+            "step_id": None,
+        }
+    ]
+    w = make(expect, None)
+    assert await finish(w.run(ctx=Context.from_dict(w, data))) == expect["result"]
+
+
+async def test_a_waiter_already_answered_takes_its_answer_when_it_runs_again() -> None:
+    data, _ = load("greeter_waiting")
+    (waiter,) = data["workers"]["greet"]["collected_waiters"]
+    waiter["resolved_event"] = llama_event("__main__.NameGiven", {"name": "Cy", "kind": "name"})
+    w = GreeterFlow()
+    assert await finish(w.run(ctx=Context.from_dict(w, data))) == "Hello, Cy!"
+
+
+async def test_sends_waiting_for_delivery_count_as_made() -> None:
+    """split had sent Chunk 0 and 1 (received) and Chunk 2 (not delivered yet)."""
+    data, expect = load("split_mid_sends")
+    (item,) = data["workers"]["split"]["in_progress"]
+    chunk = llama_event("__main__.Chunk", {"n": 2})
+    data["deliveries"] = [
+        {"invocation_id": item["invocation_id"], "index": 2, "event": chunk, "step_id": None}
+    ]
+    w = make(expect, None)
+    assert await finish(w.run(ctx=Context.from_dict(w, data))) == [0, 10, 20, 30]
+
+
+def test_a_run_that_was_ending_is_left_to_llama() -> None:
+    data, _ = load("counter_mid_run")
+    stop = llama_event("workflows.events.StopEvent", {"result": 7})
+    data["deliveries"] = [{"invocation_id": "i", "index": 0, "event": stop, "step_id": None}]
+    with pytest.raises(ContextSerdeError, match="was ending.*result is 7"):
+        Context.from_dict(CounterFlow(), data)
+
+
 # --- what cannot be moved is said clearly ---------------------------------------------
 
 
