@@ -23,6 +23,13 @@ How the parts map (llama serialization versions 1 and 2):
   call adds them again (llama's default buffer does not record what it waits for).
 - ``deliveries``: events sent or returned but not yet routed are routed now. Sends a
   running step had made are not made twice when it runs again.
+- ``elapsed_alive``: the time the run has used of its timeout, as piton's own.
+
+Ignored: llama's counters (``stream_seq``, ``work_item_seq``, ``invocation_seq``,
+``journal_seq``), ``last_alive_stamp`` (llama resets it on resume too), ids and
+bookkeeping inside work items (``work_item_id``, ``worker_id``, ``recovery_counts``,
+``scope_path`` when empty, ``collect_generations``), and a waiter's timeout, which llama
+does not keep: the waiting step's re-run sets it again.
 
 Events and state models are resolved by class name among the workflow's own types (the
 module differs once the imports change), never imported by name.
@@ -105,6 +112,8 @@ def read_llama_snapshot(tree: Mapping[str, Any], workflow: Workflow, run_id: str
                 "does not have. Finish the run under llama-index-workflows."
             )
     state.status = RUNNING
+    with _part("elapsed_alive"):  # the run's timeout budget already used, as llama keeps it
+        state.active_elapsed = max(_num(tree.get("elapsed_alive")) or 0.0, 0.0)
     with _part("workers"):
         workers = _obj(tree.get("workers") or {}, "workers")
         deliveries = [

@@ -27,6 +27,7 @@ from piton import (
     StartEvent,
     StopEvent,
     Workflow,
+    WorkflowTimeoutError,
     step,
 )
 from piton.retry import retry_policy, stop_after_attempt, wait_fixed
@@ -427,6 +428,14 @@ async def test_a_run_in_flight_resumes_durably(tmp_path: Path) -> None:
 def llama_event(cls: str, value: dict[str, Any]) -> str:
     """An event as llama-index-workflows' JsonSerializer writes it."""
     return json.dumps({"__is_pydantic": True, "value": value, "qualified_name": cls})
+
+
+async def test_the_time_a_run_used_counts_against_its_timeout() -> None:
+    data, _ = load("counter_mid_run")
+    data["elapsed_alive"] = 100.0
+    w = CounterFlow(timeout=50)
+    with pytest.raises(WorkflowTimeoutError):
+        await finish(w.run(ctx=Context.from_dict(w, data)))
 
 
 async def test_an_event_sent_but_not_yet_delivered_is_delivered() -> None:
