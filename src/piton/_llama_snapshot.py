@@ -28,11 +28,14 @@ How the parts map (llama serialization versions 1 and 2):
 Ignored: llama's counters (``stream_seq``, ``work_item_seq``, ``invocation_seq``,
 ``journal_seq``), ``last_alive_stamp`` (llama resets it on resume too), ids and
 bookkeeping inside work items (``work_item_id``, ``worker_id``, ``recovery_counts``,
-``scope_path`` when empty, ``collect_generations``), and a waiter's timeout, which llama
-does not keep: the waiting step's re-run sets it again.
+``received`` once counted, an in-progress item's copy of the buffers,
+``collect_generations``), and what a waiting step's re-run sets again (the waited type,
+its requirements, its timeout, which llama does not keep). ``streams`` and
+``collection_release_states`` (llama features piton lacks) are refused when not empty.
 
-Events and state models are resolved by class name among the workflow's own types (the
-module differs once the imports change), never imported by name.
+Events and state models are resolved by class name (the module differs once the imports
+change): the workflow's own types first, then loaded classes of that name, the
+workflow's module first. Nothing is imported by a name the data gives.
 """
 
 from __future__ import annotations
