@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -359,7 +360,7 @@ async def test_the_seeds_redis_hash_read_back_from_redis(redis_url: str) -> None
 
     kept, expect = load("seed_redis_hash")
     client = redis.Redis.from_url(redis_url)
-    key = "piton-test:llama-ctx"
+    key = f"piton-test:llama-ctx:{uuid.uuid4().hex}"
     try:
         client.delete(key)
         client.hset(key, mapping=kept)
@@ -492,7 +493,7 @@ def changed(name: str, edit: Any) -> Any:
 
 def rename_event(data: dict[str, Any]) -> None:
     item = data["workers"]["tick"]["in_progress"][0]
-    item["event"] = item["event"].replace(".Tick", ".Tock")
+    item["event"] = item["event"].replace(".Tick", ".NoSuchTick")
 
 
 def drop_step(data: dict[str, Any]) -> None:
@@ -509,7 +510,7 @@ def pickled(data: dict[str, Any]) -> None:
         (lambda d: d.update(version=3), ["version 3", "versions 1, 2"]),
         (lambda d: d.pop("version"), ["legacy format", "to_dict()"]),
         (lambda d: d.update(version=2.5), ["version 2.5"]),
-        (rename_event, ["Tock", "CounterFlow", "no event type or pydantic model named"]),
+        (rename_event, ["NoSuchTick", "CounterFlow", "no event type or pydantic model named"]),
         (drop_step, ["step 'tock'", "CounterFlow"]),
         (pickled, ["not JSON", "PickleSerializer"]),
         (lambda d: d["state"].update(store_type="sqlite"), ["'sqlite' store"]),
