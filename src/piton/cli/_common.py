@@ -8,11 +8,12 @@ import os
 import re
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from piton.workflow import Workflow
+if TYPE_CHECKING:
+    from piton.workflow import Workflow
 
 DEFAULT_STORE = "sqlite:///.piton/piton.db"
 EXIT_USAGE = 2  # a bad argument or option: click's own code for usage errors
@@ -75,6 +76,8 @@ def load_workflows(specs: Iterable[str]) -> list[Workflow]:
     """
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    from piton.workflow import Workflow  # here: `piton runs` and `show` never need it
+
     found: list[Workflow] = []
     for spec in specs:
         module_name, sep, attr = spec.partition(":")
