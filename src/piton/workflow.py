@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from ._compile import Compiled, build_engine, check_annotations, compile_workflow
 from ._core.state import MAX_PENDING_EVENTS, RunState
 from ._runtime.clock import SYSTEM_CLOCK, Clock
-from ._runtime.durable import CANCEL_MESSAGE, RunDriver
+from ._runtime.durable import CANCEL_MESSAGE, RunDriver, in_flight
 from ._runtime.engine import DURABILITY, Engine, RunConfig, RunLink
 from ._runtime.live import live_runs
 from ._runtime.restore import rebuild
@@ -366,14 +366,18 @@ class Workflow:
                 owner = live.link.owner
                 follow = owner if isinstance(owner, Context) else ctx
                 return WorkflowHandler(run_id=run_id, ctx=follow, control=live)
-        try:
-            start: StartEvent | None = self._start_event(compiled, start_event, kwargs)
-        except WorkflowRuntimeError:
-            if start_event is not None or kwargs or run_id is None:
-                raise
-            start = None  # attaching to an existing run needs no start event
+        link = link_of(ctx)
+        start: StartEvent | None = None
+        if start_event is not None or kwargs or in_flight(link) is None:
+            try:
+                start = self._start_event(compiled, start_event, kwargs)
+            except WorkflowRuntimeError:
+                if start_event is not None or kwargs or run_id is None:
+                    raise
+                # attaching to an existing run needs no start event
+        # else: a restored context's unfinished run goes on, as a new durable run
         run_id = run_id or uuid.uuid4().hex
-        driver = RunDriver.launch(self._engine(), store, run_id, link_of(ctx), start)
+        driver = RunDriver.launch(self._engine(), store, run_id, link, start)
         return WorkflowHandler(run_id=run_id, ctx=ctx, control=driver)
 
     def _prepare(

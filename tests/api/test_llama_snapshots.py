@@ -415,11 +415,6 @@ async def test_a_run_waiting_between_steps_takes_the_human_response() -> None:
     assert await finish(handler) == expect["result"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a durable run started with a restored context keeps only its state values, "
-    "also for piton's own snapshots (_runtime/durable.py); the in-flight work is dropped",
-)
 async def test_a_run_in_flight_resumes_durably(tmp_path: Path) -> None:
     data, expect = load("counter_mid_run")
     w = make(expect, f"sqlite:///{tmp_path / 'runs.db'}")

@@ -129,6 +129,7 @@ class DurableCommitter:
         self.strict = strict
         self.snapshot_every = snapshot_every
         self.create = create  # the row to create with the first commit
+        self.create_snapshot: str | None = None  # the run before that commit (restored)
         self.phase = Phase.CREATING if create is not None else Phase.RUNNING
         # read on every input and step start: plain attributes, kept in step with the phase
         self.holds_steps = strict or self.phase is Phase.CREATING
@@ -356,10 +357,13 @@ class DurableCommitter:
             await self.store.commit(request)
             return
         # a new run: create it with the first commit (one transaction when it is plain)
+        snapshot = self.create_snapshot
         if request.plain:
-            created = await self.store.create(record, request.entries, request.stream)
+            created = await self.store.create(
+                record, request.entries, request.stream, snapshot=snapshot
+            )
         else:
-            created = await self.store.create(record, [], [])
+            created = await self.store.create(record, [], [], snapshot=snapshot)
             if created:
                 self._row_exists()  # a failure of the commit below is a commit's failure
                 await self.store.commit(request)

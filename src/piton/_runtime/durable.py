@@ -27,6 +27,7 @@ from piton._core.state import (
     shown_status,
 )
 from piton._core.status import RunStatus
+from piton._run_codec import encode_run
 from piton._runtime.clock import SYSTEM_CLOCK
 from piton._runtime.committer import (
     STORE_DEADLINE,
@@ -61,6 +62,14 @@ CANCEL_MESSAGE = json.dumps({"__piton_cancel__": True})
 LEAVE_TIMEOUT = 2.0  # seconds a leaving process waits for its last commits, then its release
 
 
+
+def in_flight(link: RunLink) -> RunState | None:
+    """The unfinished run a context holds (restored, or left by an earlier run), if any."""
+    state = link.state if link.run is None else None
+    if state is None or state.finished or state.status == "new":
+        return None
+    return state
+
 class RunDriver:
     """Attaches a caller to a durable run and keeps it going while the caller listens.
 
@@ -92,6 +101,9 @@ class RunDriver:
         self.loop = asyncio.get_running_loop()
         self.outcome: asyncio.Future[Any] = self.loop.create_future()
         self.start_event = start_event
+        # a restored context's unfinished run (Context.from_dict): with no start event, a
+        # new run goes on from it, its state stored with the run's creation
+        self.restored = in_flight(link) if start_event is None else None
         self.stay = stay
         self.claimed = claimed  # a run a worker claimed for this driver (its row after the claim)
         self.follow_only = follow_only  # waits for the run's end; never runs it here
@@ -379,6 +391,10 @@ class RunDriver:
             start_event, self.start_event = self.start_event, None  # one attempt to create
             with contextlib.suppress(AlreadyCreated):
                 return await self._create_and_run(start_event)
+        elif self.restored is not None:
+            restored, self.restored = self.restored, None
+            with contextlib.suppress(AlreadyCreated):  # the run id exists: attach to it
+                return await self._create_restored(restored)
         record, self.claimed = self.claimed, None
         if record is not None:
             epoch: int | None = record.epoch
@@ -474,6 +490,33 @@ class RunDriver:
             create=record,
         )
 
+    async def _create_restored(self, state: RunState) -> str:
+        """A new run that goes on from a restored context's unfinished run: created with
+        the state as its snapshot at seq 0 (one transaction), then resumed as after a
+        crash (steps that were running run again)."""
+        store, now = self.store, self.clock.now()
+        state.run_id = self.run_id
+        state.timeout = self.engine.config.timeout
+        snapshot = json.dumps(encode_run(state, self.ser, keep_running=True))
+        record = RunRecord(
+            run_id=self.run_id,
+            workflow=self.engine.name,
+            status="running",
+            fingerprint=self.engine.fingerprint,
+            owner=store.owner,
+            epoch=1,
+            lease_until=SYSTEM_CLOCK.now() + store.lease,
+        )
+        self.link.state = None
+        return await self._execute(
+            state,
+            epoch=1,
+            seq=0,
+            begin=i.Begin(now, None, store.owner, 1),
+            create=record,
+            create_snapshot=snapshot,
+        )
+
     def _initial_values(self) -> Any:
         values = self.link.values
         if values is None and self.link.state is not None:
@@ -494,6 +537,7 @@ class RunDriver:
         loaded: Loaded | None = None,
         inbox: list[Message] | None = None,
         create: RunRecord | None = None,
+        create_snapshot: str | None = None,
     ) -> str:
         state.durable = True
         committer = DurableCommitter(
@@ -508,6 +552,7 @@ class RunDriver:
             create=create,
             deadline=self.deadline,
         )
+        committer.create_snapshot = create_snapshot
         run = Runner(
             self.engine,
             state,

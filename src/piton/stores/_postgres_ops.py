@@ -32,6 +32,8 @@ from piton.stores.base import (
 )
 
 Conn: TypeAlias = psycopg.AsyncConnection[tuple[Any, ...]]
+# one run to create: its record, first entries, stream events, and snapshot at seq 0
+Creation: TypeAlias = tuple[RunRecord, list[str], list[str], str | None]
 
 _SELECT_RUN = f"SELECT {COLUMN_LIST} FROM runs"
 # run ids in list_runs' order: by their bytes, as the runs_page indexes (migration 004) keep them
@@ -71,6 +73,11 @@ WITH created AS (
     FROM unnest(%(event_ids)b::text[], %(event_seqs)b::bigint[], %(events)b::text[])
          AS e(run_id, seq, event)
     JOIN created USING (run_id)
+), snapshot AS (
+    INSERT INTO snapshots (run_id, seq, snapshot)
+    SELECT s.run_id, 0, s.snapshot
+    FROM unnest(%(snapshot_ids)b::text[], %(snapshots)b::text[]) AS s(run_id, snapshot)
+    JOIN created USING (run_id)
 ), told AS (
     SELECT pg_notify(%(channel)s, run_id) FROM created
     WHERE status = '{QUEUED}' AND %(channel)s <> ''
@@ -82,7 +89,7 @@ SELECT run_id, (SELECT count(*) FROM told) FROM created
 # commits, and those that park or finish a run or write a snapshot), in one statement:
 # runs at the expected epoch and seq, with an owner, advance (a plain request also needs
 # the run running; it leaves status, wake_at and waiters as they are); their entries and
-# events are appended, or their snapshot replaces the journal up to the new seq. Returns
+# events are appended, and their snapshot (if any) replaces the run's snapshot. Returns
 # the runs that advanced; a request whose run did not is retried alone by commit(), which
 # says why. Setting a column to the value it holds keeps a plain commit a HOT update.
 _COMMIT_BATCH = f"""
@@ -336,16 +343,19 @@ class PostgresOps:
     # -- writes: the writer runs them in its transaction ----------------------------------
 
     async def create(
-        self, conn: Conn, runs: list[tuple[RunRecord, list[str], list[str]]]
+        self, conn: Conn, runs: list[Creation]
     ) -> list[bool]:
         """Create the runs in one statement; for each, whether it was created (False: a run
         with its id exists, or it came earlier in ``runs``)."""
         now = time.time()
         params: dict[str, Any] = {name: [] for name in COLUMNS}
-        for key in ("entry_ids", "entry_seqs", "entries", "event_ids", "event_seqs", "events"):
+        for key in (
+            *("entry_ids", "entry_seqs", "entries", "event_ids", "event_seqs", "events"),
+            *("snapshot_ids", "snapshots"),
+        ):
             params[key] = []
         first: dict[str, int] = {}
-        for n, (record, entries, stream) in enumerate(runs):
+        for n, (record, entries, stream, snapshot) in enumerate(runs):
             if first.setdefault(record.run_id, n) != n:
                 continue
             record = replace(record, seq=len(entries), inbox=0, created_at=now, updated_at=now)
@@ -359,12 +369,15 @@ class PostgresOps:
                 params["event_ids"].append(record.run_id)
                 params["event_seqs"].append(seq)
                 params["events"].append(event)
+            if snapshot is not None:
+                params["snapshot_ids"].append(record.run_id)
+                params["snapshots"].append(snapshot)
         params["channel"] = self.channel
         cursor = await conn.execute(_CREATE, params)
         created = {row[0] for row in await cursor.fetchall()}
         return [
             record.run_id in created and first[record.run_id] == n
-            for n, (record, _, _) in enumerate(runs)
+            for n, (record, *_) in enumerate(runs)
         ]
 
     async def claim(self, conn: Conn, run_id: str, owner: str, lease: float) -> int | None:

@@ -119,7 +119,8 @@ end"""
 
 # KEYS: run, journal, stream, inbox, inbox-step, snapshot, history
 # ARGV: prefix, run_id, channel (told the id of a queued run: a worker may take it),
-#       n_fields, field, value, ..., n_entries, entries..., stream events...
+#       n_fields, field, value, ..., has_snapshot (0/1), snapshot (if 1), n_entries,
+#       entries..., stream events...
 CREATE = r"""
 local id, run = ARGV[2], KEYS[1]
 if redis.call('EXISTS', run) == 1 then return 0 end
@@ -127,6 +128,11 @@ redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
 local n_fields = tonumber(ARGV[4])
 local at = 5 + n_fields
 redis.call('HSET', run, unpack(slice(5, n_fields)))
+if tonumber(ARGV[at]) == 1 then  -- the run as it stood before its entries
+  redis.call('HSET', KEYS[6], 'seq', '0', 'data', ARGV[at + 1])
+  at = at + 1
+end
+at = at + 1
 local n_entries = tonumber(ARGV[at])
 local pairs_ = {}
 for i = 1, n_entries do

@@ -92,7 +92,12 @@ class SqliteOps:
         return found
 
     def create(
-        self, conn: sqlite3.Connection, record: RunRecord, entries: list[str], stream: list[str]
+        self,
+        conn: sqlite3.Connection,
+        record: RunRecord,
+        entries: list[str],
+        stream: list[str],
+        snapshot: str | None = None,
     ) -> bool:
         now = time.time()
         record = replace(record, seq=len(entries), inbox=0, created_at=now, updated_at=now)
@@ -107,6 +112,10 @@ class SqliteOps:
             "INSERT INTO stream (run_id, seq, event) VALUES (?, ?, ?)",
             [(run_id, n, event) for n, event in enumerate(stream, start=1)],
         )
+        if snapshot is not None:
+            conn.execute(
+                "INSERT INTO snapshots (run_id, seq, snapshot) VALUES (?, 0, ?)", (run_id, snapshot)
+            )
         return True
 
     def claim(self, conn: sqlite3.Connection, run_id: str, owner: str, lease: float) -> int | None:

@@ -163,8 +163,19 @@ class Store(ABC):
     async def close(self) -> None: ...
 
     @abstractmethod
-    async def create(self, record: RunRecord, entries: list[str], stream: list[str]) -> bool:
-        """Insert a new run owned by ``record.owner`` with its first commit; False if it exists."""
+    async def create(
+        self,
+        record: RunRecord,
+        entries: list[str],
+        stream: list[str],
+        *,
+        snapshot: str | None = None,
+    ) -> bool:
+        """Insert a new run owned by ``record.owner`` with its first commit; False if it exists.
+
+        ``snapshot``: the run as it stood before ``entries`` (a run that continues a
+        restored context), stored as the snapshot at seq 0 in the same transaction, so
+        the run is never seen without the state it goes on from."""
 
     @abstractmethod
     async def get(self, run_id: str) -> RunRecord | None: ...

@@ -64,7 +64,14 @@ class MemoryStore(Store):
             raise RunNotFound(f"No run '{run_id}' in {self.url}.")
         return record
 
-    async def create(self, record: RunRecord, entries: list[str], stream: list[str]) -> bool:
+    async def create(
+        self,
+        record: RunRecord,
+        entries: list[str],
+        stream: list[str],
+        *,
+        snapshot: str | None = None,
+    ) -> bool:
         if record.run_id in self._runs:
             return False
         now = time.time()
@@ -73,6 +80,8 @@ class MemoryStore(Store):
         self._journal[record.run_id] = list(enumerate(entries, start=1))
         self._stream[record.run_id] = list(stream)
         self._inbox[record.run_id] = []
+        if snapshot is not None:
+            self._snapshots[record.run_id] = (0, snapshot)
         return True
 
     async def get(self, run_id: str) -> RunRecord | None:

@@ -71,7 +71,7 @@ from piton.stores._postgres_engine import (
     migrations,
     translate,
 )
-from piton.stores._postgres_ops import Conn, PostgresOps
+from piton.stores._postgres_ops import Conn, Creation, PostgresOps
 from piton.stores._redact import scrub, secrets_of
 from piton.stores.base import (
     CommitRequest,
@@ -220,7 +220,14 @@ class PostgresStore(ServerStore[Engine]):
 
     # -- the Store protocol ---------------------------------------------------------------
 
-    async def create(self, record: RunRecord, entries: list[str], stream: list[str]) -> bool:
+    async def create(
+        self,
+        record: RunRecord,
+        entries: list[str],
+        stream: list[str],
+        *,
+        snapshot: str | None = None,
+    ) -> bool:
         """Joins the creations waiting for the writer on this loop: the writer inserts them
         all in one statement (one job), in the transaction of its next batch."""
         engine = await self._ready_engine()
@@ -232,7 +239,7 @@ class PostgresStore(ServerStore[Engine]):
             engine.writer.submit(WriteJob(functools.partial(self._create_all, batch), future))
             self._creating[engine] = batch
         n = len(batch.runs)
-        batch.runs.append((replace(record), list(entries), list(stream)))
+        batch.runs.append((replace(record), list(entries), list(stream), snapshot))
         try:  # shielded: one caller cancelled does not cancel the others' creations
             outcomes = await asyncio.shield(batch.future)
         except StoreError as exc:  # each caller its own copy: tracebacks do not mix
@@ -380,7 +387,7 @@ class _Creations:
 
     def __init__(self, future: asyncio.Future[Any]) -> None:
         self.future = future  # the job's outcome: one bool (created) or error per run
-        self.runs: list[tuple[RunRecord, list[str], list[str]]] = []
+        self.runs: list[Creation] = []
         self.started = False  # the writer began inserting: later runs go to a new batch
 
 

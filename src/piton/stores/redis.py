@@ -310,12 +310,20 @@ class RedisStore(ServerStore[Engine]):
 
     # -- the Store protocol -------------------------------------------------------------------
 
-    async def create(self, record: RunRecord, entries: list[str], stream: list[str]) -> bool:
+    async def create(
+        self,
+        record: RunRecord,
+        entries: list[str],
+        stream: list[str],
+        *,
+        snapshot: str | None = None,
+    ) -> bool:
         now = time.time()
         record = replace(record, seq=len(entries), inbox=0, created_at=now, updated_at=now)
         encoded = encode_record(record)
-        args = [record.run_id, self._channel, len(encoded), *encoded, len(entries), *entries]
-        args += stream
+        args = [record.run_id, self._channel, len(encoded), *encoded]
+        args += [0 if snapshot is None else 1, *([] if snapshot is None else [snapshot])]
+        args += [len(entries), *entries, *stream]
         keys = self._run_keys(record.run_id)
         created: bool = await self._write("create", keys, args, lambda reply: reply == 1)
         return created

@@ -213,10 +213,17 @@ class SqliteStore(Store):
 
     # -- the Store protocol ---------------------------------------------------------------
 
-    async def create(self, record: RunRecord, entries: list[str], stream: list[str]) -> bool:
+    async def create(
+        self,
+        record: RunRecord,
+        entries: list[str],
+        stream: list[str],
+        *,
+        snapshot: str | None = None,
+    ) -> bool:
         record, entries, stream = replace(record), list(entries), list(stream)
         result: bool = await self._call(
-            lambda c: self._ops.create(c, record, entries, stream), write=True
+            lambda c: self._ops.create(c, record, entries, stream, snapshot), write=True
         )
         return result
 
