@@ -18,6 +18,11 @@ last check, ``prune``, deletes every finished run older than a fraction of a sec
 ``FakeClock`` is a clock that moves only when a test says so: give it to a workflow
 (``MyFlow(clock=clock)``) and an hour's ``ctx.sleep`` or a day's ``wait_for_event``
 time-out passes in no time (``await clock.advance(3600)``, or ``await clock.next()``).
+
+``WorkflowTestRunner(workflow).run(start_event=...)`` runs a workflow to its end and
+returns a ``WorkflowTestResult``: the result, the events the run streamed (``collected``),
+how many of each type (``event_types``) and the run's context, as llama-index-workflows'
+``workflows.testing.WorkflowTestRunner`` does.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ import signal
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from piton._core.status import RunStatus
 from piton._runtime import faults
@@ -38,6 +45,11 @@ from piton._runtime.clock import FakeClock
 from piton._runtime.stuck import recording_stores, stuck_report
 from piton.errors import LeaseLost, RunNotFound, TooManyPendingEvents
 from piton.stores.base import CommitRequest, RunRecord, Store, is_runnable, may_claim
+
+if TYPE_CHECKING:
+    from piton.context import Context
+    from piton.events import Event, StartEvent
+    from piton.workflow import Workflow
 
 StoreFactory = Callable[[], Store | Awaitable[Store]]
 
@@ -705,8 +717,59 @@ async def dead_process_owner() -> str:
     return out.decode().strip()
 
 
+@dataclass
+class WorkflowTestResult:
+    """What ``WorkflowTestRunner.run`` saw of one run.
+
+    ``collected``: the events the run streamed, in order, its ``StopEvent`` last (less the
+    excluded types); ``event_types``: how many of each type ``collected`` holds;
+    ``result``: what ``await handler`` returned; ``ctx``: the run's context.
+    """
+
+    collected: list[Event]
+    event_types: dict[type[Event], int]
+    result: Any
+    ctx: Context[Any]
+
+
+class WorkflowTestRunner:
+    """Runs a workflow end to end in a test and collects the events it streams."""
+
+    def __init__(self, workflow: Workflow) -> None:
+        self._workflow = workflow
+
+    async def run(
+        self,
+        start_event: StartEvent | None = None,
+        ctx: Context[Any] | None = None,
+        expose_internal: bool = True,
+        exclude_events: list[type[Event]] | None = None,
+    ) -> WorkflowTestResult:
+        """Run the workflow to its end and return what it streamed and returned.
+
+        ``start_event`` defaults to the workflow's start event type built without fields.
+        ``exclude_events`` leaves out events of exactly those types (not subclasses).
+        ``expose_internal`` is accepted for llama-index-workflows compatibility; piton
+        publishes no internal events (no ``StepStateChanged``), so it changes nothing.
+        A run that fails raises its error here, as ``await handler`` does.
+        """
+        handler = self._workflow.run(ctx=ctx, start_event=start_event)
+        excluded = tuple(exclude_events or ())
+        collected: list[Event] = []
+        async for event in handler.stream_events(expose_internal=expose_internal):
+            if type(event) not in excluded:
+                collected.append(event)
+        result = await handler
+        counts: dict[type[Event], int] = dict(Counter(type(ev) for ev in collected))
+        return WorkflowTestResult(
+            collected=collected, event_types=counts, result=result, ctx=handler.ctx
+        )
+
+
 __all__ = [
     "FakeClock",
+    "WorkflowTestResult",
+    "WorkflowTestRunner",
     "check_store",
     "crash_after_commit",
     "dead_process_owner",
