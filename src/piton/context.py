@@ -8,6 +8,7 @@ objects; inside a step the context also knows which execution it belongs to, whi
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import functools
 import json
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 StateT = TypeVar("StateT")
 T = TypeVar("T", bound=Event)
 _MISSING: Any = object()
+# The context of the step running in this task (or its thread): Context.get_step_context().
+_STEP_CONTEXT: contextvars.ContextVar[StepContext[Any]] = contextvars.ContextVar("piton_step")
 
 
 class DictState(BaseModel):
@@ -148,6 +151,19 @@ class Context(Generic[StateT]):
     @property
     def _serializer(self) -> JsonSerializer:
         return self._link.serializer
+
+    @staticmethod
+    def get_step_context() -> Context[Any]:
+        """The context of the step running now: what its ``ctx`` parameter receives, for
+        decorators and helpers around a step that declares no ``ctx``. Raises
+        ``WorkflowRuntimeError`` outside a step."""
+        try:
+            return _STEP_CONTEXT.get()
+        except LookupError:
+            raise WorkflowRuntimeError(
+                "Context.get_step_context() may only be called from within a step function "
+                "(or code it calls, in the same task or thread)."
+            ) from None
 
     # -- the state store ------------------------------------------------------
 
@@ -403,6 +419,9 @@ class StepContext(Context[StateT]):
         self._link = parent._link  # the run's: its state, its runner, its edit lock
         self._store = parent._store
         self._step_run = step_run
+        # Made once per execution, in the execution's own task, before the step's body
+        # runs (a sync step's thread runs in a copy of that task's context).
+        _STEP_CONTEXT.set(self)
 
     def _step_only(self, what: str) -> StepControl:
         return self._step_run

@@ -6,11 +6,14 @@ import asyncio
 import os
 import uuid
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import ValidationError
 
 from ._compile import Compiled, build_engine, check_annotations, compile_workflow
+from ._compile import _check_start_and_stop as check_start_and_stop
+from ._compile import _namespace as compile_namespace
+from ._core.graph import _unreachable as unreachable_steps
 from ._core.state import MAX_PENDING_EVENTS, RunState
 from ._runtime.clock import SYSTEM_CLOCK, Clock
 from ._runtime.durable import CANCEL_MESSAGE, RunDriver, in_flight
@@ -27,11 +30,15 @@ from .errors import (
     WorkflowRuntimeError,
     WorkflowValidationError,
 )
-from .events import Event, StartEvent
+from .events import Event, HumanResponseEvent, InputRequiredEvent, StartEvent, StopEvent
 from .handler import WorkflowHandler
+from .resource import bind_step_types, check_configs, check_factories
 from .serde import JsonSerializer
 from .stores.base import RunRecord, Store, open_store
 from .views import RunView, view_of
+
+GraphCheck = Literal["reachability", "terminal_event", "dead_end"]
+GRAPH_CHECKS: frozenset[str] = frozenset(get_args(GraphCheck))
 
 
 class Workflow:
@@ -40,6 +47,11 @@ class Workflow:
     ``timeout`` is the run's limit in seconds of active time (``None`` for none);
     ``num_concurrent_runs`` caps runs of this instance executing at once. ``clock`` is
     where runs read time (``piton.testing.FakeClock`` in tests); the real clock by default.
+    ``workflow_name`` names the workflow where its durable runs are stored (the class
+    name by default). ``skip_graph_checks`` turns off graph checks by name:
+    ``"reachability"`` (unreachable steps), ``"terminal_event"`` (events produced but
+    never consumed) and ``"dead_end"`` (accepted for llama-index-workflows code: piton
+    has no dead-end check).
     """
 
     _piton_added_steps: ClassVar[dict[str, Callable[..., Any]]] = {}
@@ -48,6 +60,8 @@ class Workflow:
     _config: RunConfig = RunConfig()
     _disable_validation: bool = False
     _store_arg: Store | None = None
+    _workflow_name: str | None = None
+    _skip_graph_checks: frozenset[str] = frozenset()
     verbose: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -65,6 +79,8 @@ class Workflow:
         snapshot_every: int = 100,
         durability: str = "fast",
         clock: Clock | None = None,
+        workflow_name: str | None = None,
+        skip_graph_checks: set[GraphCheck] | None = None,
     ) -> None:
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
@@ -82,6 +98,18 @@ class Workflow:
             )
         self._disable_validation = disable_validation
         self.verbose = verbose
+        if workflow_name is not None and (not isinstance(workflow_name, str) or not workflow_name):
+            raise WorkflowConfigurationError(
+                f"workflow_name must be a non-empty string or None, got {workflow_name!r}."
+            )
+        self._workflow_name = workflow_name
+        skip = frozenset(skip_graph_checks or ())
+        if skip - GRAPH_CHECKS:
+            raise WorkflowValidationError(
+                f"Unknown graph check names: {', '.join(sorted(skip - GRAPH_CHECKS))}. "
+                f"Valid names are: {', '.join(sorted(GRAPH_CHECKS))}."
+            )
+        self._skip_graph_checks = skip
         if (
             isinstance(snapshot_every, bool)
             or not isinstance(snapshot_every, int)
@@ -138,18 +166,73 @@ class Workflow:
 
     @property
     def workflow_name(self) -> str:
-        return type(self).__name__
+        """The name durable runs of this workflow are stored, listed and matched under:
+        ``workflow_name=`` if given, else the class name (llama-index-workflows defaults
+        to ``module.QualName``; piton keeps the class name so stored runs stay found)."""
+        return self._workflow_name or type(self).__name__
 
-    def _compiled(self) -> Compiled:
+    @property
+    def events(self) -> list[type[Event]]:
+        """Every event type the workflow's steps accept or return."""
+        specs = self._compiled().specs.values()
+        found = {t for s in specs for t in (*s.accepted, *s.returns) if issubclass(t, Event)}
+        return sorted(found, key=lambda t: (t.__module__, t.__qualname__))
+
+    def _compiled(self, *, validate: bool | None = None) -> Compiled:
         cls = type(self)
         cache: dict[Any, Compiled] = cls.__dict__.get("_piton_cache") or {}
         if "_piton_cache" not in cls.__dict__:
             cls._piton_cache = cache  # type: ignore[attr-defined]
-        key = bool(self._disable_validation)
+        check = not self._disable_validation if validate is None else validate
+        skip = self._skip_graph_checks if check else frozenset()
+        key: Any = check if not skip else (check, skip)
         compiled = cache.get(key)
         if compiled is None:
-            compiled = cache[key] = compile_workflow(cls, validate=not self._disable_validation)
+            if skip:  # the checks not skipped, here: compile_workflow runs them all
+                compiled = compile_workflow(cls, validate=False)
+                check_graph(cls.__name__, compiled, skip)
+            else:
+                compiled = compile_workflow(cls, validate=check)
+            localns = compile_namespace(cls)
+            for spec in compiled.specs.values():
+                bind_step_types(spec.func, localns)  # the models ResourceConfig reads into
+            cache[key] = compiled
         return compiled
+
+    def validate(
+        self, *, validate_resource_configs: bool = True, validate_resources: bool = False
+    ) -> bool:
+        """Check the workflow now, even with ``disable_validation=True``, and return whether
+        it uses human-in-the-loop events (a step returns an ``InputRequiredEvent`` or
+        takes a ``HumanResponseEvent``). Raises ``WorkflowValidationError`` naming what
+        is wrong.
+
+        ``validate_resource_configs`` (default True) loads every ``ResourceConfig`` file
+        (those factories depend on too) into its model; ``validate_resources`` (default
+        False: factories may need the network or secrets) also creates every resource,
+        which finds dependency cycles. Call it outside a running event loop when
+        ``validate_resources=True``.
+        """
+        compiled = self._compiled(validate=True)
+        resources = [
+            (name, param, res)
+            for name, spec in compiled.specs.items()
+            for param, res in spec.resources
+        ]
+        errors: list[str] = []
+        if validate_resource_configs:
+            errors += check_configs(resources)
+        if validate_resources:
+            errors += check_factories(resources)
+        if errors:
+            raise WorkflowValidationError(
+                f"Workflow '{self.workflow_name}': resource validation failed:\n"
+                + "\n".join(f"  - {e}" for e in errors)
+            )
+        specs = compiled.specs.values()
+        return any(issubclass(t, InputRequiredEvent) for s in specs for t in s.returns) or any(
+            issubclass(t, HumanResponseEvent) for s in specs for t in s.accepted
+        )
 
     def _engine(self) -> Engine:
         """This instance as the runtime sees it (made once, on first use)."""
@@ -158,6 +241,7 @@ class Workflow:
             engine = self.__dict__["_piton_engine"] = build_engine(
                 self, self._compiled(), self._config, self._new_link
             )
+            engine.name = self.workflow_name  # where durable runs are stored and matched
         return engine
 
     def _new_link(self) -> RunLink:
@@ -445,4 +529,45 @@ class Workflow:
         return asyncio.run(main())
 
 
-__all__ = ["DURABILITY", "Compiled", "Workflow"]
+def check_graph(workflow: str, compiled: Compiled, skip: frozenset[str]) -> None:
+    """The graph checks of ``build_graph``, less those in ``skip`` (``skip_graph_checks=``)."""
+    check_start_and_stop(workflow, compiled.specs)
+    where = f"Workflow '{workflow}'"
+    routes = compiled.graph.routes
+    produced = {t for s in compiled.specs.values() for t in s.returns}
+    stop_takers = sorted(n for t, ns in routes.items() if issubclass(t, StopEvent) for n in ns)
+    if stop_takers:
+        raise WorkflowValidationError(
+            f"{where}: step(s) {', '.join(stop_takers)} accept a StopEvent, but a "
+            "StopEvent ends the run. Accept a different event type."
+        )
+    outside = (StartEvent, HumanResponseEvent, InputRequiredEvent)
+    never_produced = {t for t in routes if not issubclass(t, outside) and t not in produced}
+    if never_produced:
+        raise WorkflowValidationError(
+            f"{where}: events consumed but never produced: {_names(never_produced)}. Add them "
+            "to the return annotation of the step that returns or sends them."
+        )
+    if "terminal_event" not in skip:
+        ends = (StopEvent, InputRequiredEvent, HumanResponseEvent)
+        dangling = {t for t in produced if not issubclass(t, ends) and t not in routes}
+        if dangling:
+            raise WorkflowValidationError(
+                f"{where}: events produced but never consumed: {_names(dangling)}. Add a step "
+                "that accepts them, or skip_graph_checks={'terminal_event'}."
+            )
+    if "reachability" not in skip:
+        lost = unreachable_steps(compiled.graph.steps, {t: list(v) for t, v in routes.items()})
+        if lost:
+            raise WorkflowValidationError(
+                f"{where}: unreachable steps: {', '.join(lost)}. No chain of events from the "
+                "StartEvent (or a HumanResponseEvent) leads to them; connect them, remove "
+                "them, or skip_graph_checks={'reachability'}."
+            )
+
+
+def _names(types: set[type[Any]]) -> str:
+    return ", ".join(sorted(t.__name__ for t in types))
+
+
+__all__ = ["DURABILITY", "GRAPH_CHECKS", "Compiled", "GraphCheck", "Workflow"]

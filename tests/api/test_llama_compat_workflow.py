@@ -1,0 +1,209 @@
+"""Workflow options and properties of llama-index-workflows: ``workflow_name=``,
+``events``, ``skip_graph_checks=``, ``validate()`` and ``Context.get_step_context()``.
+
+piton keeps the class name as the default ``workflow_name`` (llama-index-workflows
+defaults to ``module.QualName``): durable runs are stored and matched under it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from piton import (
+    Context,
+    Event,
+    HumanResponseEvent,
+    InputRequiredEvent,
+    StartEvent,
+    StopEvent,
+    Workflow,
+    step,
+)
+from piton.errors import WorkflowRuntimeError, WorkflowValidationError
+from piton.stores.memory import MemoryStore
+
+
+class Middle(Event):
+    n: int
+
+
+class Orphan(Event):
+    pass
+
+
+class Ask(InputRequiredEvent):
+    pass
+
+
+class Flow(Workflow):
+    @step
+    async def begin(self, ev: StartEvent) -> Middle:
+        return Middle(n=1)
+
+    @step
+    async def end(self, ev: Middle) -> StopEvent:
+        return StopEvent(result=ev.n)
+
+
+class Dangling(Workflow):
+    @step
+    async def begin(self, ev: StartEvent) -> StopEvent | Orphan:
+        return StopEvent(result="ok")
+
+
+class Island(Workflow):
+    @step
+    async def begin(self, ev: StartEvent) -> StopEvent:
+        return StopEvent(result="ok")
+
+    @step
+    async def lonely(self, ev: Middle) -> Middle:
+        return ev
+
+
+class Human(Workflow):
+    @step
+    async def ask(self, ev: StartEvent) -> Ask:
+        return Ask()
+
+    @step
+    async def answer(self, ev: HumanResponseEvent) -> StopEvent:
+        return StopEvent(result=ev.response)
+
+
+# -- workflow_name ---------------------------------------------------------------------
+
+
+def test_the_default_name_is_the_class_name_and_an_explicit_one_wins() -> None:
+    assert Flow().workflow_name == "Flow"
+    assert Flow(workflow_name="convert-v2").workflow_name == "convert-v2"
+    with pytest.raises(Exception, match="workflow_name must be a non-empty string"):
+        Flow(workflow_name="")
+
+
+async def test_an_explicit_name_is_the_durable_identity() -> None:
+    store = MemoryStore()
+    w = Flow(store=store, workflow_name="convert-v2")
+    assert await w.run(run_id="r1") == 1
+    record = await store.get("r1")
+    assert record is not None and record.workflow == "convert-v2"
+    plain = Flow(store=store)
+    await plain.run(run_id="r2")
+    record = await store.get("r2")
+    assert record is not None and record.workflow == "Flow"
+    with pytest.raises(WorkflowRuntimeError, match="belongs to workflow 'convert-v2'"):
+        await plain.send_event("r1", Middle(n=2))
+
+
+# -- events ----------------------------------------------------------------------------
+
+
+def test_events_lists_every_type_steps_take_or_return() -> None:
+    assert set(Flow().events) == {StartEvent, Middle, StopEvent}
+    assert set(Human().events) == {StartEvent, Ask, HumanResponseEvent, StopEvent}
+
+
+# -- skip_graph_checks -----------------------------------------------------------------
+
+
+def test_terminal_event_check_can_be_skipped() -> None:
+    with pytest.raises(WorkflowValidationError, match="never consumed: Orphan"):
+        Dangling()
+    w = Dangling(skip_graph_checks={"terminal_event"})
+    assert w.run_sync() == "ok"
+
+
+def test_reachability_check_can_be_skipped() -> None:
+    with pytest.raises(WorkflowValidationError, match="unreachable steps: lonely"):
+        Island()
+    with pytest.raises(WorkflowValidationError, match="unreachable steps: lonely"):
+        Island(skip_graph_checks={"terminal_event"})  # the other checks still run
+    assert Island(skip_graph_checks={"reachability"}).run_sync() == "ok"
+
+
+def test_skipping_leaves_the_start_and_stop_checks() -> None:
+    class NoStop(Workflow):
+        @step
+        async def begin(self, ev: StartEvent) -> None:
+            return None
+
+    with pytest.raises(WorkflowValidationError, match="no step returns a StopEvent"):
+        NoStop(skip_graph_checks={"reachability", "terminal_event", "dead_end"})
+
+
+def test_unknown_check_names_are_refused() -> None:
+    with pytest.raises(WorkflowValidationError, match="Unknown graph check names: nope"):
+        Flow(skip_graph_checks={"nope"})  # type: ignore[arg-type]
+
+
+# -- validate() ------------------------------------------------------------------------
+
+
+def test_validate_says_whether_the_workflow_uses_human_in_the_loop() -> None:
+    assert Flow().validate() is False
+    assert Human().validate() is True
+
+
+def test_validate_checks_even_with_validation_disabled() -> None:
+    w = Dangling(disable_validation=True)
+    with pytest.raises(WorkflowValidationError, match="never consumed"):
+        w.validate()
+    assert (
+        Dangling(disable_validation=True, skip_graph_checks={"terminal_event"}).validate() is False
+    )
+
+
+# -- Context.get_step_context() --------------------------------------------------------
+
+
+class Seen(Event):
+    what: str
+
+
+def announce(
+    fn: Callable[..., Awaitable[Any]],
+) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        Context.get_step_context().write_event_to_stream(Seen(what=fn.__name__))
+        return await fn(*args, **kwargs)
+
+    return wrapper
+
+
+class Wrapped(Workflow):
+    @step
+    @announce
+    async def begin(self, ev: StartEvent) -> Middle:
+        return Middle(n=2)
+
+    @step
+    def end(self, ev: Middle) -> StopEvent:  # a sync step, in a thread
+        ctx = Context.get_step_context()
+        ctx.write_event_to_stream(Seen(what="end"))
+        return StopEvent(result=ev.n)
+
+
+async def test_get_step_context_inside_steps_async_and_sync() -> None:
+    handler = Wrapped().run()
+    seen = [ev.what async for ev in handler.stream_events() if isinstance(ev, Seen)]
+    assert await handler == 2
+    assert seen == ["begin", "end"]
+
+
+async def test_get_step_context_is_the_steps_own_context() -> None:
+    class Same(Workflow):
+        @step
+        async def only(self, ev: StartEvent, ctx: Context) -> StopEvent:
+            return StopEvent(result=Context.get_step_context() is ctx)
+
+    assert await Same().run() is True
+
+
+def test_get_step_context_outside_a_step_raises() -> None:
+    with pytest.raises(WorkflowRuntimeError, match="only be called from within a step"):
+        Context.get_step_context()
