@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
@@ -54,13 +55,20 @@ class Resource:
     def dependencies(self) -> list[tuple[str, Resource]]:
         """The factory's own ``Annotated[T, Resource(...)]`` parameters, in order."""
         try:
-            hints = get_type_hints(self.factory, include_extras=True)
-        except Exception:  # noqa: BLE001 - an unresolvable hint: read the raw annotations
-            hints = {}
-        try:
             params = inspect.signature(self.factory).parameters
         except (TypeError, ValueError):
             return []
+        try:
+            hints = get_type_hints(self.factory, include_extras=True)
+        except Exception as exc:  # noqa: BLE001 - a name the annotations use is not defined
+            for param in params.values():
+                if isinstance(param.annotation, str) and "Resource" in param.annotation:
+                    raise WorkflowConfigurationError(
+                        f"Resource factory {self.name}: cannot read the annotation of its "
+                        f"parameter '{param.name}' ({exc}). Define the names it uses at "
+                        "module level, where the factory's annotations are resolved."
+                    ) from exc
+            hints = {}
         found: list[tuple[str, Resource]] = []
         for param in params.values():
             hint = hints.get(param.name, param.annotation)
@@ -177,17 +185,19 @@ def bind_type(resource: Resource, annotation: Any) -> None:
             resource.model = annotation
 
 
-def bind_step_types(func: Callable[..., Any], localns: dict[str, Any] | None) -> None:
-    """Bind the models of the ``ResourceConfig`` parameters of the step ``func``."""
+def bind_step_types(
+    func: Callable[..., Any], resources: Iterable[tuple[str, Resource]], localns: dict[str, Any]
+) -> None:
+    """Bind the models of the ``ResourceConfig`` parameters of the step ``func``:
+    ``resources`` are the step's (parameter, resource) pairs, as its spec holds them."""
     try:
         hints = get_type_hints(func, localns=localns, include_extras=True)
     except Exception:  # noqa: BLE001 - the step's build reports unresolvable hints
         return
-    for hint in hints.values():
+    for param, resource in resources:
+        hint = hints.get(param)
         if get_origin(hint) is Annotated:
-            for mark in hint.__metadata__:
-                if isinstance(mark, Resource):
-                    bind_type(mark, get_args(hint)[0])
+            bind_type(resource, get_args(hint)[0])
 
 
 def find_cycle(resource: Resource) -> list[str] | None:
@@ -292,7 +302,13 @@ def check_factories(resources: list[Located]) -> list[str]:
                 errors.append(f"In step '{step}', parameter '{param}': {exc}")
         return errors
 
-    return asyncio.run(make_all())
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make_all())
+    # called from async code: make them on a loop of their own, in a thread
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="piton-validate") as pool:
+        return pool.submit(asyncio.run, make_all()).result()
 
 
 __all__ = [

@@ -22,7 +22,7 @@ from ._runtime.live import live_runs
 from ._runtime.restore import rebuild
 from ._runtime.runner import Runner
 from .context import Context, link_of, prepare_run
-from .decorators import STEP_ATTR
+from .decorators import LOCALS_ATTR, STEP_ATTR
 from .errors import (
     InvalidStartEvent,
     RunNotFound,
@@ -194,8 +194,9 @@ class Workflow:
             else:
                 compiled = compile_workflow(cls, validate=check)
             localns = compile_namespace(cls)
-            for spec in compiled.specs.values():
-                bind_step_types(spec.func, localns)  # the models ResourceConfig reads into
+            for spec in compiled.specs.values():  # the models ResourceConfig reads into
+                captured = getattr(spec.func, LOCALS_ATTR, {})
+                bind_step_types(spec.func, spec.resources, {**localns, **captured})
             cache[key] = compiled
         return compiled
 
@@ -210,8 +211,8 @@ class Workflow:
         ``validate_resource_configs`` (default True) loads every ``ResourceConfig`` file
         (those factories depend on too) into its model; ``validate_resources`` (default
         False: factories may need the network or secrets) also creates every resource,
-        which finds dependency cycles. Call it outside a running event loop when
-        ``validate_resources=True``.
+        which finds dependency cycles. Those are made on an event loop of their own (in a
+        thread when called from async code) and not kept for runs.
         """
         compiled = self._compiled(validate=True)
         resources = [
