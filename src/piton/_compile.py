@@ -89,6 +89,7 @@ def check_annotations(cls: type[Workflow]) -> None:
     resolve, as before."""
     localns: dict[str, Any] | None = None
     added = _added(cls)
+    _check_wildcards(cls)
     for func in cls._step_functions().values():
         options: StepOptions = getattr(func, STEP_ATTR)
         if localns is None:
@@ -107,6 +108,21 @@ def check_annotations(cls: type[Workflow]) -> None:
             ) from exc
         except WorkflowValidationError:
             continue  # a signature error: @step reports those, and the build again
+
+
+def _check_wildcards(cls: type[Workflow]) -> None:
+    """Two @catch_error handlers without for_steps are refused when the class is defined."""
+    wildcards = sorted(
+        name
+        for name, func in cls._step_functions().items()
+        if (catch := getattr(func, STEP_ATTR).catch) is not None and catch.for_steps is None
+    )
+    if len(wildcards) > 1:
+        raise WorkflowValidationError(
+            f"Workflow '{cls.__name__}': only one @catch_error handler may leave out "
+            f"for_steps (it covers every step no other handler names), found "
+            f"{len(wildcards)}: {', '.join(wildcards)}. Give all but one of them for_steps=[...]."
+        )
 
 
 def _may_be_defined_later(module_name: str, name: str) -> bool:
@@ -160,6 +176,7 @@ def compile_workflow(cls: type[Workflow], *, validate: bool) -> Compiled:
             num_workers=spec.num_workers,
             retry_policy=spec.options.retry_policy,
             timeout=spec.options.timeout,
+            catch=spec.options.catch,
         )
         for name, spec in specs.items()
     }

@@ -52,7 +52,7 @@ needs a bump and a reader for the old version (see docs/storage-format.md)."""
 
 
 def _enc_attempt(s: JsonSerializer, a: Attempt) -> Any:
-    return {
+    tree: dict[str, Any] = {
         "step": a.step,
         "id": a.envelope.id,
         "event": s.encode(a.envelope.event, f"event of step '{a.step}'"),
@@ -63,6 +63,9 @@ def _enc_attempt(s: JsonSerializer, a: Attempt) -> Any:
         "last_failed_at": a.last_failed_at,
         "resolved": {k: s.encode(v, "waited event") for k, v in a.resolved.items()},
     }
+    if a.envelope.recoveries:  # added later: written only when set
+        tree["recoveries"] = dict(a.envelope.recoveries)
+    return tree
 
 
 def _dec_attempt(s: JsonSerializer, t: Any, types: TypeResolver, construct: bool) -> Attempt:
@@ -74,6 +77,7 @@ def _dec_attempt(s: JsonSerializer, t: Any, types: TypeResolver, construct: bool
             _text(t.get("id"), "event id"),
             _event(s, t.get("event"), types, construct),
             _opt_text(t.get("target"), "target step"),
+            _recoveries(t.get("recoveries")),
         ),
         retry_number=_count(t.get("retry", 0), "retry number"),
         first_at=_number(t.get("first_at"), "first_at", optional=True),
@@ -144,10 +148,7 @@ def encode_run(state: RunState, s: JsonSerializer, *, keep_running: bool = False
         },
         "delivered": dict(state.delivered),
         "streamed": dict(state.streamed),
-        "kept": [
-            {"id": env.id, "event": s.encode(env.event, "kept event"), "target": env.target}
-            for env in state.kept
-        ],
+        "kept": [_enc_kept(s, env) for env in state.kept],
         "counter": state.counter,
         "timeout": state.timeout,
         "active_elapsed": state.active_elapsed,
@@ -155,6 +156,20 @@ def encode_run(state: RunState, s: JsonSerializer, *, keep_running: bool = False
         "result": s.encode(state.result, "result"),
         "error": None if state.error is None else s.encode_error(state.error),
     }
+
+
+def _enc_kept(s: JsonSerializer, env: Envelope) -> Any:
+    tree: dict[str, Any] = {"id": env.id, "event": s.encode(env.event, "kept event"), "target": env.target}
+    if env.recoveries:  # added later: written only when set
+        tree["recoveries"] = dict(env.recoveries)
+    return tree
+
+
+def _recoveries(tree: Any) -> dict[str, int] | None:
+    """The @catch_error recoveries an event's lineage has used (absent: none)."""
+    if tree is None:
+        return None
+    return _counts(tree, "recoveries")
 
 
 _STATUSES = frozenset({NEW, RUNNING, PARKED, *FINAL})
@@ -223,6 +238,7 @@ def decode_run(
                 _text(k.get("id"), "event id"),
                 _event(s, k.get("event"), types, construct),
                 _opt_text(k.get("target"), "target step"),
+                _recoveries(k.get("recoveries")),
             )
             for k in (_obj(k, "kept event") for k in _list(tree.get("kept", [])))
         ]

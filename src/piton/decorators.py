@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, Union, get_args, get_origin, overload
 
+from ._core.graph import Catch
 from .context import Context
 from .errors import WorkflowValidationError
-from .events import Event
+from .events import Event, StepFailedEvent
 from .resource import Resource
 from .retry import RetryPolicy
 
@@ -35,6 +36,7 @@ class StepOptions:
     num_workers: int = 4
     retry_policy: RetryPolicy | None = None
     timeout: float | None = None
+    catch: Catch | None = None  # a @catch_error handler's declaration
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,11 @@ def build_spec(
             f"{where}: has no event parameter. Add one annotated with the Event type it "
             "consumes, e.g. `ev: StartEvent`."
         )
+    if options.catch is not None and accepted != (StepFailedEvent,):
+        raise WorkflowValidationError(
+            f"@catch_error handler '{name}' must take the failure as its event parameter: "
+            f"annotate it `ev: StepFailedEvent` (it takes {_names(accepted)})."
+        )
     if "return" not in hints:
         raise WorkflowValidationError(
             f"{where}: has no return annotation. Annotate the events it can return, "
@@ -178,6 +185,10 @@ def build_spec(
         resources=tuple(resources),
         options=options,
     )
+
+
+def _names(types: tuple[type[Any], ...]) -> str:
+    return " | ".join(t.__name__ for t in types)
 
 
 def _check_options(name: str, num_workers: Any, timeout: Any) -> None:
@@ -267,4 +278,55 @@ def step(
     return decorate
 
 
-__all__ = ["StepOptions", "StepSpec", "build_spec", "step"]
+@overload
+def catch_error(func: F, /) -> F: ...
+@overload
+def catch_error(
+    *, for_steps: list[str] | None = None, max_recoveries: int = 1
+) -> Callable[[F], F]: ...
+def catch_error(
+    func: Any = None, /, *, for_steps: list[str] | None = None, max_recoveries: int = 1
+) -> Any:
+    """Declare a handler for steps that fail for good (after their retries).
+
+    ``@catch_error`` covers every step no other handler names; ``@catch_error(for_steps=
+    ["fetch"], max_recoveries=2)`` covers the steps named. The handler takes
+    ``ev: StepFailedEvent`` and returns events like a step (a StopEvent ends the run); it
+    runs with one worker and no retry, and if it raises, the run fails with its error.
+    ``max_recoveries`` bounds how often it recovers one lineage: the events descending
+    from one recovery carry its count, and a failure past the budget fails the run.
+    """
+    if isinstance(max_recoveries, bool) or not isinstance(max_recoveries, int) or (
+        max_recoveries < 1
+    ):
+        raise WorkflowValidationError(
+            f"@catch_error: max_recoveries must be an integer >= 1, got {max_recoveries!r}."
+        )
+    if for_steps is not None and (
+        not isinstance(for_steps, list | tuple) or not all(isinstance(n, str) for n in for_steps)
+    ):
+        raise WorkflowValidationError(
+            f"@catch_error: for_steps must be None or a list of step names, got {for_steps!r}."
+        )
+    catch = Catch(None if for_steps is None else tuple(for_steps), max_recoveries)
+
+    def decorate(fn: F) -> F:
+        if not callable(fn):
+            raise WorkflowValidationError(f"@catch_error decorates functions, not {fn!r}")
+        options = StepOptions(num_workers=1, retry_policy=None, catch=catch)
+        captured = _caller_locals()
+        if captured:
+            setattr(fn, LOCALS_ATTR, captured)
+        try:
+            build_spec(fn, options, is_method=True)
+        except _Unresolved:
+            pass
+        setattr(fn, STEP_ATTR, options)
+        return fn
+
+    if func is not None:
+        return decorate(func)
+    return decorate
+
+
+__all__ = ["StepOptions", "StepSpec", "build_spec", "catch_error", "step"]

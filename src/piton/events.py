@@ -10,6 +10,7 @@ fields are attributes.
 from __future__ import annotations
 
 from collections.abc import ItemsView, Iterator, KeysView, ValuesView
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import (
@@ -137,6 +138,23 @@ class WorkflowFailedEvent(StopEvent):
     elapsed_seconds: float | None = None
 
 
+class StepFailedEvent(Event):
+    """What a ``@catch_error`` handler receives when a step it covers fails for good.
+
+    ``input_event`` is the event the step was given, ``exception`` its last error (in a
+    durable run replayed from the journal: the stored error, rebuilt without calling its
+    code), ``attempts`` how many times it ran, ``elapsed_seconds`` the time from its first
+    attempt to the last failure, ``failed_at`` that failure as an aware UTC datetime.
+    """
+
+    step_name: str
+    input_event: Any
+    exception: Annotated[Any, PlainSerializer(_dump_exception)]
+    attempts: int
+    elapsed_seconds: float
+    failed_at: datetime
+
+
 class WorkflowTimedOutEvent(StopEvent):
     """Published last on the stream when the run's timeout passes."""
 
@@ -161,6 +179,7 @@ __all__ = [
     "HumanResponseEvent",
     "InputRequiredEvent",
     "StartEvent",
+    "StepFailedEvent",
     "StopEvent",
     "WorkflowCancelledEvent",
     "WorkflowFailedEvent",

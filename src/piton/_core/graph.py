@@ -12,7 +12,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from piton.errors import WorkflowValidationError
-from piton.events import Event, HumanResponseEvent, InputRequiredEvent, StartEvent, StopEvent
+from piton.events import (
+    Event,
+    HumanResponseEvent,
+    InputRequiredEvent,
+    StartEvent,
+    StepFailedEvent,
+    StopEvent,
+)
+
+
+@dataclass(frozen=True)
+class Catch:
+    """A ``@catch_error`` handler's declaration: the steps it covers (None: every step
+    no other handler covers) and how many recoveries one lineage of events may use."""
+
+    for_steps: tuple[str, ...] | None = None
+    max_recoveries: int = 1
 
 
 @dataclass(frozen=True)
@@ -25,6 +41,7 @@ class StepNode:
     num_workers: int = 4
     retry_policy: Any = None
     timeout: float | None = None
+    catch: Catch | None = None  # set on a @catch_error handler
 
 
 @dataclass(frozen=True)
@@ -38,6 +55,8 @@ class Graph:
     # event types a step consumes that no step returns: only a send can bring them, so an
     # idle run of this workflow may be waiting for one (a HumanResponseEvent, say)
     outside: frozenset[type[Event]] = frozenset()
+    # step -> (its @catch_error handler, the handler's recovery budget); empty without one
+    catchers: Mapping[str, tuple[str, int]] = field(default_factory=dict)
 
     def consumers(self, event_type: type[Event]) -> tuple[str, ...]:
         return self.routes.get(event_type, ())
@@ -78,10 +97,12 @@ def build_graph(
     types: dict[str, type[Event]] = {}
     for base in (StartEvent, StopEvent, InputRequiredEvent, HumanResponseEvent, Event):
         types[type_key(base)] = base
+    catchers = _catchers(workflow, steps)
     for node in steps.values():
         for t in node.accepted:
-            routes.setdefault(t, []).append(node.name)
             types[type_key(t)] = t
+            if node.catch is None:  # a handler gets its StepFailedEvents by name only
+                routes.setdefault(t, []).append(node.name)
         for t in node.returns:
             types[type_key(t)] = t
     starts = sorted({t for t in routes if issubclass(t, StartEvent)}, key=type_key)
@@ -100,7 +121,57 @@ def build_graph(
             for t in routes
             if not issubclass(t, StartEvent) and not any(t in s.returns for s in steps.values())
         ),
+        catchers=catchers,
     )
+
+
+def _catchers(workflow: str, steps: Mapping[str, StepNode]) -> dict[str, tuple[str, int]]:
+    """Which handler recovers each step: the one naming it, else the wildcard handler.
+
+    Refuses what llama-index-workflows refuses: two wildcard handlers, a name that is no
+    step, a handler covering a handler, a step claimed by two handlers.
+    """
+    handlers = {name: node.catch for name, node in steps.items() if node.catch is not None}
+    if not handlers:
+        return {}
+    where = f"Workflow '{workflow}'"
+    wildcards = sorted(name for name, c in handlers.items() if c.for_steps is None)
+    if len(wildcards) > 1:
+        raise WorkflowValidationError(
+            f"{where}: only one @catch_error handler may leave out for_steps (it covers "
+            f"every step no other handler names), found {len(wildcards)}: "
+            f"{', '.join(wildcards)}. Give all but one of them for_steps=[...]."
+        )
+    covered: dict[str, tuple[str, int]] = {}
+    for name, c in handlers.items():
+        if c.max_recoveries < 1:
+            raise WorkflowValidationError(
+                f"{where}: @catch_error handler '{name}' has max_recoveries="
+                f"{c.max_recoveries!r}; it must be an integer >= 1."
+            )
+        for target in c.for_steps or ():
+            if target not in steps:
+                raise WorkflowValidationError(
+                    f"{where}: @catch_error handler '{name}' names '{target}' in for_steps, "
+                    f"but the workflow has no such step (its steps: {', '.join(sorted(steps))})."
+                )
+            if target in handlers:
+                raise WorkflowValidationError(
+                    f"{where}: @catch_error handler '{name}' names the handler '{target}' in "
+                    "for_steps; a handler that fails fails the run. Name ordinary steps."
+                )
+            if target in covered:
+                raise WorkflowValidationError(
+                    f"{where}: step '{target}' is named by two @catch_error handlers, "
+                    f"'{covered[target][0]}' and '{name}'. Name it in one of them."
+                )
+            covered[target] = (name, c.max_recoveries)
+    if wildcards:
+        budget = handlers[wildcards[0]].max_recoveries
+        for name in steps:
+            if name not in handlers and name not in covered:
+                covered[name] = (wildcards[0], budget)
+    return covered
 
 
 def _names(types: Any) -> str:
@@ -138,7 +209,7 @@ def _validate(
             f"{where}: step(s) {', '.join(stop_consumers)} accept a StopEvent, but a "
             "StopEvent ends the run. Accept a different event type."
         )
-    boundary_in = (StartEvent, HumanResponseEvent, InputRequiredEvent)
+    boundary_in = (StartEvent, HumanResponseEvent, InputRequiredEvent, StepFailedEvent)
     never_produced = {t for t in routes if not issubclass(t, boundary_in) and t not in produced}
     if never_produced:
         raise WorkflowValidationError(
@@ -167,7 +238,9 @@ def _unreachable(
     roots: set[type[Event]] = {
         t for t in routes if issubclass(t, StartEvent | HumanResponseEvent | InputRequiredEvent)
     }
-    seen_steps: set[str] = set()
+    # a @catch_error handler is reached by a failure, not by an event of the graph
+    seen_steps: set[str] = {name for name, node in steps.items() if node.catch is not None}
+    roots |= {t for name in seen_steps for t in steps[name].returns}
     frontier: list[type[Event]] = list(roots)
     seen_types: set[type[Event]] = set(roots)
     while frontier:
@@ -183,4 +256,4 @@ def _unreachable(
     return sorted(set(steps) - seen_steps)
 
 
-__all__ = ["Graph", "StepNode", "build_graph", "type_key"]
+__all__ = ["Catch", "Graph", "StepNode", "build_graph", "type_key"]

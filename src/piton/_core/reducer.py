@@ -12,6 +12,7 @@ from __future__ import annotations
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from itertools import groupby
 from typing import Any
 
@@ -23,6 +24,7 @@ from piton.errors import (
 )
 from piton.events import (
     InputRequiredEvent,
+    StepFailedEvent,
     StopEvent,
     WorkflowCancelledEvent,
     WorkflowFailedEvent,
@@ -273,7 +275,8 @@ def _deliver_sends(
             continue
         done = index + 1
         state.delivered[key] = done
-        _route(state, Envelope(state.next_id("e"), event, target), at, cmds, sent=True)
+        env = Envelope(state.next_id("e"), event, target, attempt.envelope.recoveries)
+        _route(state, env, at, cmds, sent=True)
         if state.finished:
             return
 
@@ -291,7 +294,8 @@ def _step_done(state: RunState, inp: i.StepDone, cmds: Cmds) -> None:
     state.streamed.pop(_stream_key(attempt), None)
     _forget_collector(state, attempt.key)
     if inp.result is not None and not state.finished:
-        _route(state, Envelope(state.next_id("e"), inp.result), inp.at, cmds)
+        env = Envelope(state.next_id("e"), inp.result, None, attempt.envelope.recoveries)
+        _route(state, env, inp.at, cmds)
 
 
 def _step_failed(state: RunState, inp: i.StepFailed, cmds: Cmds) -> None:
@@ -302,6 +306,8 @@ def _step_failed(state: RunState, inp: i.StepFailed, cmds: Cmds) -> None:
     state.streamed.pop(_stream_key(attempt), None)
     delay = inp.retry_in
     if delay is None:
+        if state.graph.catchers and _recover(state, attempt, inp, cmds):
+            return
         first = attempt.first_at if attempt.first_at is not None else inp.at
         failed = WorkflowFailedEvent(
             step_name=attempt.step,
@@ -326,6 +332,37 @@ def _step_failed(state: RunState, inp: i.StepFailed, cmds: Cmds) -> None:
     timer_id = state.next_id("retry:")
     state.delayed[timer_id] = retry
     _arm(state, timer_id, inp.at + delay, cmds)
+
+
+def _recover(state: RunState, attempt: Attempt, inp: i.StepFailed, cmds: Cmds) -> bool:
+    """Hand a step's final failure to its @catch_error handler, if the lineage's budget
+    allows; False to fail the run.
+
+    Everything decided here comes from the state and the journaled ``StepFailed`` (its
+    ``at`` and error), so a replay recovers the same way without calling user code.
+    """
+    catcher = state.graph.catchers.get(attempt.step)
+    if catcher is None:
+        return False
+    handler, budget = catcher
+    used = attempt.envelope.recoveries or {}
+    count = used.get(handler, 0) + 1
+    if count > budget:
+        return False
+    first = attempt.first_at if attempt.first_at is not None else inp.at
+    failed = StepFailedEvent(
+        step_name=attempt.step,
+        input_event=attempt.envelope.event,
+        exception=inp.error,
+        attempts=attempt.retry_number + 1,
+        elapsed_seconds=inp.at - first,
+        failed_at=datetime.fromtimestamp(inp.at, tz=UTC),
+    )
+    state.delivered.pop(attempt.key, None)  # the attempt is over, as after StepDone
+    _forget_collector(state, attempt.key)
+    env = Envelope(state.next_id("e"), failed, handler, {**used, handler: count})
+    _route(state, env, inp.at, cmds)
+    return True
 
 
 def retry_decision(state: RunState, exec_id: str, error: BaseException, at: float) -> float | None:

@@ -43,6 +43,8 @@ class Envelope:
     id: str
     event: Any
     target: str | None = None
+    # the @catch_error recoveries used on this event's lineage (handler -> count), if any
+    recoveries: dict[str, int] | None = None
 
 
 @dataclass(slots=True)
