@@ -287,10 +287,13 @@ async def finish(handler: Any) -> Any:
     return await asyncio.wait_for(handler, timeout=10)
 
 
+@pytest.mark.parametrize("store", [None, "sqlite"])
 @pytest.mark.parametrize("name", MID_RUN)
-async def test_a_run_in_flight_finishes_as_the_uninterrupted_llama_run(name: str) -> None:
+async def test_a_run_in_flight_finishes_as_the_uninterrupted_llama_run(
+    name: str, store: str | None, tmp_path: Path
+) -> None:
     data, expect = load(name)
-    w = make(expect, None)
+    w = make(expect, f"sqlite:///{tmp_path / 'runs.db'}" if store else None)
     ctx = Context.from_dict(w, data)
     assert ctx.is_running is False  # restored, not started: run(ctx=...) goes on with it
     assert await finish(w.run(ctx=ctx)) == expect["result"]
@@ -384,16 +387,19 @@ async def test_a_finished_llama_run_passes_its_state_to_the_next_run(
     assert await finish(w.run(ctx=ctx)) == expect["result"]
 
 
-async def test_a_run_waiting_in_wait_for_event_asks_again_and_takes_the_answer() -> None:
+@pytest.mark.parametrize("store", [None, "sqlite"])
+async def test_a_run_waiting_in_wait_for_event_asks_again_and_takes_the_answer(
+    store: str | None, tmp_path: Path
+) -> None:
     data, expect = load("greeter_waiting")
-    w = make(expect, None)
+    w = make(expect, f"sqlite:///{tmp_path / 'runs.db'}" if store else None)
     handler = w.run(ctx=Context.from_dict(w, data))
     asked = []
     async for ev in handler.stream_events():
         if isinstance(ev, AskName):
             asked.append(ev.prompt)
             send = expect["send"]
-            handler.ctx.send_event(EVENTS[send["type"]](**send["fields"]))
+            handler.send_event(EVENTS[send["type"]](**send["fields"]))
     assert asked == ["What is your name?"]
     assert await finish(handler) == expect["result"] == "Hello, Ada!"
 
@@ -402,16 +408,19 @@ async def test_an_answer_sent_before_the_question_is_kept_for_the_waiter() -> No
     data, expect = load("greeter_waiting")
     w = make(expect, None)
     handler = w.run(ctx=Context.from_dict(w, data))
-    handler.ctx.send_event(NameGiven(name="Bo", kind="name"))
+    handler.send_event(NameGiven(name="Bo", kind="name"))
     assert await finish(handler) == "Hello, Bo!"
 
 
-async def test_a_run_waiting_between_steps_takes_the_human_response() -> None:
+@pytest.mark.parametrize("store", [None, "sqlite"])
+async def test_a_run_waiting_between_steps_takes_the_human_response(
+    store: str | None, tmp_path: Path
+) -> None:
     data, expect = load("review_waiting")
-    w = make(expect, None)
+    w = make(expect, f"sqlite:///{tmp_path / 'runs.db'}" if store else None)
     handler = w.run(ctx=Context.from_dict(w, data))
     send = expect["send"]
-    handler.ctx.send_event(EVENTS[send["type"]](**send["fields"]))
+    handler.send_event(EVENTS[send["type"]](**send["fields"]))
     assert await finish(handler) == expect["result"]
 
 
