@@ -7,8 +7,10 @@ defaults to ``module.QualName``): durable runs are stored and matched under it.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +27,9 @@ from piton import (
     step,
 )
 from piton.errors import WorkflowRuntimeError, WorkflowValidationError
+from piton.stores.base import open_store
 from piton.stores.memory import MemoryStore
+from piton.worker import Worker
 
 
 class Middle(Event):
@@ -98,6 +102,17 @@ async def test_an_explicit_name_is_the_durable_identity() -> None:
     assert record is not None and record.workflow == "Flow"
     with pytest.raises(WorkflowRuntimeError, match="belongs to workflow 'convert-v2'"):
         await plain.send_event("r1", Middle(n=2))
+
+
+async def test_a_worker_runs_the_queued_runs_of_a_named_workflow(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    named = Flow(store=url, workflow_name="convert-v2")
+    await named.start(run_id="q1")
+    # the same class under its default name and under the given one: two workflows
+    async with Worker(url, workflows=[Flow, Flow(workflow_name="convert-v2")], poll_interval=0.05):
+        assert await asyncio.wait_for(named.result("q1"), 10) == 1
+    record = await open_store(url).get("q1")
+    assert record is not None and record.workflow == "convert-v2"
 
 
 # -- events ----------------------------------------------------------------------------
