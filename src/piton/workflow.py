@@ -30,7 +30,14 @@ from .errors import (
     WorkflowRuntimeError,
     WorkflowValidationError,
 )
-from .events import Event, HumanResponseEvent, InputRequiredEvent, StartEvent, StopEvent
+from .events import (
+    Event,
+    HumanResponseEvent,
+    InputRequiredEvent,
+    StartEvent,
+    StepFailedEvent,
+    StopEvent,
+)
 from .handler import WorkflowHandler
 from .resource import bind_step_types, check_configs, check_factories
 from .serde import JsonSerializer
@@ -542,7 +549,7 @@ def check_graph(workflow: str, compiled: Compiled, skip: frozenset[str]) -> None
             f"{where}: step(s) {', '.join(stop_takers)} accept a StopEvent, but a "
             "StopEvent ends the run. Accept a different event type."
         )
-    outside = (StartEvent, HumanResponseEvent, InputRequiredEvent)
+    outside = (StartEvent, HumanResponseEvent, InputRequiredEvent, StepFailedEvent)
     never_produced = {t for t in routes if not issubclass(t, outside) and t not in produced}
     if never_produced:
         raise WorkflowValidationError(

@@ -26,7 +26,9 @@ from piton import (
     Workflow,
     step,
 )
+from piton.decorators import catch_error
 from piton.errors import WorkflowRuntimeError, WorkflowValidationError
+from piton.events import StepFailedEvent
 from piton.stores.base import open_store
 from piton.stores.memory import MemoryStore
 from piton.worker import Worker
@@ -149,6 +151,19 @@ def test_skipping_leaves_the_start_and_stop_checks() -> None:
 
     with pytest.raises(WorkflowValidationError, match="no step returns a StopEvent"):
         NoStop(skip_graph_checks={"reachability", "terminal_event", "dead_end"})
+
+
+def test_skipping_checks_keeps_catch_error_handlers_valid() -> None:
+    class Recovers(Workflow):
+        @step
+        async def begin(self, ev: StartEvent) -> StopEvent | Orphan:
+            raise RuntimeError("boom")
+
+        @catch_error
+        async def recover(self, ev: StepFailedEvent) -> StopEvent:
+            return StopEvent(result=f"recovered from {ev.step_name}")
+
+    assert Recovers(skip_graph_checks={"terminal_event"}).run_sync() == "recovered from begin"
 
 
 def test_unknown_check_names_are_refused() -> None:
