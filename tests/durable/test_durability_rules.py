@@ -150,9 +150,11 @@ class Slowed(MemoryStore):
         await super().commit(request)
         self.committed.append(request)
 
-    async def create(self, record: Any, entries: list[str], stream: list[str]) -> bool:
+    async def create(
+        self, record: Any, entries: list[str], stream: list[str], *, snapshot: str | None = None
+    ) -> bool:
         await asyncio.sleep(self.delay)
-        return await super().create(record, entries, stream)
+        return await super().create(record, entries, stream, snapshot=snapshot)
 
 
 async def _stored_stream(store: Store, run_id: str) -> list[str]:

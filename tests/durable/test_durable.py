@@ -423,9 +423,11 @@ async def test_no_lease_renewal_before_a_new_run_is_created(store_url: str | Sto
     store = open_store(store_url)
     create = store.create
 
-    async def slow_create(record: Any, entries: list[str], stream: list[str]) -> bool:
+    async def slow_create(
+        record: Any, entries: list[str], stream: list[str], *, snapshot: str | None = None
+    ) -> bool:
         await asyncio.sleep(0.3)  # several renewal intervals
-        return await create(record, entries, stream)
+        return await create(record, entries, stream, snapshot=snapshot)
 
     store.create = slow_create  # type: ignore[method-assign]
 

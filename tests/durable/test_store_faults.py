@@ -387,7 +387,7 @@ async def test_a_new_run_on_a_store_that_is_down_fails_past_the_deadline_then_st
     real_create = store.create
     tries = 0
 
-    async def create(*args: Any) -> bool:
+    async def create(*args: Any, **kwargs: Any) -> bool:
         nonlocal tries
         tries += 1
         raise StoreUnreachable("test: connection refused")

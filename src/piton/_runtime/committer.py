@@ -357,13 +357,12 @@ class DurableCommitter:
             await self.store.commit(request)
             return
         # a new run: create it with the first commit (one transaction when it is plain)
-        snapshot = self.create_snapshot
+        # snapshot= only when there is one: a store written before the argument still works
+        extra = {} if self.create_snapshot is None else {"snapshot": self.create_snapshot}
         if request.plain:
-            created = await self.store.create(
-                record, request.entries, request.stream, snapshot=snapshot
-            )
+            created = await self.store.create(record, request.entries, request.stream, **extra)
         else:
-            created = await self.store.create(record, [], [], snapshot=snapshot)
+            created = await self.store.create(record, [], [], **extra)
             if created:
                 self._row_exists()  # a failure of the commit below is a commit's failure
                 await self.store.commit(request)

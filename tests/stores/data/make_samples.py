@@ -52,8 +52,15 @@ class RecordingStore(MemoryStore):
         super().__init__()
         self.history: dict[str, list[str]] = {}
 
-    async def create(self, record: RunRecord, entries: list[str], stream: list[str]) -> bool:
-        made = await super().create(record, entries, stream)
+    async def create(
+        self,
+        record: RunRecord,
+        entries: list[str],
+        stream: list[str],
+        *,
+        snapshot: str | None = None,
+    ) -> bool:
+        made = await super().create(record, entries, stream, snapshot=snapshot)
         if made:
             self.history[record.run_id] = list(entries)
         return made
