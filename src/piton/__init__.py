@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from ._core.state import MAX_PENDING_EVENTS as MAX_PENDING_EVENTS
     from .context import Context as Context
     from .context import DictState as DictState
+    from .decorators import catch_error as catch_error
     from .decorators import step as step
     from .errors import ContextSerdeError as ContextSerdeError
     from .errors import EventNotAccepted as EventNotAccepted
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from .events import HumanResponseEvent as HumanResponseEvent
     from .events import InputRequiredEvent as InputRequiredEvent
     from .events import StartEvent as StartEvent
+    from .events import StepFailedEvent as StepFailedEvent
     from .events import StopEvent as StopEvent
     from .events import WorkflowCancelledEvent as WorkflowCancelledEvent
     from .events import WorkflowFailedEvent as WorkflowFailedEvent
@@ -58,6 +60,7 @@ _WHERE: dict[str, str] = {
     "MAX_PENDING_EVENTS": "._core.state",
     "Context": ".context",
     "DictState": ".context",
+    "catch_error": ".decorators",
     "step": ".decorators",
     "ContextSerdeError": ".errors",
     "EventNotAccepted": ".errors",
@@ -80,6 +83,7 @@ _WHERE: dict[str, str] = {
     "HumanResponseEvent": ".events",
     "InputRequiredEvent": ".events",
     "StartEvent": ".events",
+    "StepFailedEvent": ".events",
     "StopEvent": ".events",
     "WorkflowCancelledEvent": ".events",
     "WorkflowFailedEvent": ".events",

@@ -142,6 +142,31 @@ def _may_be_defined_later(module_name: str, name: str) -> bool:
     return False
 
 
+def _most_derived_state(workflow: str, specs: dict[str, StepSpec]) -> type[Any] | None:
+    """The run's state type: the most derived of the steps' ``Context[T]`` types (as in
+    llama-index-workflows); types not in one line of subclasses are an error."""
+    declared: dict[type[Any], str] = {}  # type -> the first step declaring it
+    for name, spec in specs.items():
+        if spec.state_type is not None:
+            declared.setdefault(spec.state_type, name)
+    if len(declared) <= 1:
+        return next(iter(declared), None)
+    for candidate in declared:
+        if all(isinstance(t, type) and issubclass(candidate, t) for t in declared):
+            return candidate
+    a, b = next((a, b) for a in declared for b in declared if not _related(a, b))
+    raise WorkflowValidationError(
+        f"Workflow '{workflow}': steps declare unrelated state types: Context[{a.__name__}] "
+        f"in step '{declared[a]}' and Context[{b.__name__}] in step '{declared[b]}'. A run "
+        "has one state: use one model, or make one a subclass of the other (the most "
+        "derived is the run's state type)."
+    )
+
+
+def _related(a: type[Any], b: type[Any]) -> bool:
+    return isinstance(a, type) and isinstance(b, type) and (issubclass(a, b) or issubclass(b, a))
+
+
 def compile_workflow(cls: type[Workflow], *, validate: bool) -> Compiled:
     """Read the steps of ``cls`` (and steps added to it) into specs, a graph and waits."""
     specs: dict[str, StepSpec] = {}
@@ -159,13 +184,7 @@ def compile_workflow(cls: type[Workflow], *, validate: bool) -> Compiled:
                 f"{exc}. Define the types a step's annotations name before the workflow runs."
             ) from exc
         specs[name] = spec
-    state_types = {s.state_type for s in specs.values() if s.state_type is not None}
-    if len(state_types) > 1:
-        raise WorkflowValidationError(
-            f"Workflow '{cls.__name__}': steps declare different state types "
-            f"({', '.join(sorted(t.__name__ for t in state_types))}); use one Context[State] type."
-        )
-    state_type = next(iter(state_types), None)
+    state_type = _most_derived_state(cls.__name__, specs)
     if state_type is not None:
         _check_state_type(cls.__name__, state_type)
     nodes = {

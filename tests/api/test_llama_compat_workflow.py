@@ -255,11 +255,6 @@ class OtherState(BaseModel):
     other: int = 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs _compile.compile_workflow to take the most derived state type (the "
-    "change is described in the report of the llama-compat workflow item)",
-)
 async def test_steps_typed_with_a_base_and_a_child_state_use_the_child() -> None:
     class Mixed(Workflow):
         @step

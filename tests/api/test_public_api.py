@@ -27,6 +27,7 @@ EXPECTED = [
     "RunView",
     "StartEvent",
     "StateKeyError",
+    "StepFailedEvent",
     "StopEvent",
     "StoreError",
     "StoreUnavailable",
@@ -43,6 +44,7 @@ EXPECTED = [
     "WorkflowTimedOutEvent",
     "WorkflowTimeoutError",
     "WorkflowValidationError",
+    "catch_error",
     "retry_policy",
     "step",
 ]
