@@ -18,7 +18,7 @@ from piton._core import inputs as i
 from piton._core.graph import type_key
 from piton._core.reducer import reduce
 from piton._core.status import RUNNING
-from piton._journal_codec import KIND_KEY, decode_input
+from piton._journal_codec import _ENTRIES, KIND_KEY, decode_input
 from piton._runtime.restore import rebuild
 from piton.errors import PitonError, RunNotFound
 from piton.serde import JsonSerializer, TypeResolver
@@ -28,10 +28,9 @@ from piton.workflow import Workflow
 if TYPE_CHECKING:
     from piton._runtime.engine import Engine
 
-# the entry kinds after which a run commits: the points a run can be forked at
-COMMIT_KINDS = frozenset(
-    {"Begin", "StepDone", "StepFailed", "StepWaits", "Checkpoint", "Send", "TimerFired", "Park"}
-)
+# the entry kinds after which a run commits (the inputs that say ``commits``): the points
+# a run can be forked at
+COMMIT_KINDS = frozenset(e.kind for cls, e in _ENTRIES.items() if cls.commits)
 
 
 class ForkRefused(PitonError, ValueError):
